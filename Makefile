@@ -1,0 +1,79 @@
+# The course in two commands:  make run   (all notebooks on the synthetic phantom)
+#                              make test  (the test suite)
+# Both create .venv with pip and install ichlib into it when it is not there yet.
+# Real data:  make run DATA=data/ct-ich     Another ready environment:  make run PY=python
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     ?= $(VENV)/bin/python
+DATA   ?= data/synthetic
+RUNS   ?= runs
+FIGURES ?= figures
+SMOKE  ?= False
+PYTEST_ARGS ?=
+
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+STAMP := $(VENV)/.ichlib-installed
+
+export TQDM_DISABLE := 1
+export MPLBACKEND := Agg
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+.PHONY: run test env data check lint strip clean help
+
+help:
+	@echo "make run    execute notebooks/0*.ipynb headless on \$$DATA (default: synthetic phantom)"
+	@echo "make test   run the test suite"
+	@echo "make data   generate the synthetic phantom into data/synthetic if absent"
+	@echo "make check  ichlib check \$$DATA"
+	@echo "make lint   ruff"
+	@echo "make strip  strip outputs from the committed notebooks"
+
+# --- environment -------------------------------------------------------------
+ifeq ($(PY),$(VENV)/bin/python)
+env: $(STAMP)
+$(STAMP): pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --upgrade --quiet pip
+	$(VENV)/bin/python -m pip install --quiet -e ".[dev]"
+	@touch $@
+else
+env:
+	@$(PY) -c "import ichlib, papermill, pytest" || { echo "PY=$(PY) lacks ichlib[dev]; run: $(PY) -m pip install -e '.[dev]'"; exit 1; }
+endif
+
+# --- data --------------------------------------------------------------------
+data: env
+	@if [ "$(DATA)" = "data/synthetic" ] && [ ! -f data/synthetic/synthetic.json ]; then \
+		echo "Generating the synthetic phantom into data/synthetic (SYNTHETIC, not patient data)"; \
+		$(PY) -m ichlib synth data/synthetic; \
+	fi
+	@test -d "$(DATA)" || { echo "DATA=$(DATA) is not a folder. See README: Real data."; exit 1; }
+
+check: data
+	$(PY) -m ichlib check "$(DATA)"
+
+# --- the course ----------------------------------------------------------------
+run: data
+	@mkdir -p $(RUNS)/notebooks $(FIGURES)
+	@set -e; for nb in $(NOTEBOOKS); do \
+		name=$$(basename $$nb); echo "== $$name"; start=$$(date +%s); \
+		$(PY) -m papermill -k python3 --log-level WARNING "$$nb" "$(RUNS)/notebooks/$$name" \
+			-p DATA_DIR "$(abspath $(DATA))" -p FIGURES_DIR "$(abspath $(FIGURES))" \
+			-p RUNS_DIR "$(abspath $(RUNS))" -p SMOKE $(SMOKE); \
+		echo "   done in $$(( $$(date +%s) - start )) s"; \
+	done
+	@echo "Executed notebooks: $(RUNS)/notebooks/   Figures: $(FIGURES)/"
+
+# --- quality -------------------------------------------------------------------
+test: env
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: env
+	$(PY) -m ruff check ichlib tests benchmarks
+
+strip: env
+	$(PY) -m jupyter nbconvert --clear-output --inplace $(NOTEBOOKS)
+
+clean:
+	rm -rf $(RUNS) $(FIGURES)/*.png .pytest_cache

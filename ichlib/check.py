@@ -1,0 +1,102 @@
+"""Validate a dataset folder and report every problem, not just the first."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ichlib.ctich import CtIchData, Problem, read_ct_ich
+from ichlib.errors import DataError
+from ichlib.labels import LABELS
+from ichlib.volumes import load_mask, load_volume
+
+
+@dataclass
+class CheckReport:
+    """Result of :func:`check_dataset`.
+
+    Attributes:
+        root: The folder checked.
+        data: The usable part of the folder (None if nothing could be read).
+        problems: Every problem found.
+    """
+
+    root: Path
+    data: CtIchData | None
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem was found."""
+        return not self.problems
+
+    def to_json(self) -> dict:
+        """``{"patients": {id: {"n_slices", <label>: 0|1}}, "problems": [...]}``."""
+        patients = {}
+        if self.data is not None:
+            for pid, row in self.data.patients.iterrows():
+                patients[str(pid)] = {"n_slices": int(row["n_slices"]),
+                                      **{lab: int(row[lab]) for lab in LABELS}}
+        return {
+            "patients": patients,
+            "problems": [{"path": p.path, "patient_id": p.patient_id, "problem": p.problem}
+                         for p in self.problems],
+        }
+
+    def summary(self) -> str:
+        """Human-readable summary: counts, positives per label, slice range, problems."""
+        lines = [f"Dataset: {self.root}"]
+        if self.data is not None and len(self.data.patients):
+            pats, slices = self.data.patients, self.data.slices
+            lines.append(f"  patients: {len(pats)}   slices: {len(slices)}   "
+                         f"slices per scan: {pats['n_slices'].min()}-{pats['n_slices'].max()}")
+            lines.append(f"  {'label':<18}{'patients+':>10}{'slices+':>10}")
+            for lab in LABELS:
+                lines.append(f"  {lab:<18}{int(pats[lab].sum()):>10}{int(slices[lab].sum()):>10}")
+        else:
+            lines.append("  no usable patients")
+        if self.problems:
+            lines.append(f"{len(self.problems)} problem(s):")
+            lines += [f"  - {p}" for p in self.problems]
+        else:
+            lines.append("No problems found.")
+        return "\n".join(lines)
+
+
+def check_dataset(root: str | os.PathLike, deep: bool = True) -> CheckReport:
+    """Check a CT-ICH folder and collect every problem.
+
+    Args:
+        root: The dataset folder.
+        deep: Also read every scan's and mask's voxels (finds NaN/Inf, constant volumes,
+            unreadable data). Header-level checks always run.
+
+    Returns:
+        A :class:`CheckReport`. It never raises for problems inside the folder; a folder
+        that cannot be read at all becomes a single problem.
+    """
+    root = Path(root)
+    try:
+        data = read_ct_ich(root, on_error="skip")
+    except DataError as exc:
+        return CheckReport(root, None, [Problem(exc.path or str(root), exc.problem)])
+    problems = list(data.problems)
+    if deep:
+        bad = []
+        for pid in data.patient_ids:
+            for path, loader in ((data.scans[pid], load_volume), (data.masks[pid], load_mask)):
+                try:
+                    loader(path)
+                except DataError as exc:
+                    problems.append(Problem(exc.path or str(path), exc.problem, pid))
+                    bad.append(pid)
+                    break
+        if bad:
+            keep = [p for p in data.patient_ids if p not in bad]
+            data.patients = data.patients.loc[keep]
+            data.slices = data.slices[data.slices["patient_id"].isin(keep)].reset_index(drop=True)
+            data.scans = {p: data.scans[p] for p in keep}
+            data.masks = {p: data.masks[p] for p in keep}
+        data.problems = problems
+    return CheckReport(root, data, problems)

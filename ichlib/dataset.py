@@ -1,0 +1,251 @@
+"""From CT-ICH folders to fixed-length model inputs ``[S, C, H, W]``, with an on-disk cache.
+
+The pipeline per scan: HU volume -> in-plane resize (antialiased) -> pick ``S`` slices
+(:func:`~ichlib.sampling.uniform_indices`) -> window into ``C`` channels. HU are resampled
+*before* windowing, the way a scanner reconstructing at lower resolution would average
+them, which also makes the cache independent of the windows: it stores resized HU once per
+scan (float16, atomic ``.npy``), so later epochs never decode NIfTI again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ichlib.atomic import atomic_path
+from ichlib.ctich import CtIchData
+from ichlib.errors import ConfigError, DataError
+from ichlib.resize import resize_slices
+from ichlib.sampling import uniform_indices
+from ichlib.volumes import load_mask, load_volume
+from ichlib.windowing import multi_window, resolve_windows
+
+CACHE_VERSION = 1
+
+Augment = Callable[[torch.Tensor, np.random.Generator], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Every setting that turns a scan into model input. Stored in checkpoints.
+
+    Attributes:
+        windows: Window names (see :data:`~ichlib.windowing.WINDOWS`), one channel each.
+        img_size: Output height and width.
+        seq_len: Number of slices ``S`` sampled per scan.
+    """
+
+    windows: tuple[str, ...] = ("brain",)
+    img_size: int = 256
+    seq_len: int = 16
+
+    def __post_init__(self) -> None:
+        windows = (self.windows,) if isinstance(self.windows, str) else tuple(self.windows)
+        if len(windows) == 1 and "," in windows[0]:
+            windows = tuple(w.strip() for w in windows[0].split(","))
+        object.__setattr__(self, "windows", windows)
+        resolve_windows(windows)
+        if self.img_size < 8:
+            raise ConfigError(f"img_size must be >= 8, got {self.img_size}")
+        if self.seq_len < 1:
+            raise ConfigError(f"seq_len must be >= 1, got {self.seq_len}")
+
+    @property
+    def n_channels(self) -> int:
+        """Number of input channels ``C``."""
+        return len(self.windows)
+
+    def to_dict(self) -> dict:
+        """Plain-dict form (lists and ints), safe for ``torch.load(weights_only=True)``."""
+        d = asdict(self)
+        d["windows"] = list(self.windows)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PreprocessConfig:
+        """Inverse of :meth:`to_dict`."""
+        return cls(windows=tuple(d["windows"]), img_size=int(d["img_size"]), seq_len=int(d["seq_len"]))
+
+
+def resample_volume(hu: np.ndarray, img_size: int) -> np.ndarray:
+    """Resize a HU volume ``[N, H, W]`` in-plane to ``img_size``; returns float32 numpy."""
+    return resize_slices(hu, img_size).numpy()
+
+
+def to_model_input(resized_hu: np.ndarray | torch.Tensor, windows: Sequence[str]) -> torch.Tensor:
+    """Window resized HU slices ``[S, H, W]`` into model input ``[S, C, H, W]`` (float32)."""
+    return multi_window(torch.as_tensor(np.asarray(resized_hu), dtype=torch.float32), windows)
+
+
+def prepare_scan(hu: np.ndarray, config: PreprocessConfig,
+                 indices: np.ndarray | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """Preprocess one HU volume ``[N, H, W]`` for prediction.
+
+    Returns:
+        ``x [S, C, H, W]`` and the slice indices used (0-based; ``SliceNumber - 1``).
+    """
+    if indices is None:
+        indices = uniform_indices(hu.shape[0], config.seq_len)
+    chosen = np.unique(indices)
+    resized = resample_volume(hu[chosen], config.img_size)
+    lookup = np.searchsorted(chosen, indices)
+    return to_model_input(resized[lookup], config.windows), np.asarray(indices)
+
+
+class VolumeCache:
+    """Resized HU volumes on disk, one float16 ``.npy`` per (scan file, size).
+
+    The key hashes the scan's resolved path, size and modification time, the image size
+    and :data:`CACHE_VERSION`, so an edited scan is rebuilt. Files are written atomically;
+    several processes building the same entry at once each write a whole file and the
+    last rename wins, so readers never see half a file.
+
+    Args:
+        cache_dir: Folder for the cache; created when needed.
+        img_size: In-plane size of the cached volumes.
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike, img_size: int) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.img_size = int(img_size)
+
+    def path_for(self, scan_path: Path) -> Path:
+        """Cache file for ``scan_path`` (whether or not it exists yet)."""
+        stat = scan_path.stat()
+        key = f"{scan_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.img_size}|{CACHE_VERSION}"
+        digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+        return self.cache_dir / f"{scan_path.name.split('.')[0]}-{self.img_size}-{digest}.npy"
+
+    def get(self, scan_path: str | os.PathLike) -> np.ndarray:
+        """Return the resized HU volume ``[N, img_size, img_size]`` (memory-mapped float16)."""
+        scan_path = Path(scan_path)
+        cached = self.path_for(scan_path)
+        if cached.exists():
+            try:
+                return np.load(cached, mmap_mode="r")
+            except (ValueError, OSError):
+                cached.unlink(missing_ok=True)  # unreadable entry: rebuild it
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        resized = resample_volume(load_volume(scan_path).hu, self.img_size).astype(np.float16)
+        with atomic_path(cached, suffix=".npy") as tmp:
+            np.save(tmp, resized)
+        return np.load(cached, mmap_mode="r")
+
+
+def default_cache_dir() -> Path:
+    """``$ICHLIB_CACHE`` if set, else ``~/.cache/ichlib``."""
+    env = os.environ.get("ICHLIB_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "ichlib"
+
+
+@dataclass
+class ScanDataset(Dataset):
+    """Scans of a CT-ICH folder as fixed-length slice sequences.
+
+    Each item is a dict:
+
+    - ``x``: float32 ``[S, C, H, W]`` windowed slices;
+    - ``slice_labels``: float32 ``[S, 6]`` for the sampled slices (columns as LABELS);
+    - ``scan_labels``: float32 ``[6]`` patient-level labels;
+    - ``slice_indices``: int64 ``[S]`` 0-based indices into the scan (SliceNumber - 1);
+    - ``patient_id``: str.
+
+    The default DataLoader collate turns these into ``x [B, S, C, H, W]`` etc.
+
+    Attributes:
+        data: The validated folder from :func:`~ichlib.ctich.read_ct_ich`.
+        patient_ids: Which patients this dataset serves (e.g. one split).
+        config: Windows, image size and ``S``.
+        cache_dir: Where resized volumes are cached; None reads and resizes the NIfTI on
+            every access (slow; the plain reference path).
+        train: Jitter the slice sampling and apply ``augment``.
+        augment: Called as ``augment(x, rng)`` on training items; must transform all S
+            slices of a scan the same way.
+        seed: Base seed; an item's randomness depends only on (seed, epoch, index).
+    """
+
+    data: CtIchData
+    patient_ids: Sequence[str]
+    config: PreprocessConfig = field(default_factory=PreprocessConfig)
+    cache_dir: str | os.PathLike | None = None
+    train: bool = False
+    augment: Augment | None = None
+    seed: int = 0
+    epoch: int = 0
+
+    def __post_init__(self) -> None:
+        self.patient_ids = list(self.patient_ids)
+        unknown = [p for p in self.patient_ids if p not in self.data.scans]
+        if unknown:
+            raise DataError(self.data.root, f"unknown or excluded patient(s): {', '.join(unknown)}")
+        self._cache = VolumeCache(self.cache_dir, self.config.img_size) if self.cache_dir else None
+        self._labels = {pid: self.data.slice_labels(pid) for pid in self.patient_ids}
+
+    def __len__(self) -> int:
+        return len(self.patient_ids)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch, which reseeds jitter and augmentation for the next pass."""
+        self.epoch = int(epoch)
+
+    def resized_volume(self, patient_id: str) -> np.ndarray:
+        """The whole resized HU volume ``[N, H, W]`` of a patient (cached if enabled)."""
+        if self._cache is not None:
+            return self._cache.get(self.data.scans[patient_id])
+        return resample_volume(load_volume(self.data.scans[patient_id]).hu, self.config.img_size)
+
+    def __getitem__(self, index: int) -> dict:
+        pid = self.patient_ids[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        labels = self._labels[pid]
+        n_slices = labels.shape[0]
+        idx = uniform_indices(n_slices, self.config.seq_len, jitter=self.train, rng=rng)
+        if self._cache is not None:
+            volume = self._cache.get(self.data.scans[pid])
+            if volume.shape[0] != n_slices:
+                raise DataError(self.data.scans[pid], f"cached volume has {volume.shape[0]} slices, "
+                                                      f"labels have {n_slices}")
+            x = to_model_input(np.asarray(volume[idx], dtype=np.float32), self.config.windows)
+        else:
+            x, _ = prepare_scan(load_volume(self.data.scans[pid]).hu, self.config, idx)
+        if self.train and self.augment is not None:
+            x = self.augment(x, rng)
+        return {
+            "x": x.contiguous(),
+            "slice_labels": torch.from_numpy(labels[idx]),
+            "scan_labels": torch.from_numpy(self.data.scan_labels(pid)),
+            "slice_indices": torch.from_numpy(idx),
+            "patient_id": pid,
+        }
+
+    def warm_cache(self) -> list[str]:
+        """Build the cache for every patient; returns the ids that failed (and why, via errors)."""
+        if self._cache is None:
+            return []
+        failed = []
+        for pid in self.patient_ids:
+            try:
+                self._cache.get(self.data.scans[pid])
+            except DataError:
+                failed.append(pid)
+        return failed
+
+
+def sampled_mask(data: CtIchData, patient_id: str, indices: np.ndarray, img_size: int) -> np.ndarray:
+    """The patient's hemorrhage mask at the sampled slices, resized: bool ``[S, H, W]``.
+
+    A pixel is inside when at least half of its area was inside at full resolution.
+    """
+    path = data.masks.get(patient_id)
+    if path is None:
+        raise DataError(data.root / "masks", f"no mask for patient {patient_id}")
+    mask = load_mask(path)[np.asarray(indices)]
+    return resize_slices(mask.astype(np.float32), img_size).numpy() >= 0.5
+

@@ -1,0 +1,90 @@
+"""Shared fixtures: small CT-ICH folders built by hand, where the right answer is known."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ichlib.labels import CT_ICH_CSV_COLUMNS, CT_ICH_COLUMNS
+from ichlib.volumes import save_mask, save_volume
+
+
+def write_ct_ich(root: Path, labels: dict[int, np.ndarray], size: int = 32, seed: int = 0,
+                 csv_text: str | None = None) -> Path:
+    """Write a tiny CT-ICH folder.
+
+    Args:
+        root: Destination folder.
+        labels: Per patient number, a 0/1 array ``[n_slices, 5]`` for the subtypes in the
+            order of ``CT_ICH_COLUMNS`` (intraparenchymal, intraventricular, subarachnoid,
+            epidural, subdural). Slice k of the volume gets a bright 70 HU square (and mask)
+            when any subtype is set on it, so image, mask and labels agree.
+        size: In-plane size.
+        seed: Noise seed.
+        csv_text: If given, written as the label CSV instead of the generated one.
+    """
+    rng = np.random.default_rng(seed)
+    (root / "ct_scans").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    rows = [",".join(CT_ICH_CSV_COLUMNS)]
+    yy, xx = np.mgrid[:size, :size]
+    head = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2) < (0.4 * size) ** 2
+    for number, lab in labels.items():
+        lab = np.asarray(lab, dtype=int)
+        n = lab.shape[0]
+        hu = np.full((n, size, size), -1000.0, dtype=np.float32)
+        hu[:, head] = 30.0
+        hu += rng.normal(0, 3, hu.shape).astype(np.float32)
+        mask = np.zeros((n, size, size), dtype=bool)
+        for k in range(n):
+            if lab[k].any():
+                q = size // 4
+                mask[k, q:q + 4, q:q + 4] = True
+                hu[k][mask[k]] = 70.0
+        save_volume(root / "ct_scans" / f"{number:03d}.nii", hu, spacing=(5.0, 0.5, 0.5))
+        save_mask(root / "masks" / f"{number:03d}.nii", mask, spacing=(5.0, 0.5, 0.5))
+        by_name = dict(zip(CT_ICH_COLUMNS.values(), lab.T))
+        for k in range(n):
+            sub = {c: int(by_name[c][k]) for c in CT_ICH_COLUMNS.values()}
+            no_hem = int(not any(sub.values()))
+            rows.append(f"{number},{k + 1},{sub['Intraventricular']},{sub['Intraparenchymal']},"
+                        f"{sub['Subarachnoid']},{sub['Epidural']},{sub['Subdural']},{no_hem},0")
+    (root / "hemorrhage_diagnosis_raw_ct.csv").write_text(
+        csv_text if csv_text is not None else "\n".join(rows) + "\n")
+    return root
+
+
+def labels_with(n_slices: int, subtype: int | None = None, start: int = 2, stop: int = 4) -> np.ndarray:
+    """``[n_slices, 5]`` zeros, with subtype column ``subtype`` set on slices start..stop-1."""
+    lab = np.zeros((n_slices, 5), dtype=int)
+    if subtype is not None:
+        lab[start:stop, subtype] = 1
+    return lab
+
+
+@pytest.fixture
+def make_ct_ich(tmp_path: Path) -> Callable[..., Path]:
+    """Factory fixture: ``make_ct_ich(labels, **kw)`` writes a CT-ICH folder under tmp_path."""
+    counter = iter(range(1000))
+
+    def make(labels: dict[int, np.ndarray], **kwargs) -> Path:
+        return write_ct_ich(tmp_path / f"ds{next(counter)}", labels, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def small_ct_ich(make_ct_ich) -> Path:
+    """Four patients: 49 negative (6 slices), 50 epidural on slices 3-4 (8 slices),
+    51 subdural+IPH (5 slices), 52 negative (3 slices)."""
+    lab51 = labels_with(5, 4, 1, 3)
+    lab51[2:5, 0] = 1
+    return make_ct_ich({
+        49: labels_with(6),
+        50: labels_with(8, 3, 2, 4),
+        51: lab51,
+        52: labels_with(3),
+    })

@@ -1,0 +1,81 @@
+"""The repository as a new user gets it: packaging, environment files, no data in git."""
+
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONDA_NAMES = {"pytorch": "torch"}  # conda-forge name -> PyPI name
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", requirement.strip(), maxsplit=1)[0].lower()
+
+
+def test_environment_yml_names_the_same_packages_as_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pyproject = {_name(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    conda = set()
+    text = (ROOT / "environment.yml").read_text()
+    for line in text.split("dependencies:", 1)[1].splitlines():
+        m = re.match(r"^  - ([A-Za-z0-9_.-]+)", line)
+        if m and m.group(1) not in ("python", "pip"):
+            conda.add(CONDA_NAMES.get(_name(m.group(1)), _name(m.group(1))))
+    assert conda == pyproject, f"only in environment.yml: {conda - pyproject}; only in pyproject: {pyproject - conda}"
+    assert '-e ".[dev]"' in (ROOT / "environment.yml").read_text()
+
+
+def _tracked() -> list[str]:
+    try:
+        out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
+    except (FileNotFoundError, subprocess.CalledProcessError):
+        pytest.fail("these checks need the git checkout (git ls-files failed)")
+    return [p for p in out.stdout.decode().split("\0") if p]
+
+
+def test_no_data_checkpoints_or_caches_are_tracked():
+    # CT-ICH and RSNA are restricted data: no scan, mask, DICOM, checkpoint or cache may be in git.
+    forbidden = re.compile(r"\.(nii|nii\.gz|dcm|npy|npz|pt|pth|ckpt|h5|pkl)$", re.IGNORECASE)
+    bad = [p for p in _tracked() if forbidden.search(p)]
+    assert bad == []
+    data_files = [p for p in _tracked() if p.startswith("data/") and p != "data/README.md"]
+    assert data_files == []
+
+
+def test_committed_notebooks_have_no_outputs():
+    # Outputs rendered from restricted data would redistribute it; executed copies go to runs/.
+    notebooks = [p for p in _tracked() if p.endswith(".ipynb")]
+    for path in notebooks:
+        nb = json.loads((ROOT / path).read_text())
+        for cell in nb["cells"]:
+            if cell["cell_type"] == "code":
+                assert cell.get("outputs") == [] and cell.get("execution_count") is None, path
+
+
+def test_notebooks_follow_the_fixed_opening():
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        nb = json.loads(path.read_text())
+        cells = nb["cells"]
+        assert cells[0]["cell_type"] == "markdown" and "".join(cells[0]["source"]).startswith("# "), path
+        params = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(params) == 1, f"{path.name}: needs exactly one papermill parameters cell"
+        src = "".join(params[0]["source"])
+        for name in ("DATA_DIR", "FIGURES_DIR", "RUNS_DIR", "SMOKE"):
+            assert re.search(rf"^{name}\s*=", src, re.M), f"{path.name}: parameter {name} missing"
+        assert nb["metadata"]["kernelspec"]["name"] == "python3", path
+
+
+def test_console_script_and_module_entry_point():
+    out = subprocess.run([sys.executable, "-m", "ichlib", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "check" in out.stdout and "synth" in out.stdout
+
+
+def test_gitignore_keeps_generated_files_out():
+    ignore = (ROOT / ".gitignore").read_text()
+    for pattern in ("data/*", "!data/README.md", "runs/", "figures/*", ".venv/", "*.pt", "*.nii"):
+        assert pattern in ignore.splitlines(), pattern
