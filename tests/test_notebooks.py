@@ -1,0 +1,48 @@
+"""Every numbered notebook runs headless with papermill, in smoke mode, on a tiny phantom."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+papermill = pytest.importorskip("papermill", reason="papermill is part of the dev extra")
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.fixture(scope="module")
+def tiny_phantom(tmp_path_factory) -> Path:
+    from ichlib.phantom import write_synthetic_ct_ich
+
+    return write_synthetic_ct_ich(tmp_path_factory.mktemp("phantom"), n_patients=12, size=96, seed=1)
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory) -> Path:
+    # shared across notebooks so 05 can use the checkpoint that 04 wrote
+    return tmp_path_factory.mktemp("runs")
+
+
+def test_notebooks_exist():
+    names = [p.name[:2] for p in NOTEBOOKS]
+    assert names[:3] == ["01", "02", "03"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_and_saves_figures(notebook, tiny_phantom, runs_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    figures = tmp_path / "figures"
+    papermill.execute_notebook(
+        str(notebook), str(tmp_path / notebook.name), kernel_name="python3", progress_bar=False,
+        parameters={"DATA_DIR": str(tiny_phantom), "FIGURES_DIR": str(figures),
+                    "RUNS_DIR": str(runs_dir), "SMOKE": True},
+        cwd=str(tmp_path),
+    )
+    saved = sorted(p.name for p in figures.glob(f"{notebook.name[:2]}_*.png"))
+    assert saved, f"{notebook.name} saved no figure under FIGURES_DIR"
+    assert all((figures / name).stat().st_size > 5000 for name in saved)
