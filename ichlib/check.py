@@ -64,19 +64,34 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def check_dataset(root: str | os.PathLike, deep: bool = True) -> CheckReport:
-    """Check a CT-ICH folder and collect every problem.
+def check_dataset(root: str | os.PathLike, deep: bool = True, format: str = "auto") -> CheckReport:
+    """Check a CT-ICH or RSNA 2019 folder and collect every problem.
 
     Args:
         root: The dataset folder.
         deep: Also read every scan's and mask's voxels (finds NaN/Inf, constant volumes,
             unreadable data). Header-level checks always run.
+        format: ``"ct-ich"``, ``"rsna"`` (see :func:`ichlib.rsna.check_rsna`), or
+            ``"auto"``: RSNA if the folder has ``stage_2_train.csv``, else CT-ICH.
 
     Returns:
         A :class:`CheckReport`. It never raises for problems inside the folder; a folder
         that cannot be read at all becomes a single problem.
     """
     root = Path(root)
+    if format not in ("auto", "ct-ich", "rsna"):
+        raise ValueError(f"format must be 'auto', 'ct-ich' or 'rsna', got {format!r}")
+    if format == "auto":
+        from ichlib.rsna import detect_format
+
+        try:
+            format = detect_format(root)
+        except DataError:
+            format = "ct-ich"  # the CT-ICH reader says exactly what is missing
+    if format == "rsna":
+        from ichlib.rsna import check_rsna
+
+        return check_rsna(root, deep=deep)
     try:
         data = read_ct_ich(root, on_error="skip")
     except DataError as exc:

@@ -67,9 +67,16 @@ class VolumeHeader:
 def read_header(path: str | os.PathLike) -> VolumeHeader:
     """Read and validate a NIfTI header without reading any voxel.
 
+    A folder or a ``.series`` manifest is a DICOM series: see
+    :func:`ichlib.dicom.read_dicom_series_header`.
+
     Raises:
         DataError: If the path is not a readable 3D NIfTI volume of a sane size.
     """
+    if _is_dicom_series(Path(path)):
+        from ichlib.dicom import read_dicom_series_header
+
+        return read_dicom_series_header(path)
     img = _open_nifti(Path(path))
     return _header_of(img, Path(path))
 
@@ -78,13 +85,18 @@ def load_volume(path: str | os.PathLike) -> Volume:
     """Load a CT volume (``.nii`` or ``.nii.gz``) as float32 HU ``[slices, H, W]``.
 
     ``scl_slope``/``scl_inter`` are applied. The volume must be 3D (a trailing axis of
-    length 1 is dropped), finite, and not constant.
+    length 1 is dropped), finite, and not constant. A folder or a ``.series`` manifest is
+    a DICOM series, loaded by :func:`ichlib.dicom.load_dicom_series`.
 
     Raises:
         DataError: Naming the file and the problem: missing, empty, truncated, not NIfTI,
             not 3D, implausibly large (refused before allocation), NaN/Inf, or constant.
     """
     path = Path(path)
+    if _is_dicom_series(path):
+        from ichlib.dicom import load_dicom_series
+
+        return load_dicom_series(path)
     img = _open_nifti(path)
     header = _header_of(img, path)
     data = _read_voxels(img, path)
@@ -152,6 +164,11 @@ def save_mask(path: str | os.PathLike, mask: np.ndarray,
 
 
 # --- internals -------------------------------------------------------------------------
+
+def _is_dicom_series(path: Path) -> bool:
+    """A ``.series`` manifest, or a folder (not one misnamed as a NIfTI file)."""
+    return path.suffix == ".series" or (path.is_dir() and not path.name.endswith(_NIFTI_SUFFIXES))
+
 
 def _open_nifti(path: Path) -> nib.Nifti1Image:
     if not path.name.endswith(_NIFTI_SUFFIXES):

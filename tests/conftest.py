@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ichlib.labels import CT_ICH_CSV_COLUMNS, CT_ICH_COLUMNS
+from ichlib.labels import CT_ICH_COLUMNS, CT_ICH_CSV_COLUMNS
 from ichlib.volumes import save_mask, save_volume
 
 

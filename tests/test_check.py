@@ -43,3 +43,21 @@ def test_cli_check_exit_status_and_json(small_ct_ich, capsys):
 def test_cli_check_on_a_missing_folder(tmp_path, capsys):
     assert main(["check", str(tmp_path / "nope")]) == 1
     assert "not found" in capsys.readouterr().out
+
+
+def test_check_detects_an_rsna_folder(tmp_path, capsys, monkeypatch):
+    import warnings
+
+    monkeypatch.setenv("ICHLIB_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "rsna"
+    assert main(["synth", str(out), "--format", "rsna", "--patients", "2", "--size", "32",
+                 "--workers", "1"]) == 0
+    assert "RSNA layout" in capsys.readouterr().out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the synthetic CSV repeats two images, like the real one
+        assert check_dataset(out, deep=False).ok
+        assert main(["check", str(out), "--json"]) == 0
+        series = json.loads(capsys.readouterr().out)["patients"]
+        assert len(series) == 3 and all(s["n_slices"] >= 24 for s in series.values())
+        assert main(["check", str(out), "--format", "ct-ich"]) == 1
+        assert "ct_scans" in capsys.readouterr().out

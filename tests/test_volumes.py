@@ -136,3 +136,21 @@ def test_wrong_suffix(tmp_path):
     (tmp_path / "x.mgh").write_bytes(b"123")
     with pytest.raises(DataError, match="NIfTI file name"):
         load_volume(tmp_path / "x.mgh")
+
+
+def test_a_folder_or_series_manifest_loads_as_a_dicom_series(tmp_path):
+    from ichlib.dicom import load_dicom_series, write_series_manifest
+    from ichlib.phantom_dicom import ct_dataset, write_dataset
+
+    files = []
+    for k in range(3):
+        stored = np.arange(48, dtype=np.int16).reshape(6, 8) + 1024 + 10 * k
+        ds = ct_dataset(stored, sop_uid=f"1.2.3.{k + 1}", series_uid="1.2.3", study_uid="1.2",
+                        patient_id="P", position=(0.0, 0.0, 2.5 * (2 - k)))
+        files.append(write_dataset(tmp_path / "series" / f"{k}.dcm", ds))
+    manifest = write_series_manifest(tmp_path / "s.series", files, "1.2.3")
+    for source in (tmp_path / "series", manifest):
+        vol = load_volume(source)
+        np.testing.assert_array_equal(vol.hu, load_dicom_series(source).hu)
+        assert vol.hu[:, 0, 0].tolist() == [20.0, 10.0, 0.0]  # sorted by position
+        assert read_header(source).shape == (3, 6, 8)
