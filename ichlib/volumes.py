@@ -141,11 +141,15 @@ def save_volume(path: str | os.PathLike, hu: np.ndarray,
     path = Path(path)
     if hu.ndim != 3:
         raise ValueError(f"expected [slices, H, W], got shape {hu.shape}")
-    data = np.transpose(hu, (2, 1, 0))
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
-        data = np.clip(np.rint(data), info.min, info.max)
-    data = np.ascontiguousarray(data.astype(dtype))
+        if not np.issubdtype(hu.dtype, np.integer):
+            hu = np.clip(np.rint(hu), info.min, info.max)
+        elif hu.size and (hu.min() < info.min or hu.max() > info.max):
+            hu = np.clip(hu, info.min, info.max)
+    # [S, H, W] C-order transposed is Fortran-ordered, which is how NIfTI stores voxels,
+    # so nibabel writes it without another copy.
+    data = np.transpose(np.asarray(hu).astype(dtype, copy=False), (2, 1, 0))
     s_slice, s_row, s_col = (float(s) for s in spacing)
     img = nib.Nifti1Image(data, np.diag([s_col, s_row, s_slice, 1.0]))
     img.header.set_data_dtype(dtype)
