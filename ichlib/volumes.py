@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,7 +211,7 @@ def _check_gzip(path: Path) -> None:
     try:
         with gzip.open(path, "rb") as fh:
             fh.read(348)
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise DataError(path, f"not a valid gzip file ({exc})") from exc
 
 
@@ -228,7 +229,9 @@ def _header_of(img: nib.Nifti1Image, path: Path) -> VolumeHeader:
                               f"allocate it (limit {MAX_EXTENT} per axis, {MAX_VOXELS} voxels)")
     dtype = img.header.get_data_dtype()
     if not path.name.endswith(".gz"):
-        expected = int(img.header["vox_offset"]) + int(np.prod(shape)) * dtype.itemsize
+        # nibabel resets the loaded header's vox_offset to 0; the proxy keeps the real one.
+        offset = int(getattr(img.dataobj, "offset", img.header["vox_offset"]))
+        expected = offset + int(np.prod(shape)) * dtype.itemsize
         actual = path.stat().st_size
         if actual < expected:
             raise DataError(path, f"file is truncated: {actual} bytes, the header needs {expected}")

@@ -79,3 +79,11 @@ def test_gitignore_keeps_generated_files_out():
     ignore = (ROOT / ".gitignore").read_text()
     for pattern in ("data/*", "!data/README.md", "runs/", "figures/*", ".venv/", "*.pt", "*.nii"):
         assert pattern in ignore.splitlines(), pattern
+
+
+def test_every_public_name_resolves():
+    import ichlib
+
+    for name in ichlib.__all__:
+        assert getattr(ichlib, name) is not None, name
+    assert "CNNBiLSTM" in dir(ichlib)

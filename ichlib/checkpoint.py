@@ -1,0 +1,190 @@
+"""Checkpoints as plain dicts that ``torch.load(..., weights_only=True)`` can read.
+
+A checkpoint holds only tensors, dicts, lists, strings, numbers, booleans and None, so
+loading one never runs code from the file. Keys::
+
+    format            "ichlib-checkpoint"
+    format_version    1
+    ichlib_version    version that wrote it
+    labels            list(LABELS): the column order of every output
+    model             state_dict of CNNBiLSTM
+    model_config      CNNBiLSTM constructor arguments
+    preprocess        PreprocessConfig.to_dict()
+    thresholds        {label: float} chosen on validation (may be empty)
+    data              "synthetic" or "real"
+    optimizer, lr_scheduler, epoch, config, best_score, history, rng   (training state)
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ichlib.atomic import atomic_path
+from ichlib.dataset import PreprocessConfig
+from ichlib.errors import CheckpointError
+from ichlib.labels import LABELS
+from ichlib.model import CNNBiLSTM
+
+FORMAT = "ichlib-checkpoint"
+FORMAT_VERSION = 1
+_REQUIRED = ("model", "model_config", "preprocess")
+_PLAIN = (str, int, float, bool, type(None), torch.Tensor)
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: Mapping) -> Path:
+    """Write ``checkpoint`` atomically with ``torch.save``, adding the format fields.
+
+    Raises:
+        CheckpointError: If a value is not weights-only safe (e.g. a numpy array or a
+            Path); the message names the key. Nothing is written then.
+    """
+    import ichlib
+
+    path = Path(path)
+    ckpt = {"format": FORMAT, "format_version": FORMAT_VERSION,
+            "ichlib_version": ichlib.__version__, "labels": list(LABELS), **checkpoint}
+    _check_plain(ckpt, path, "checkpoint")
+    with atomic_path(path, suffix=".pt") as tmp:
+        try:
+            torch.save(ckpt, tmp)
+        except RuntimeError as exc:  # torch's zip writer reports a full disk this way
+            if "write failed" not in str(exc) and "PytorchStreamWriter" not in str(exc):
+                raise
+            raise OSError(str(exc).strip().splitlines()[-1]) from exc
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load and validate a checkpoint, always with ``weights_only=True``, onto the CPU.
+
+    Raises:
+        CheckpointError: Naming the file and the problem: missing, not a PyTorch file,
+            holding Python objects (refused unexecuted), not an ichlib checkpoint, an
+            unknown ``format_version``, or labels that differ from :data:`LABELS`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(path, "checkpoint file not found")
+    if path.is_dir():
+        raise CheckpointError(path, "is a directory, expected a checkpoint file (e.g. best.pt)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        detail = _unpickler_detail(exc)
+        if "global" in detail.lower() or "reduce" in detail.lower():
+            raise CheckpointError(path, "refused to load: the file holds Python objects, not only "
+                                  f"tensors and plain data ({detail}); it may be unsafe, and ichlib "
+                                  "never loads a checkpoint with weights_only=False") from exc
+        raise CheckpointError(path, f"not a readable PyTorch checkpoint ({detail})") from exc
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(path, f"not a readable PyTorch checkpoint ({type(exc).__name__}: "
+                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r})") from exc
+    except Exception as exc:  # anything else torch.load can raise on junk
+        raise CheckpointError(path, f"could not load the checkpoint ({type(exc).__name__}: {exc})") from exc
+    validate_checkpoint(ckpt, path)
+    return ckpt
+
+
+def validate_checkpoint(ckpt: object, path: str | os.PathLike | None = None) -> None:
+    """Check format, version, labels and required keys of a loaded checkpoint.
+
+    Raises:
+        CheckpointError: Saying what differs.
+    """
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(path, f"holds a {type(ckpt).__name__}, not an ichlib checkpoint dict")
+    if ckpt.get("format") != FORMAT:
+        raise CheckpointError(path, f"not an ichlib checkpoint (format is {ckpt.get('format')!r}, "
+                              f"expected {FORMAT!r})")
+    version = ckpt.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(path, f"checkpoint format_version {version!r} is not supported by this "
+                              f"ichlib, which reads version {FORMAT_VERSION}; written by ichlib "
+                              f"{ckpt.get('ichlib_version', 'unknown')}")
+    labels = ckpt.get("labels")
+    if labels != list(LABELS):
+        raise CheckpointError(path, f"checkpoint labels {labels} differ from this ichlib's "
+                              f"{list(LABELS)}; its outputs would be read under the wrong names")
+    missing = [k for k in _REQUIRED if k not in ckpt]
+    if missing:
+        raise CheckpointError(path, f"checkpoint lacks {', '.join(missing)}")
+
+
+def model_from_checkpoint(ckpt: Mapping, device: str | torch.device = "cpu"
+                          ) -> tuple[CNNBiLSTM, PreprocessConfig]:
+    """Rebuild the model (in eval mode) and its preprocessing from a loaded checkpoint.
+
+    Raises:
+        CheckpointError: If the weights do not fit the stored model configuration.
+    """
+    try:
+        model = CNNBiLSTM(**{**ckpt["model_config"], "pretrained": False})
+        model.load_state_dict(ckpt["model"])
+        preprocess = PreprocessConfig.from_dict(ckpt["preprocess"])
+    except (RuntimeError, TypeError, KeyError, ValueError) as exc:
+        raise CheckpointError(None, f"checkpoint does not match its model configuration "
+                              f"{ckpt.get('model_config')} ({type(exc).__name__}: {exc})") from exc
+    return model.to(device).eval(), preprocess
+
+
+def capture_rng_state() -> dict:
+    """The torch, CUDA, numpy (global) and Python ``random`` states, weights-only safe."""
+    keys, pos, has_gauss, cached = np.random.get_state()[1:]
+    version, internal, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": int(version), "internal": [int(v) for v in internal],
+                   "gauss": None if gauss is None else float(gauss)},
+    }
+
+
+def restore_rng_state(state: Mapping) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
+
+
+def _unpickler_detail(exc: Exception) -> str:
+    """The informative part of torch's weights-only error (not its advice to disable it)."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        rest = text.split(marker, 1)[1].strip()
+        return rest.split("\n")[0].split(". Please")[0].strip() or "unreadable pickle"
+    # A blocked module (os, posix, subprocess, ...) comes as "Trying to load unsupported
+    # GLOBAL posix.system whose module posix is blocked", after torch's advice.
+    blocked = [line.strip() for line in text.splitlines() if "GLOBAL" in line]
+    if blocked:
+        return blocked[0]
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def _check_plain(value: object, path: Path, where: str) -> None:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, (str, int)):
+                raise CheckpointError(path, f"cannot store key {key!r} of {where}: keys must be str or int")
+            _check_plain(item, path, f"{where}[{key!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_plain(item, path, f"{where}[{i}]")
+    elif isinstance(value, np.generic) or not isinstance(value, _PLAIN):  # np.float64 is a float
+        raise CheckpointError(path, f"cannot store {where}, a {type(value).__name__}: checkpoints hold "
+                              "only tensors, dicts, lists, str, int, float, bool and None")

@@ -1,0 +1,195 @@
+"""The CNN + BiLSTM of Burduja et al. (Sensors 2020): a slice encoder, then a sequence model.
+
+Every slice of a scan ``[S, C, H, W]`` goes through a ResNet trunk to a pooled embedding.
+A linear *slice head* predicts the six labels for each slice from its embedding (the
+auxiliary task). A bidirectional LSTM reads the embeddings in slice order; the last hidden
+states of its forward and backward directions, concatenated, feed the *scan head*, which
+predicts the six patient-level labels. Columns follow :data:`ichlib.labels.LABELS`.
+
+The LSTM reads layer-normalised embeddings (``lstm_norm``). ResNet embeddings come out of a
+ReLU and average pooling: all positive, with a large offset shared by every slice. Fed raw,
+the LSTM learned nothing beyond the label prevalence on the synthetic phantom, even in 30
+epochs and on frozen embeddings; after a LayerNorm it fits the training scans in a few
+hundred steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+import torchvision
+from torch import nn
+
+from ichlib.errors import ConfigError, IchlibError
+from ichlib.labels import LABELS
+
+#: Supported backbones: torchvision constructor, ImageNet weights enum name, embedding size.
+BACKBONES: dict[str, tuple[Callable[..., torchvision.models.ResNet], str, int]] = {
+    "resnet18": (torchvision.models.resnet18, "ResNet18_Weights", 512),
+    "resnet34": (torchvision.models.resnet34, "ResNet34_Weights", 512),
+    "resnet50": (torchvision.models.resnet50, "ResNet50_Weights", 2048),
+}
+
+
+class ModelOutput(NamedTuple):
+    """Logits of :class:`CNNBiLSTM` (apply a sigmoid for probabilities).
+
+    Attributes:
+        scan_logits: ``[B, 6]`` patient-level logits, columns as LABELS.
+        slice_logits: ``[B, S, 6]`` per-slice logits of the auxiliary head.
+    """
+
+    scan_logits: torch.Tensor
+    slice_logits: torch.Tensor
+
+
+class CNNBiLSTM(nn.Module):
+    """ResNet slice encoder + bidirectional LSTM over the slices of a scan.
+
+    Args:
+        backbone: ``"resnet18"``, ``"resnet34"`` or ``"resnet50"`` (torchvision).
+        in_channels: Input channels ``C`` (1 for the brain window, 3 for brain/subdural/soft).
+        n_labels: Outputs per head (6: ``any`` and the five subtypes).
+        lstm_hidden: Hidden size of each LSTM direction.
+        lstm_layers: Stacked LSTM layers.
+        dropout: Dropout before both heads (and between stacked LSTM layers).
+        pretrained: Start the trunk from torchvision's ImageNet weights; the first
+            convolution is adapted to ``in_channels`` (see :func:`adapt_first_conv`).
+            Raises :class:`~ichlib.errors.IchlibError` if the weights cannot be had.
+
+    Attributes:
+        encoder: The ResNet trunk with ``fc`` removed: ``[N, C, H, W] -> [N, F]``.
+        slice_head: ``F -> n_labels``.
+        lstm_norm: LayerNorm of each embedding before the LSTM.
+        lstm: Bidirectional, batch-first, over the ``S`` embeddings in slice order.
+        scan_head: Dropout + linear from ``2 * lstm_hidden`` to ``n_labels``.
+        model_config: The constructor arguments as a plain dict (stored in checkpoints).
+    """
+
+    def __init__(self, backbone: str = "resnet18", in_channels: int = 1, n_labels: int = len(LABELS),
+                 lstm_hidden: int = 256, lstm_layers: int = 1, dropout: float = 0.3,
+                 pretrained: bool = False) -> None:
+        super().__init__()
+        if in_channels < 1 or n_labels < 1 or lstm_hidden < 1 or lstm_layers < 1:
+            raise ConfigError("in_channels, n_labels, lstm_hidden and lstm_layers must be >= 1")
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+        self.model_config = {
+            "backbone": backbone, "in_channels": int(in_channels), "n_labels": int(n_labels),
+            "lstm_hidden": int(lstm_hidden), "lstm_layers": int(lstm_layers),
+            "dropout": float(dropout),
+        }
+        self.encoder, self.feature_dim = build_encoder(backbone, in_channels, pretrained)
+        self.dropout = nn.Dropout(dropout)
+        self.slice_head = nn.Linear(self.feature_dim, n_labels)
+        self.lstm_norm = nn.LayerNorm(self.feature_dim)
+        self.lstm = nn.LSTM(self.feature_dim, lstm_hidden, num_layers=lstm_layers, batch_first=True,
+                            bidirectional=True, dropout=dropout if lstm_layers > 1 else 0.0)
+        self.scan_head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * lstm_hidden, n_labels))
+
+    @property
+    def target_layer(self) -> nn.Module:
+        """The CNN's last residual block (``encoder.layer4[-1]``), the Grad-CAM target.
+
+        A property rather than a submodule, so the block's weights appear once in the
+        state dict.
+        """
+        return self.encoder.layer4[-1]
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        """Predict from a batch of slice sequences.
+
+        Args:
+            x: ``[B, S, C, H, W]`` windowed slices in [0, 1], slices in scan order.
+
+        Returns:
+            :class:`ModelOutput` with float32 ``scan_logits [B, 6]`` and
+            ``slice_logits [B, S, 6]``, also under autocast (the LSTM and heads run in
+            float32; only the CNN runs in reduced precision).
+        """
+        if x.ndim != 5:
+            raise ConfigError(f"expected input [B, S, C, H, W], got shape {tuple(x.shape)}")
+        b, s = x.shape[:2]
+        flat = x.reshape(b * s, *x.shape[2:])
+        if self._channels_last():
+            flat = flat.contiguous(memory_format=torch.channels_last)
+        embeddings = self.encoder(flat).reshape(b, s, -1)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            embeddings = embeddings.float()
+            slice_logits = self.slice_head(self.dropout(embeddings))
+            _, (h_n, _) = self.lstm(self.lstm_norm(embeddings))
+            # h_n: [layers * 2, B, hidden]; the last two rows are the top layer's forward
+            # (after the last slice) and backward (after the first slice) states.
+            final = torch.cat([h_n[-2], h_n[-1]], dim=1)
+            scan_logits = self.scan_head(final)
+        return ModelOutput(scan_logits=scan_logits, slice_logits=slice_logits)
+
+    def _channels_last(self) -> bool:
+        # conv1's weight may have one input channel, which fits either layout; a 64-channel
+        # weight of layer1 tells whether the model was moved to channels_last.
+        weight = self.encoder.layer1[0].conv1.weight
+        return not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def build_encoder(backbone: str, in_channels: int = 1,
+                  pretrained: bool = False) -> tuple[torchvision.models.ResNet, int]:
+    """A torchvision ResNet trunk with ``fc`` replaced by identity.
+
+    Returns:
+        The trunk (``[N, C, H, W] -> [N, F]``) and ``F``.
+
+    Raises:
+        ConfigError: On an unknown backbone.
+        IchlibError: If ``pretrained`` and the ImageNet weights cannot be loaded.
+    """
+    if backbone not in BACKBONES:
+        raise ConfigError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+    constructor, weights_name, feature_dim = BACKBONES[backbone]
+    trunk = constructor(weights=None)
+    if pretrained:
+        trunk.load_state_dict(imagenet_state_dict(backbone))
+    old = trunk.conv1
+    conv1 = nn.Conv2d(in_channels, old.out_channels, kernel_size=old.kernel_size, stride=old.stride,
+                      padding=old.padding, bias=False)
+    if pretrained:
+        with torch.no_grad():
+            conv1.weight.copy_(adapt_first_conv(old.weight, in_channels))
+    trunk.conv1 = conv1
+    trunk.fc = nn.Identity()
+    return trunk, feature_dim
+
+
+def adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Adapt RGB first-layer filters ``[O, 3, k, k]`` to ``in_channels`` inputs.
+
+    Three channels keep the RGB filters as they are. Any other count gets the mean of the
+    RGB filters in every channel, scaled by ``3 / in_channels``, so an input that is the
+    same in every channel produces the response an equally grey RGB image would (for one
+    channel this is the sum of the RGB filters).
+    """
+    if in_channels == weight.shape[1]:
+        return weight.clone()
+    mean = weight.mean(dim=1, keepdim=True)
+    return mean.repeat(1, in_channels, 1, 1) * (weight.shape[1] / in_channels)
+
+
+def imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet weights for ``backbone``, from the torch hub cache or the web.
+
+    Raises:
+        IchlibError: If they cannot be had (offline and not cached), saying how to fix it.
+    """
+    weights = getattr(torchvision.models, BACKBONES[backbone][1]).IMAGENET1K_V1
+    filename = weights.url.rsplit("/", 1)[-1]
+    target = f"{torch.hub.get_dir()}/checkpoints/{filename}"
+    try:
+        return torch.hub.load_state_dict_from_url(weights.url, progress=False, check_hash=True,
+                                                  weights_only=True)
+    except Exception as exc:  # URLError, HTTPError, timeouts, hash mismatch, bad file
+        raise IchlibError(
+            f"could not load the ImageNet weights for {backbone} ({type(exc).__name__}: {exc}). "
+            f"On a machine with internet, download {weights.url} and copy it to {target} "
+            "(or point TORCH_HOME at a folder holding hub/checkpoints/" + filename + "); "
+            "or train from scratch with pretrained=False.") from exc

@@ -1,0 +1,104 @@
+"""Figures for training runs: learning curves, ROC curves per label, confusion matrices."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_curve
+
+from ichlib.labels import LABELS
+from ichlib.plots import SUBTYPE_COLORS
+
+
+def plot_history(histories: Mapping[str, pd.DataFrame], note: str = "") -> plt.Figure:
+    """Training and validation loss, and validation mean AUC, per epoch for one or more runs.
+
+    Args:
+        histories: ``{run name: history}`` with the columns written to ``history.csv``
+            (``epoch``, ``train_loss``, ``val_loss``, ``val_mean_auc``).
+        note: Text for the figure title (e.g. the synthetic-data note).
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+    for (name, h), color in zip(histories.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        axes[0].plot(h["epoch"], h["train_loss"], "-", color=color, label=f"{name} train")
+        axes[0].plot(h["epoch"], h["val_loss"], "--", color=color, label=f"{name} val")
+        if "val_mean_auc" in h:
+            axes[1].plot(h["epoch"], h["val_mean_auc"].astype(float), "-o", ms=3, color=color, label=name)
+    axes[0].set(xlabel="epoch", ylabel="loss", title="loss ((1-λ)·scan BCE + λ·slice BCE)")
+    axes[1].set(xlabel="epoch", ylabel="AUC", title="validation mean AUC (patient level)", ylim=(0, 1))
+    axes[1].axhline(0.5, color="grey", lw=0.8, ls=":")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    if note:
+        fig.suptitle(note, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_roc_curves(y_true: np.ndarray, scores: Mapping[str, np.ndarray], note: str = "") -> plt.Figure:
+    """One ROC panel per label, one curve per model, on the same patients.
+
+    Args:
+        y_true: ``[N, 6]`` labels, columns as LABELS.
+        scores: ``{model name: [N, 6] scores}``.
+        note: Figure title.
+    """
+    fig, axes = plt.subplots(1, len(LABELS), figsize=(3.0 * len(LABELS), 3.2), sharey=True)
+    for j, (ax, label) in enumerate(zip(axes, LABELS)):
+        y = np.asarray(y_true)[:, j] > 0.5
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+        if y.all() or not y.any():
+            ax.text(0.5, 0.5, "one class only\nin this split", ha="center", va="center", fontsize=8)
+        else:
+            for name, s in scores.items():
+                fpr, tpr, _ = roc_curve(y, np.asarray(s)[:, j])
+                ax.plot(fpr, tpr, lw=1.5, label=name)
+        ax.set_title(f"{label} ({int(y.sum())}+/{int((~y).sum())}-)", fontsize=9,
+                     color=SUBTYPE_COLORS.get(label, "black") if label != "any" else "black")
+        ax.set_xlabel("1 - specificity")
+        ax.set_aspect("equal")
+    axes[0].set_ylabel("sensitivity")
+    handles, names = axes[0].get_legend_handles_labels()
+    if not handles:
+        for ax in axes[1:]:
+            handles, names = ax.get_legend_handles_labels()
+            if handles:
+                break
+    if handles:
+        fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=8, bbox_to_anchor=(0.5, -0.02))
+    if note:
+        fig.suptitle(note, fontsize=9)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+def confusion_counts(y_true: np.ndarray, y_prob: np.ndarray, thresholds: Mapping[str, float]) -> pd.DataFrame:
+    """TP, FP, FN, TN per label at the given thresholds (a prediction is positive at >= t)."""
+    rows = []
+    for j, label in enumerate(LABELS):
+        y = np.asarray(y_true)[:, j] > 0.5
+        pred = np.asarray(y_prob)[:, j] >= float(thresholds[label])
+        rows.append({"label": label, "TP": int((y & pred).sum()), "FP": int((~y & pred).sum()),
+                     "FN": int((y & ~pred).sum()), "TN": int((~y & ~pred).sum())})
+    return pd.DataFrame(rows).set_index("label")
+
+
+def plot_confusion_matrices(counts: pd.DataFrame, note: str = "") -> plt.Figure:
+    """2x2 confusion matrices, one per label, from :func:`confusion_counts`."""
+    fig, axes = plt.subplots(1, len(counts), figsize=(2.3 * len(counts), 2.6))
+    for ax, (label, row) in zip(np.atleast_1d(axes), counts.iterrows()):
+        m = np.array([[row["TN"], row["FP"]], [row["FN"], row["TP"]]])
+        ax.imshow(m, cmap="Blues", vmin=0, vmax=max(1, m.max()))
+        for (i, k), v in np.ndenumerate(m):
+            ax.text(k, i, int(v), ha="center", va="center", fontsize=10,
+                    color="white" if v > m.max() / 2 else "black")
+        ax.set_xticks([0, 1], ["pred -", "pred +"], fontsize=7)
+        ax.set_yticks([0, 1], ["true -", "true +"], fontsize=7)
+        ax.set_title(label, fontsize=9)
+    if note:
+        fig.suptitle(note, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,139 @@
+"""CNNBiLSTM: shapes, slice order, the Grad-CAM contract, and ImageNet weights without network."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+
+from ichlib.errors import ConfigError, IchlibError
+from ichlib.labels import LABELS
+from ichlib.model import CNNBiLSTM, ModelOutput, adapt_first_conv
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[int, CNNBiLSTM]:
+    torch.manual_seed(0)
+    return {c: CNNBiLSTM(in_channels=c, lstm_hidden=16).eval() for c in (1, 3)}
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("seq_len", [1, 7, 16])
+def test_output_shapes(models, batch, seq_len, channels):
+    x = torch.rand(batch, seq_len, channels, 32, 32)
+    with torch.inference_mode():
+        out = models[channels](x)
+    assert isinstance(out, ModelOutput)
+    assert out.scan_logits.shape == (batch, len(LABELS))
+    assert out.slice_logits.shape == (batch, seq_len, len(LABELS))
+    assert torch.isfinite(out.scan_logits).all() and torch.isfinite(out.slice_logits).all()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_channels_last_gives_the_same_output(models, channels):
+    model = models[channels]
+    x = torch.rand(2, 7, channels, 32, 32)
+    with torch.inference_mode():
+        expected = model(x)
+        fast = CNNBiLSTM(in_channels=channels, lstm_hidden=16).eval()
+        fast.load_state_dict(model.state_dict())
+        fast = fast.to(memory_format=torch.channels_last)
+        got = fast(x)
+    assert fast.encoder.layer1[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got.scan_logits, expected.scan_logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got.slice_logits, expected.slice_logits, rtol=1e-4, atol=1e-5)
+
+
+def test_slice_order_matters_for_the_scan_but_not_for_each_slice(models):
+    model = models[1]
+    x = torch.rand(1, 7, 1, 32, 32)
+    with torch.inference_mode():
+        forward = model(x)
+        backward = model(x.flip(1))
+    # The LSTM reads the sequence: reversing it changes the patient-level output...
+    assert not torch.allclose(forward.scan_logits, backward.scan_logits, atol=1e-6)
+    # ...while the slice head sees each slice alone.
+    torch.testing.assert_close(backward.slice_logits, forward.slice_logits.flip(1), rtol=1e-4, atol=1e-5)
+
+
+def test_contract_attributes():
+    model = CNNBiLSTM(lstm_hidden=8, lstm_layers=2)
+    assert model.target_layer is model.encoder.layer4[-1]
+    assert isinstance(model.slice_head, torch.nn.Linear) and model.slice_head.in_features == 512
+    assert model.lstm.bidirectional and model.lstm.batch_first
+    assert isinstance(model.lstm_norm, torch.nn.LayerNorm) and model.lstm.input_size == 512
+    # The scan head reads the final states of both directions, concatenated.
+    linear = [m for m in model.scan_head.modules() if isinstance(m, torch.nn.Linear)]
+    assert linear[-1].in_features == 2 * 8
+    assert not any(k.startswith("target_layer") for k in model.state_dict())
+    assert model.encoder(torch.rand(3, 1, 32, 32)).shape == (3, 512)
+    assert model.model_config == {"backbone": "resnet18", "in_channels": 1, "n_labels": 6,
+                                  "lstm_hidden": 8, "lstm_layers": 2, "dropout": 0.3}
+
+
+@pytest.mark.parametrize(("backbone", "features"), [("resnet34", 512), ("resnet50", 2048)])
+def test_other_backbones(backbone, features):
+    model = CNNBiLSTM(backbone=backbone, in_channels=3, lstm_hidden=8).eval()
+    assert model.feature_dim == features
+    with torch.inference_mode():
+        out = model(torch.rand(1, 2, 3, 32, 32))
+    assert out.scan_logits.shape == (1, 6)
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ConfigError, match="unknown backbone"):
+        CNNBiLSTM(backbone="vgg16")
+    with pytest.raises(ConfigError, match="dropout"):
+        CNNBiLSTM(dropout=1.0)
+    with pytest.raises(ConfigError, match=r"\[B, S, C, H, W\]"):
+        CNNBiLSTM()(torch.rand(2, 1, 32, 32))
+
+
+def test_bf16_autocast_returns_float32_logits(models):
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = models[1](torch.rand(1, 3, 1, 32, 32))
+    assert out.scan_logits.dtype == torch.float32 and out.slice_logits.dtype == torch.float32
+
+
+def test_pretrained_offline_raises_a_clear_error(monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(IchlibError, match="could not load the ImageNet weights for resnet18") as info:
+        CNNBiLSTM(pretrained=True)
+    message = str(info.value)
+    assert "resnet18-" in message and "checkpoints" in message and "pretrained=False" in message
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_pretrained_weights_are_loaded_and_first_conv_adapted(monkeypatch, channels):
+    torch.manual_seed(1)
+    imagenet = torchvision.models.resnet18(weights=None).state_dict()
+    calls = []
+
+    def fake_download(url, **kwargs):
+        calls.append((url, kwargs))
+        return imagenet
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake_download)
+    model = CNNBiLSTM(in_channels=channels, pretrained=True)
+    assert calls and calls[0][1].get("weights_only") is True
+    torch.testing.assert_close(model.encoder.layer3[0].conv1.weight, imagenet["layer3.0.conv1.weight"])
+    rgb = imagenet["conv1.weight"]
+    expected = rgb if channels == 3 else rgb.sum(dim=1, keepdim=True)
+    torch.testing.assert_close(model.encoder.conv1.weight, expected)
+
+
+def test_adapt_first_conv_keeps_the_response_to_grey_input():
+    weight = torch.randn(4, 3, 3, 3)
+    grey = torch.rand(1, 1, 5, 5)
+    rgb_response = torch.nn.functional.conv2d(grey.repeat(1, 3, 1, 1), weight)
+    for c in (1, 2, 4):
+        adapted = adapt_first_conv(weight, c)
+        assert adapted.shape == (4, c, 3, 3)
+        torch.testing.assert_close(torch.nn.functional.conv2d(grey.repeat(1, c, 1, 1), adapted),
+                                   rgb_response, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,149 @@
+"""Prediction with a tiny trained checkpoint, including a broken scan among good ones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ichlib.checkpoint import load_checkpoint, model_from_checkpoint
+from ichlib.cli import main
+from ichlib.labels import LABELS
+from ichlib.predict import Predictor, format_prediction, predict_files, predict_scan
+from ichlib.sampling import uniform_indices
+from ichlib.train import TrainConfig, fit
+from ichlib.volumes import load_volume
+from tests.conftest import labels_with, write_ct_ich
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A one-epoch run on eight tiny synthetic-labelled patients."""
+    root = tmp_path_factory.mktemp("predict")
+    labels = {49 + i: labels_with(5 + i % 3, (i % 5) if i % 2 else None, 1, 3) for i in range(8)}
+    data = write_ct_ich(root / "ds", labels, size=32)
+    (data / "synthetic.json").write_text('{"synthetic": true}')
+    config = TrainConfig(data_dir=str(data), out_dir=str(root / "run"), epochs=1, batch_size=4,
+                         img_size=32, seq_len=6, lstm_hidden=16, val_fraction=0.25,
+                         test_fraction=0.25, n_boot=10, progress=False,
+                         cache_dir=str(root / "cache"))
+    return fit(config), data
+
+
+@pytest.fixture
+def scans(trained, tmp_path) -> tuple[list[Path], Path]:
+    _, data = trained
+    good = sorted((data / "ct_scans").glob("*.nii"))[:3]
+    bad = tmp_path / "broken.nii"
+    bad.write_bytes(good[0].read_bytes()[:200])  # shorter than a NIfTI header
+    return good, bad
+
+
+def test_a_broken_scan_does_not_stop_the_others(trained, scans):
+    run, _ = trained
+    good, bad = scans
+    predictions, errors = predict_files(run.best_path, [good[0], bad, good[1]], device="cpu")
+    assert [p.path for p in predictions] == [str(good[0]), str(good[1])]
+    assert len(errors) == 1 and errors[0].path == str(bad)
+    assert str(bad) in errors[0].error and "truncated" in errors[0].error
+
+
+def test_prediction_contents(trained, scans):
+    run, _ = trained
+    good, _ = scans
+    ckpt = load_checkpoint(run.best_path)
+    prediction = Predictor(ckpt, device="cpu")(good[2])
+    assert list(prediction.probabilities) == list(LABELS)
+    assert all(0.0 <= p <= 1.0 for p in prediction.probabilities.values())
+    n = load_volume(good[2]).n_slices
+    assert prediction.slice_numbers == [int(i) + 1 for i in uniform_indices(n, 6)]
+    assert prediction.slice_numbers[0] == 1 and prediction.slice_numbers[-1] == n
+    assert prediction.slice_probabilities.shape == (6, 6)
+    assert prediction.thresholds == ckpt["thresholds"] and set(prediction.positive) == set(LABELS)
+    assert prediction.trained_on == "synthetic"
+    table = prediction.slice_table()
+    assert list(table.columns) == ["SliceNumber", *LABELS]
+    doc = prediction.to_dict()
+    json.dumps(doc)
+    assert doc["slices"][0]["SliceNumber"] == 1
+    text = format_prediction(prediction)
+    assert "SYNTHETIC" in text and "intraventricular" in text and "SliceNumber" in text
+
+
+def test_matches_the_test_probabilities_of_the_run(trained):
+    run, data = trained
+    model, preprocess = model_from_checkpoint(load_checkpoint(run.best_path))
+    for pid, expected in run.metrics["test"]["probabilities"].items():
+        got = predict_scan(model, preprocess, data / "ct_scans" / f"{pid}.nii", amp="off")
+        # The run read float16-cached volumes; prediction reads the NIfTI itself.
+        np.testing.assert_allclose([got.probabilities[k] for k in LABELS],
+                                   [expected[k] for k in LABELS], atol=2e-3)
+
+
+def test_path_volume_and_array_inputs_agree(trained, scans):
+    run, _ = trained
+    good, _ = scans
+    model, preprocess = model_from_checkpoint(load_checkpoint(run.best_path))
+    volume = load_volume(good[0])
+    results = [predict_scan(model, preprocess, item, amp="off") for item in (good[0], volume, volume.hu)]
+    for other in results[1:]:
+        assert other.probabilities == results[0].probabilities
+    assert results[1].path == str(good[0]) and results[2].path is None
+
+
+def test_bf16_stays_close_to_float32(trained, scans):
+    run, _ = trained
+    good, _ = scans
+    model, preprocess = model_from_checkpoint(load_checkpoint(run.best_path))
+    for path in good:
+        fp32 = predict_scan(model, preprocess, path, amp="off")
+        bf16 = predict_scan(model, preprocess, path, amp="bf16")
+        delta = max(abs(fp32.probabilities[k] - bf16.probabilities[k]) for k in LABELS)
+        assert delta < 0.05
+
+
+def test_cli_predict_reports_the_bad_scan_and_fails(trained, scans, capsys):
+    run, _ = trained
+    good, bad = scans
+    status = main(["predict", "--checkpoint", str(run.best_path), str(good[0]), str(bad), str(good[1])])
+    out, err = capsys.readouterr()
+    assert status != 0
+    assert str(good[0]) in out and str(good[1]) in out and "SliceNumber" in out and "subdural" in out
+    assert str(bad) not in out
+    assert str(bad) in err and "error" in err
+
+
+def test_cli_predict_json(trained, scans, capsys):
+    run, _ = trained
+    good, _ = scans
+    status = main(["predict", "--checkpoint", str(run.best_path), "--json", "--fp32", *map(str, good)])
+    out, _ = capsys.readouterr()
+    assert status == 0
+    doc = json.loads(out)
+    assert [p["path"] for p in doc["predictions"]] == list(map(str, good)) and doc["errors"] == []
+    assert set(doc["predictions"][0]["probabilities"]) == set(LABELS)
+    assert {"SliceNumber", *LABELS} == set(doc["predictions"][0]["slices"][0])
+
+
+def test_cli_predict_with_a_bad_checkpoint(scans, tmp_path, capsys):
+    good, _ = scans
+    fake = tmp_path / "best.pt"
+    fake.write_text("not a checkpoint")
+    status = main(["predict", "--checkpoint", str(fake), str(good[0])])
+    _, err = capsys.readouterr()
+    assert status == 2 and str(fake) in err
+
+
+def test_cli_predict_cam_writes_a_figure_and_nifti_per_scan(trained, scans, tmp_path, capsys):
+    run, _ = trained
+    good, _ = scans
+    out = tmp_path / "cam"
+    status = main(["predict", "--checkpoint", str(run.best_path), "--cam", str(out), "--cam-top-k", "2",
+                   str(good[0])])
+    assert status == 0
+    pngs, niftis = sorted(out.glob("*.png")), sorted(out.glob("*.nii.gz"))
+    assert len(pngs) == 1 and len(niftis) == 1
+    assert pngs[0].read_bytes()[:4] == b"\x89PNG" and pngs[0].stat().st_size > 5000
+    assert "Grad-CAM:" in capsys.readouterr().err
