@@ -1,0 +1,481 @@
+"""Grad-CAM for a whole scan through the CNN + BiLSTM, using the ``grad-cam`` package.
+
+``grad-cam`` explains one output per image of a batch. Here one scan's slices
+``[S, C, H, W]`` are the "batch" and :class:`ScanAsBatch` returns the *patient-level*
+logits ``[1, 6]``, so the gradient of the scan's score flows back through the BiLSTM into
+the CNN features of every slice. The library then gives one map per slice from the CNN's
+last block (``model.target_layer``):
+
+- activations and gradients at the target layer are ``[S, F, h, w]``;
+- :class:`~pytorch_grad_cam.GradCAM` averages each slice's gradient over ``h, w``, so
+  slice ``s`` gets its own channel weights ``w[s, k] = mean_ij d score / d A[s, k, i, j]``
+  and the map ``ReLU(sum_k w[s, k] A[s, k])``;
+- exactly one target is passed, paired with the single output row.
+
+The library scales each slice's map to [0, 1] on its own (min-max), which hides how much
+a slice matters. :func:`scan_grad_cam` therefore keeps the un-normalised maps and, by
+default, divides the whole scan by its one maximum (``normalize="scan"``), so a faint
+slice stays faint. The library's own per-slice result is kept as ``normalize="slice"``.
+
+On CUDA, cuDNN is off during the call (backward through an LSTM in eval mode fails with
+it on). The model is used in eval mode; afterwards every submodule's train/eval flag and
+every parameter's ``requires_grad`` and ``.grad`` are as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+import torch
+from pytorch_grad_cam import GradCAM
+from torch import nn
+
+from ichlib.errors import ConfigError, IchlibError
+from ichlib.labels import LABELS, label_index
+
+Normalize = Literal["scan", "slice"] | None
+_NORMALIZE = ("scan", "slice", None)
+
+
+# --- targets ----------------------------------------------------------------------------
+
+class ScanLabelTarget:
+    """The patient-level logit of one label, picked by name.
+
+    Called by ``grad-cam`` with one scan's output row ``[6]`` (columns as
+    :data:`~ichlib.labels.LABELS`); a ``[B, 6]`` input gives ``[B]``.
+
+    Args:
+        label: One of :data:`~ichlib.labels.LABELS`, e.g. ``"subdural"``.
+    """
+
+    head = "scan"
+
+    def __init__(self, label: str) -> None:
+        self.index = label_index(label)
+        self.label = label
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        return model_output[..., self.index]
+
+    def __repr__(self) -> str:
+        return f"ScanLabelTarget({self.label!r})"
+
+
+class SliceLabelTarget:
+    """The slice head's logit of one label for one sampled slice.
+
+    Called with one scan's slice logits ``[S, 6]``. The slice head is the auxiliary,
+    per-slice classifier, so this explains "why does the model call *this* slice
+    epidural" rather than the patient-level diagnosis.
+
+    Args:
+        slice_pos: Position in the sampled sequence, ``0 <= slice_pos < S`` (not the
+            scan's slice index; negative values count from the end).
+        label: One of :data:`~ichlib.labels.LABELS`.
+    """
+
+    head = "slice"
+
+    def __init__(self, slice_pos: int, label: str) -> None:
+        self.index = label_index(label)
+        self.label = label
+        self.slice_pos = int(slice_pos)
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        return model_output[..., self.slice_pos, self.index]
+
+    def __repr__(self) -> str:
+        return f"SliceLabelTarget({self.slice_pos}, {self.label!r})"
+
+
+class _TopScanLabelTarget(ScanLabelTarget):
+    """The patient-level label with the highest logit, chosen at the forward pass."""
+
+    def __init__(self) -> None:  # the label is set at the first call
+        self.index = -1
+        self.label = ""
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        if self.index < 0:
+            self.index = int(model_output.detach().reshape(-1, len(LABELS))[0].argmax())
+            self.label = LABELS[self.index]
+        return model_output[..., self.index]
+
+
+Target = ScanLabelTarget | SliceLabelTarget
+
+
+# --- the wrapper ------------------------------------------------------------------------
+
+class ScanAsBatch(nn.Module):
+    """Present one scan's slices ``[S, C, H, W]`` as a batch to ``grad-cam``.
+
+    ``forward`` runs the sequence model on ``x[None]`` (``[1, S, C, H, W]``) and returns the
+    patient-level logits ``[1, 6]`` (``head="scan"``) or the slice logits ``[1, S, 6]``
+    (``head="slice"``). A model whose forward returns a plain tensor is taken to return
+    patient-level logits.
+
+    Args:
+        model: A model following the :class:`ichlib.model.CNNBiLSTM` contract.
+        head: ``"scan"`` or ``"slice"``.
+    """
+
+    def __init__(self, model: nn.Module, head: str = "scan") -> None:
+        super().__init__()
+        if head not in ("scan", "slice"):
+            raise ConfigError(f"head must be 'scan' or 'slice', got {head!r}")
+        self.model = model
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x.unsqueeze(0))
+        if self.head == "slice":
+            if not hasattr(out, "slice_logits"):
+                raise ConfigError("a slice target needs a model whose output has .slice_logits")
+            return out.slice_logits
+        return out.scan_logits if hasattr(out, "scan_logits") else out
+
+
+class _ScanGradCAM(GradCAM):
+    """GradCAM that also keeps the un-normalised ReLU'd maps and checks the layout.
+
+    Only two hooks of the library are extended; the weights, the weighted sum and the
+    per-slice scaling are the library's own code.
+    """
+
+    def __init__(self, model: nn.Module, target_layers: list[nn.Module]) -> None:
+        super().__init__(model, target_layers)
+        self.raw_cams: list[np.ndarray] = []
+
+    def get_cam_image(self, *args, **kwargs) -> np.ndarray:
+        cam = super().get_cam_image(*args, **kwargs)
+        self.raw_cams.append(np.maximum(cam, 0).astype(np.float32))
+        return cam
+
+    def compute_cam_per_layer(self, input_tensor, targets, eigen_smooth):
+        acts = self.activations_and_grads.activations
+        grads = self.activations_and_grads.gradients
+        n = int(input_tensor.shape[0])
+        if len(acts) != len(self.target_layers) or len(grads) != len(acts):
+            raise IchlibError(
+                f"the target layer ran {len(acts)} time(s) and got {len(grads)} gradient(s) in one "
+                f"forward pass; scan Grad-CAM needs the CNN to run once on all {n} slices as a batch "
+                "([B*S, C, H, W]) and the score to depend on the target layer")
+        for a, g in zip(acts, grads):
+            if a.ndim != 4 or a.shape[0] != n or tuple(g.shape) != tuple(a.shape):
+                raise IchlibError(f"target layer activations {tuple(a.shape)} / gradients "
+                                  f"{tuple(g.shape)} are not [S={n}, F, h, w]")
+        return super().compute_cam_per_layer(input_tensor, targets, eigen_smooth)
+
+
+# --- the result -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ScanCAM:
+    """Grad-CAM of one scan for one target.
+
+    Attributes:
+        maps: float32 ``[S, H, W]`` at input resolution, normalised as ``normalize`` says.
+        importance: float32 ``[S]``, the mean over pixels of the un-normalised ReLU'd map of
+            each slice at the target layer's resolution (``raw.mean((1, 2))``). It is >= 0,
+            in units of the target logit, comparable across slices of one scan and one
+            target, not across models. 0 means Grad-CAM sees no positive evidence there.
+        raw: float32 ``[S, h, w]``, the un-normalised ReLU'd maps at the target layer.
+        label: The explained label.
+        probability: ``sigmoid`` of the explained logit.
+        probabilities: float32 ``[6]``, ``sigmoid`` of the head's six logits (the scan's,
+            or the explained slice's), columns as LABELS.
+        slice_indices: int64 ``[S]``, 0-based index into the scan of each sampled slice
+            (``SliceNumber - 1``); ``arange(S)`` when not given.
+        head: ``"scan"`` or ``"slice"``.
+        slice_pos: The explained slice position for a slice target, else None.
+        normalize: ``"scan"``, ``"slice"`` or None.
+    """
+
+    maps: np.ndarray
+    importance: np.ndarray
+    raw: np.ndarray
+    label: str
+    probability: float
+    probabilities: np.ndarray
+    slice_indices: np.ndarray
+    head: str = "scan"
+    slice_pos: int | None = None
+    normalize: str | None = "scan"
+
+    def top_slices(self, k: int) -> np.ndarray:
+        """Positions of the ``k`` most important slices, most important first (ties: earlier)."""
+        order = np.argsort(-self.importance, kind="stable")
+        return order[: max(0, int(k))]
+
+
+# --- the computation --------------------------------------------------------------------
+
+def scan_grad_cam(model: nn.Module, x: torch.Tensor | np.ndarray,
+                  target: str | Target | None = "any", *, normalize: Normalize = "scan",
+                  slice_indices: Sequence[int] | np.ndarray | None = None,
+                  target_layer: nn.Module | None = None) -> ScanCAM:
+    """Grad-CAM maps for every slice of one scan.
+
+    Args:
+        model: A CNN + BiLSTM following the :class:`ichlib.model.CNNBiLSTM` contract.
+        x: One scan's slices ``[S, C, H, W]`` (or ``[1, S, C, H, W]``), e.g. from
+            :func:`~ichlib.dataset.prepare_scan`.
+        target: A label name (explains that patient-level logit), a
+            :class:`ScanLabelTarget` / :class:`SliceLabelTarget`, or None for the
+            patient-level label with the highest logit.
+        normalize: ``"scan"`` (default) divides all slices by the one maximum over the
+            whole scan (:func:`normalize_scan`), so slices can be compared; ``"slice"`` is
+            ``grad-cam``'s own per-slice min-max; None keeps the un-normalised ReLU'd maps
+            (upsampled). All-zero maps (e.g. from an all-zero input to a model without
+            biases) give zeros, never NaN.
+        slice_indices: The scan's 0-based slice index of each sampled slice, kept in the
+            result for plots and NIfTI output.
+        target_layer: Layer to explain; default ``model.target_layer``.
+
+    Returns:
+        A :class:`ScanCAM`.
+
+    Raises:
+        ConfigError: On a bad shape, label, slice position or normalisation.
+        IchlibError: If the model does not run its CNN once over all slices, or the
+            maps are not finite.
+    """
+    if normalize not in _NORMALIZE:
+        raise ConfigError(f"normalize must be 'scan', 'slice' or None, got {normalize!r}")
+    x = torch.as_tensor(x)
+    if x.ndim == 5 and x.shape[0] == 1:
+        x = x[0]
+    if x.ndim != 4:
+        raise ConfigError(f"expected one scan [S, C, H, W], got shape {tuple(x.shape)}")
+    n_slices = int(x.shape[0])
+    if target is None:
+        target = _TopScanLabelTarget()
+    elif isinstance(target, str):
+        target = ScanLabelTarget(target)
+    slice_pos = None
+    if isinstance(target, SliceLabelTarget):
+        if not -n_slices <= target.slice_pos < n_slices:
+            raise ConfigError(f"slice_pos {target.slice_pos} is outside the {n_slices} sampled slices")
+        slice_pos = target.slice_pos % n_slices
+    if slice_indices is None:
+        slice_indices = np.arange(n_slices, dtype=np.int64)
+    slice_indices = np.asarray(slice_indices, dtype=np.int64)
+    if slice_indices.shape != (n_slices,):
+        raise ConfigError(f"slice_indices has shape {slice_indices.shape}, expected ({n_slices},)")
+    layer = target_layer if target_layer is not None else getattr(model, "target_layer", None)
+    if layer is None:
+        raise ConfigError("the model has no .target_layer; pass target_layer=")
+
+    first = next(model.parameters())
+    device = first.device
+    dtype = first.dtype if first.is_floating_point() else torch.float32
+    head = getattr(target, "head", "scan")
+    with _preserved_state(model), torch.inference_mode(False), torch.enable_grad(), \
+            _cudnn_off(device):
+        inp = x.detach().clone().to(device=device, dtype=dtype).requires_grad_(True)
+        cam = _ScanGradCAM(ScanAsBatch(model, head), [layer])
+        try:
+            per_slice = cam(inp, [target])
+            outputs = cam.outputs.detach().float().cpu()[0]
+        finally:
+            cam.activations_and_grads.release()
+    raw = cam.raw_cams[0]
+    if not np.isfinite(raw).all():
+        raise IchlibError("Grad-CAM maps are not finite: the model's output or gradients hold NaN/Inf")
+
+    height, width = int(x.shape[-2]), int(x.shape[-1])
+    if normalize == "slice":
+        maps = np.asarray(per_slice, dtype=np.float32)
+    else:
+        maps = upsample_maps(raw, (height, width))
+        if normalize == "scan":
+            maps = normalize_scan(maps)
+    logits = outputs if head == "scan" else outputs[slice_pos]
+    probabilities = torch.sigmoid(logits.reshape(-1)[: len(LABELS)]).numpy().astype(np.float32)
+    return ScanCAM(
+        maps=maps, importance=raw.mean(axis=(1, 2)).astype(np.float32), raw=raw,
+        label=target.label, probability=float(probabilities[target.index]),
+        probabilities=probabilities, slice_indices=slice_indices, head=head,
+        slice_pos=slice_pos, normalize=normalize)
+
+
+def upsample_maps(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize maps ``[S, h, w]`` to ``size = (H, W)`` the way ``grad-cam`` does.
+
+    Bilinear (``cv2.resize``, ``INTER_LINEAR``, pixel centres aligned), clipped at 0.
+    """
+    height, width = size
+    out = [cv2.resize(np.float32(m), (width, height)) for m in raw]
+    return np.maximum(np.asarray(out, dtype=np.float32).reshape(len(raw), height, width), 0.0)
+
+
+def normalize_scan(maps: np.ndarray) -> np.ndarray:
+    """Scale a whole scan's maps ``[S, H, W]`` (>= 0) to [0, 1] by their one maximum.
+
+    No offset is subtracted, so 0 still means "no positive evidence" and the ratios
+    between slices are kept. Maps whose maximum is 0 (or not a positive normal float)
+    give zeros instead of 0/0. Negative values are clipped to 0 first.
+    """
+    maps = np.maximum(np.asarray(maps, dtype=np.float32), 0.0)
+    peak = float(maps.max()) if maps.size else 0.0
+    if not np.isfinite(peak) or peak < np.finfo(np.float32).tiny:
+        return np.zeros_like(maps)
+    return (maps / np.float32(peak)).astype(np.float32)
+
+
+# --- state handling -------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _preserved_state(model: nn.Module) -> Iterator[None]:
+    """Freeze the parameters for the call; restore train/eval, requires_grad and .grad after.
+
+    Gradients reach the target layer through the input (which requires grad), so the
+    parameters' ``.grad`` are never written; ``grad-cam`` still calls ``zero_grad``, which
+    is why the old ``.grad`` tensors are put back.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+    try:
+        for p, _, _ in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, requires_grad, grad in params:
+            p.requires_grad_(requires_grad)
+            p.grad = grad
+
+
+def _cudnn_off(device: torch.device) -> contextlib.AbstractContextManager:
+    if device.type == "cuda":
+        return torch.backends.cudnn.flags(enabled=False)
+    return contextlib.nullcontext()
+
+
+# --- maps back into the scan ---------------------------------------------------------
+
+def maps_to_volume(maps: np.ndarray, slice_indices: np.ndarray,
+                   shape: tuple[int, int, int]) -> np.ndarray:
+    """Place sampled-slice maps ``[S, h, w]`` into a scan-shaped volume ``[N, H, W]``.
+
+    Maps are resized in-plane to ``(H, W)`` (bilinear, see :func:`~ichlib.resize.resize_slices`)
+    and written at ``slice_indices``; slices that were not sampled are 0. A slice sampled
+    more than once (short scans) gets the maximum of its maps.
+    """
+    from ichlib.resize import resize_slices
+
+    n, height, width = (int(s) for s in shape)
+    slice_indices = np.asarray(slice_indices, dtype=np.int64)
+    if len(slice_indices) != len(maps):
+        raise ConfigError(f"{len(maps)} maps but {len(slice_indices)} slice indices")
+    if len(slice_indices) and (slice_indices.min() < 0 or slice_indices.max() >= n):
+        raise ConfigError(f"slice indices {slice_indices.min()}..{slice_indices.max()} are outside "
+                          f"a scan of {n} slices")
+    resized = np.clip(resize_slices(np.asarray(maps, dtype=np.float32), (height, width)).numpy(),
+                      0.0, None)
+    volume = np.zeros((n, height, width), dtype=np.float32)
+    for pos, k in enumerate(slice_indices):
+        np.maximum(volume[k], resized[pos], out=volume[k])
+    return volume
+
+
+def save_cam_nifti(path: str | os.PathLike, volume: np.ndarray,
+                   like: str | os.PathLike) -> Path:
+    """Write a float32 map volume ``[N, H, W]`` with the header and affine of scan ``like``.
+
+    The array follows :mod:`ichlib.volumes` conventions (``volume[k]`` is the file's slice
+    ``k`` along the last axis, rows = second axis), so the file overlays the scan in any
+    NIfTI viewer. Values are stored as float32 (no scaling). The write is atomic.
+    """
+    import nibabel as nib
+
+    from ichlib.atomic import atomic_path
+    from ichlib.volumes import read_header
+
+    path, like = Path(path), Path(like)
+    header = read_header(like)
+    if tuple(volume.shape) != header.shape:
+        raise ConfigError(f"map volume {tuple(volume.shape)} does not match {like} {header.shape}")
+    source = nib.load(like)
+    data = np.ascontiguousarray(np.transpose(volume.astype(np.float32), (2, 1, 0)))
+    img = nib.Nifti1Image(data, source.affine)
+    img.header.set_xyzt_units(*source.header.get_xyzt_units())
+    img.set_qform(source.affine, code=int(source.header["qform_code"]) or 1)
+    img.set_sform(source.affine, code=int(source.header["sform_code"]) or 1)
+    img.header.set_data_dtype(np.float32)
+    img.header.set_slope_inter(1.0, 0.0)
+    img.header["descrip"] = b"ichlib Grad-CAM, 0..1"
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
+    with atomic_path(path, suffix=suffix) as tmp:
+        nib.save(img, tmp)
+    return path
+
+
+def write_cam_report(model: nn.Module, config, scan_path: str | os.PathLike,
+                     out_dir: str | os.PathLike, top_k: int = 6, save_nifti: bool = True,
+                     label: str | None = None) -> list[Path]:
+    """Explain one scan: a PNG of its most important slices, and optionally a NIfTI of the maps.
+
+    The scan is preprocessed with :func:`~ichlib.dataset.prepare_scan`, and Grad-CAM is
+    computed for the patient-level ``label`` (default: the label with the highest
+    predicted probability), normalised across the scan.
+
+    Files (``STEM`` is the scan's file name without ``.nii``/``.nii.gz``):
+
+    - ``STEM_cam_LABEL.png``: the ``top_k`` slices with the highest importance, map over
+      the windowed slice; all six probabilities in the title; importance along the scan.
+    - ``STEM_cam_LABEL.nii.gz`` (if ``save_nifti``): float32 maps in [0, 1], same shape
+      and affine as the scan; maps are upsampled to the scan's in-plane size and put at
+      the sampled slices, zeros elsewhere.
+
+    Args:
+        model: Trained model (its device is used).
+        config: The :class:`~ichlib.dataset.PreprocessConfig` the model was trained with.
+        scan_path: A NIfTI CT volume.
+        out_dir: Output folder (created if needed).
+        top_k: Number of slices in the figure.
+        save_nifti: Also write the map volume.
+        label: Label to explain; None for the most probable one.
+
+    Returns:
+        The paths written, PNG first.
+    """
+    import matplotlib.pyplot as plt
+
+    from ichlib.cam_plots import plot_cam_montage
+    from ichlib.dataset import prepare_scan
+    from ichlib.volumes import load_volume
+
+    scan_path, out_dir = Path(scan_path), Path(out_dir)
+    volume = load_volume(scan_path)
+    x, indices = prepare_scan(volume.hu, config)
+    result = scan_grad_cam(model, x, label, slice_indices=indices)
+    stem = scan_path.name[:-7] if scan_path.name.endswith(".nii.gz") else scan_path.stem
+    probs = ", ".join(f"{name} {p:.2f}" for name, p in zip(LABELS, result.probabilities))
+    title = (f"{scan_path.name}: Grad-CAM for '{result.label}' (p = {result.probability:.2f})\n"
+             f"{probs}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = out_dir / f"{stem}_cam_{result.label}.png"
+    fig = plot_cam_montage(x, result, top_k=top_k, title=title, path=png)
+    plt.close(fig)
+    written = [png]
+    if save_nifti:
+        maps = maps_to_volume(result.maps, result.slice_indices, volume.hu.shape)
+        target = out_dir / f"{stem}_cam_{result.label}.nii.gz"
+        if scan_path.is_dir() or scan_path.suffix == ".series":  # DICOM: no NIfTI affine to copy
+            from ichlib.volumes import save_volume
+
+            written.append(save_volume(target, maps, spacing=volume.spacing, dtype=np.float32))
+        else:
+            written.append(save_cam_nifti(target, maps, scan_path))
+    return written

@@ -1,0 +1,250 @@
+"""Figures for Grad-CAM results (matplotlib; they need no display and work under ``Agg``).
+
+Every function builds its own figure (never calls ``plt.show``), returns it, and saves
+it as PNG when ``path`` is given; close it with ``plt.close(fig)`` in loops. Maps are drawn with the same colour
+scale (0..1) everywhere, and with opacity growing with the map value, so a slice whose map
+is faint after scan-wide normalisation *looks* faint.
+
+Slices are named by CT-ICH's 1-based ``SliceNumber`` (``slice_indices + 1``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+from ichlib.cam import ScanCAM
+from ichlib.labels import label_index
+
+CMAP = "turbo"
+MASK_COLOR = "lime"
+LABEL_SHADE = "tab:red"
+
+
+def plot_cam_slice(image: np.ndarray, cam: np.ndarray, mask: np.ndarray | None = None, *,
+                   title: str | None = None, path: str | os.PathLike | None = None) -> Figure:
+    """One slice three ways: the windowed slice, the map over it, and the mask outline.
+
+    The third panel shows the slice with the hemorrhage mask outlined and the map's
+    maximum marked with a cross (what the pointing game scores).
+
+    Args:
+        image: Windowed slice ``[H, W]`` in [0, 1] (one channel of the model input).
+        cam: Map ``[H, W]`` in [0, 1].
+        mask: Optional boolean mask ``[H, W]``.
+        title: Figure title.
+        path: Save the figure here as PNG.
+    """
+    image, cam = _as_2d(image, "image"), _as_2d(cam, "cam")
+    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.9), layout="constrained")
+    axes[0].imshow(image, cmap="gray", vmin=0, vmax=1)
+    axes[0].set_title("windowed slice")
+    _overlay(axes[1], image, cam)
+    axes[1].set_title("Grad-CAM")
+    axes[2].imshow(image, cmap="gray", vmin=0, vmax=1)
+    if mask is not None and np.any(mask):
+        axes[2].contour(np.asarray(mask, dtype=float), levels=[0.5], colors=MASK_COLOR, linewidths=1.5)
+    if cam.max() > 0:
+        r, c = np.unravel_index(int(np.argmax(cam)), cam.shape)
+        axes[2].plot(c, r, marker="+", color="yellow", markersize=14, markeredgewidth=2)
+    axes[2].set_title("mask (green), map max (+)" if mask is not None else "map max (+)")
+    for ax in axes:
+        ax.set_axis_off()
+    fig.colorbar(_mappable(), ax=axes[1], fraction=0.046, pad=0.02, label="map value")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_cam_montage(x: torch.Tensor | np.ndarray, result: ScanCAM, top_k: int = 6,
+                     masks: np.ndarray | None = None, *, slice_labels: np.ndarray | None = None,
+                     channel: int = 0, show_importance: bool = True, title: str | None = None,
+                     path: str | os.PathLike | None = None) -> Figure:
+    """The ``top_k`` most important slices of a scan, with the map over each.
+
+    Panels are ordered by importance (most important first) and titled with the slice
+    number and the importance relative to the scan's most important slice. Below them,
+    optionally, the importance along the scan (see :func:`plot_slice_importance`).
+
+    Args:
+        x: The model input ``[S, C, H, W]`` the maps were computed on.
+        result: From :func:`~ichlib.cam.scan_grad_cam`.
+        top_k: Number of slices shown.
+        masks: Optional boolean masks ``[S, H, W]`` of the sampled slices, outlined in green.
+        slice_labels: Optional ``[S, 6]`` labels of the sampled slices, for the importance panel.
+        channel: Input channel drawn as the background (0 = the first window).
+        show_importance: Add the importance-along-the-scan panel.
+        title: Figure title (default: the label and its probability).
+        path: Save the figure here as PNG.
+    """
+    images = _as_numpy(x)
+    if images.ndim != 4 or images.shape[0] != result.maps.shape[0]:
+        raise ValueError(f"x must be [S={result.maps.shape[0]}, C, H, W], got {images.shape}")
+    images = images[:, channel]
+    positions = result.top_slices(top_k)
+    k = max(1, len(positions))
+    ncols = math.ceil(math.sqrt(k)) if k > 3 else k
+    nrows = math.ceil(k / ncols)
+    extra = 1 if show_importance else 0
+    fig = plt.figure(figsize=(3.3 * ncols + 0.9, 3.3 * nrows + 2.4 * extra + 0.8), layout="constrained")
+    grid = fig.add_gridspec(nrows + extra, ncols,
+                            height_ratios=[3.3] * nrows + [2.0] * extra)
+    peak = float(result.importance.max()) if result.importance.size else 0.0
+    axes = []
+    for i in range(nrows * ncols):
+        ax = fig.add_subplot(grid[i // ncols, i % ncols])
+        ax.set_axis_off()
+        axes.append(ax)
+        if i >= len(positions):
+            continue
+        pos = int(positions[i])
+        _overlay(ax, images[pos], result.maps[pos])
+        if masks is not None and np.any(masks[pos]):
+            ax.contour(np.asarray(masks[pos], dtype=float), levels=[0.5], colors=MASK_COLOR,
+                       linewidths=1.2)
+        rel = result.importance[pos] / peak if peak > 0 else 0.0
+        ax.set_title(f"slice {int(result.slice_indices[pos]) + 1}  ·  importance {rel:.0%}",
+                     fontsize=10)
+    fig.colorbar(_mappable(), ax=axes, fraction=0.03, pad=0.01,
+                 label=f"Grad-CAM ({_norm_name(result.normalize)})")
+    if show_importance:
+        ax = fig.add_subplot(grid[nrows, :])
+        _draw_importance(ax, result, slice_labels, highlight=positions)
+    if title is None:
+        title = f"Grad-CAM for '{result.label}' (p = {result.probability:.2f})"
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_slice_importance(result: ScanCAM, slice_labels: np.ndarray | None = None, *,
+                          title: str | None = None,
+                          path: str | os.PathLike | None = None) -> Figure:
+    """Per-slice importance along the scan, with the slices positive for the label shaded.
+
+    Args:
+        result: From :func:`~ichlib.cam.scan_grad_cam`.
+        slice_labels: Labels of the sampled slices: ``[S, 6]`` (columns as LABELS; the
+            result's label column is used) or ``[S]`` booleans. Positive slices are shaded.
+        title: Axes title (default: the label and its probability).
+        path: Save the figure here as PNG.
+    """
+    fig, ax = plt.subplots(figsize=(8.5, 3.2), layout="constrained")
+    _draw_importance(ax, result, slice_labels)
+    ax.set_title(title or f"Slice importance for '{result.label}' (p = {result.probability:.2f})")
+    return _save(fig, path)
+
+
+# --- helpers --------------------------------------------------------------------------
+
+def _draw_importance(ax: Axes, result: ScanCAM, slice_labels: np.ndarray | None,
+                     highlight: Sequence[int] | np.ndarray = ()) -> None:
+    numbers = np.asarray(result.slice_indices) + 1
+    importance = np.asarray(result.importance, dtype=float)
+    positive = _positive_slices(result, slice_labels)
+    if positive is not None and positive.any():
+        half = _half_gaps(numbers)
+        for lo, hi in _runs(positive):
+            ax.axvspan(numbers[lo] - half[lo][0], numbers[hi] + half[hi][1], color=LABEL_SHADE,
+                       alpha=0.15, linewidth=0)
+        ax.fill_between([], [], color=LABEL_SHADE, alpha=0.15, label=f"slice labelled {result.label}")
+    ax.plot(numbers, importance, "-o", color="tab:blue", markersize=4, label="importance")
+    highlight = np.asarray(highlight, dtype=int)
+    if highlight.size:
+        ax.plot(numbers[highlight], importance[highlight], "o", markersize=9, markerfacecolor="none",
+                markeredgecolor="black", label="shown above")
+    ax.set_xlabel("slice number (sampled slices)")
+    ax.set_ylabel("importance\n(mean ReLU Grad-CAM)")
+    ax.set_ylim(bottom=0, top=max(float(importance.max(initial=0.0)) * 1.12, 1e-12))
+    if len(numbers) > 1:
+        ax.set_xlim(numbers.min() - 0.5, numbers.max() + 0.5)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8, framealpha=0.8)
+
+
+def _positive_slices(result: ScanCAM, slice_labels: np.ndarray | None) -> np.ndarray | None:
+    if slice_labels is None:
+        return None
+    labels = _as_numpy(slice_labels)
+    if labels.ndim == 2:
+        labels = labels[:, label_index(result.label)]
+    if labels.shape != (len(result.importance),):
+        raise ValueError(f"slice_labels must be [S, 6] or [S] for S={len(result.importance)}, "
+                         f"got {np.shape(slice_labels)}")
+    return labels > 0.5
+
+
+def _half_gaps(numbers: np.ndarray) -> list[tuple[float, float]]:
+    """Half the distance to the previous / next sampled slice (0.5 at the ends)."""
+    gaps = np.diff(numbers.astype(float))
+    out = []
+    for i in range(len(numbers)):
+        left = gaps[i - 1] / 2 if i > 0 else 0.5
+        right = gaps[i] / 2 if i < len(gaps) else 0.5
+        out.append((max(left, 0.5), max(right, 0.5)))
+    return out
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """Inclusive (start, stop) of each run of True."""
+    runs, start = [], None
+    for i, f in enumerate(flags):
+        if f and start is None:
+            start = i
+        if not f and start is not None:
+            runs.append((start, i - 1))
+            start = None
+    if start is not None:
+        runs.append((start, len(flags) - 1))
+    return runs
+
+
+def _overlay(ax: Axes, image: np.ndarray, cam: np.ndarray) -> None:
+    """The slice in gray with the map on top; opacity grows with the map value."""
+    cam = np.clip(np.nan_to_num(np.asarray(cam, dtype=float)), 0.0, 1.0)
+    ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+    ax.imshow(cam, cmap=CMAP, vmin=0, vmax=1, alpha=0.65 * np.sqrt(cam))
+    ax.set_axis_off()
+
+
+def _mappable() -> ScalarMappable:
+    return ScalarMappable(norm=Normalize(0, 1), cmap=CMAP)
+
+
+def _norm_name(normalize: str | None) -> str:
+    return {"scan": "scan-normalised", "slice": "per-slice normalised"}.get(
+        normalize or "", "un-normalised")
+
+
+def _as_numpy(a) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        return a.detach().float().cpu().numpy()
+    return np.asarray(a)
+
+
+def _as_2d(a, name: str) -> np.ndarray:
+    a = _as_numpy(a)
+    if a.ndim == 3 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be [H, W], got shape {a.shape}")
+    return a
+
+
+def _save(fig: Figure, path: str | os.PathLike | None) -> Figure:
+    if path is not None:
+        from ichlib.atomic import atomic_path
+
+        path = Path(path)
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    return fig
