@@ -147,3 +147,18 @@ def test_cli_predict_cam_writes_a_figure_and_nifti_per_scan(trained, scans, tmp_
     assert len(pngs) == 1 and len(niftis) == 1
     assert pngs[0].read_bytes()[:4] == b"\x89PNG" and pngs[0].stat().st_size > 5000
     assert "Grad-CAM:" in capsys.readouterr().err
+
+
+def test_predict_a_dicom_series(trained, tmp_path):
+    from ichlib.phantom_dicom import write_synthetic_rsna
+    from ichlib.rsna import read_rsna
+
+    run, _ = trained
+    root = write_synthetic_rsna(tmp_path / "rsna", n_patients=1, size=32, n_slices_range=(8, 9), workers=1)
+    data = read_rsna(root, cache_dir=tmp_path / "cache")
+    series = [data.scans[sid] for sid in data.patient_ids]
+    predictions, errors = predict_files(run.best_path, series, device="cpu")
+    assert errors == [] and len(predictions) == len(series) == 2
+    for prediction, sid in zip(predictions, data.patient_ids):
+        assert set(prediction.probabilities) == set(LABELS)
+        assert prediction.slice_numbers[0] == 1 and prediction.slice_numbers[-1] == data.patients.loc[sid, "n_slices"]
