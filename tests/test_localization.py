@@ -203,11 +203,12 @@ def test_randomization_stages_of_the_real_model():
     from ichlib.model import CNNBiLSTM
 
     stages = randomization_stages(CNNBiLSTM("resnet18", lstm_hidden=8))
-    assert stages[:3] == ["scan_head", "lstm", "slice_head"]
-    assert stages[3:7] == ["encoder.layer4.1", "encoder.layer4.0", "encoder.layer3.1",
+    # top down: the scan head, the LSTM and the LayerNorm that feeds it, the slice head, then the CNN
+    assert stages[:4] == ["scan_head", "lstm", "lstm_norm", "slice_head"]
+    assert stages[4:8] == ["encoder.layer4.1", "encoder.layer4.0", "encoder.layer3.1",
                            "encoder.layer3.0"]
     assert stages[-2:] == ["encoder.bn1", "encoder.conv1"]
-    assert len(stages) == 3 + 8 + 2
+    assert len(stages) == 4 + 8 + 2
 
 
 def test_cascading_randomization_goes_top_down_and_leaves_the_original():
