@@ -154,7 +154,8 @@ def test_predict_a_dicom_series(trained, tmp_path):
     from ichlib.rsna import read_rsna
 
     run, _ = trained
-    root = write_synthetic_rsna(tmp_path / "rsna", n_patients=1, size=32, n_slices_range=(8, 9), workers=1)
+    root = write_synthetic_rsna(tmp_path / "rsna", n_patients=1, size=32, n_slices_range=(8, 9),
+                                duplicate_rows=0, workers=1)
     data = read_rsna(root, cache_dir=tmp_path / "cache")
     series = [data.scans[sid] for sid in data.patient_ids]
     predictions, errors = predict_files(run.best_path, series, device="cpu")
