@@ -189,11 +189,7 @@ def read_ct_ich(root: str | os.PathLike, on_error: str = "raise") -> CtIchData:
         DataError: If the folder cannot be used at all, or ``on_error="raise"`` and a
             problem was found.
     """
-    if on_error not in ("raise", "skip"):
-        raise ValueError("on_error must be 'raise' or 'skip'")
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(root, "dataset folder not found" if not root.exists() else "not a folder")
+    root = dataset_root(root, on_error)
     scan_dir = root / "ct_scans"
     if not scan_dir.is_dir():
         raise DataError(scan_dir, "missing the ct_scans/ folder of the CT-ICH layout")
@@ -247,8 +243,7 @@ def read_ct_ich(root: str | os.PathLike, on_error: str = "raise") -> CtIchData:
         n_slices[pid] = n
 
     if problems and on_error == "raise":
-        listing = "\n  ".join(str(p) for p in problems)
-        raise DataError(root, f"{len(problems)} problem(s) found:\n  {listing}")
+        raise DataError(root, problem_listing(problems))
 
     slices = slices[slices["patient_id"].isin(n_slices)].reset_index(drop=True)
     patients = slices.groupby("patient_id")[list(LABELS)].max().astype(int)
@@ -263,6 +258,28 @@ def read_ct_ich(root: str | os.PathLike, on_error: str = "raise") -> CtIchData:
         masks={pid: masks.get(pid) for pid in patients.index},
         problems=problems,
     )
+
+
+def dataset_root(root: str | os.PathLike, on_error: str) -> Path:
+    """Check the ``on_error`` mode and that ``root`` is a folder; shared by the readers.
+
+    Raises:
+        ValueError: On an unknown ``on_error``.
+        DataError: If ``root`` is missing or not a folder.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError("on_error must be 'raise' or 'skip'")
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(root, "dataset folder not found" if not root.exists() else "not a folder")
+    return root
+
+
+def problem_listing(problems: list[Problem], limit: int = 50) -> str:
+    """``"N problem(s) found:"`` and one line per problem (at most ``limit``)."""
+    listing = "\n  ".join(str(p) for p in problems[:limit])
+    more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
+    return f"{len(problems)} problem(s) found:\n  {listing}{more}"
 
 
 def _index_files(folder: Path) -> dict[str, Path]:

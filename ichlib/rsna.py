@@ -39,7 +39,7 @@ import pandas as pd
 
 from ichlib.atomic import atomic_open
 from ichlib.ctich import LABEL_CSV as CT_ICH_LABEL_CSV
-from ichlib.ctich import CtIchData, Problem
+from ichlib.ctich import CtIchData, Problem, dataset_root, problem_listing
 from ichlib.dicom import (
     MAX_GAP_RATIO,
     RECORD_FIELDS,
@@ -69,7 +69,6 @@ RSNA_LABEL_ORDER: tuple[str, ...] = ("epidural", "intraparenchymal", "intraventr
 HEADER_CACHE_VERSION = 1
 #: Below this many files to read, headers are read in this process.
 _PARALLEL_MIN_FILES = 2000
-_MAX_LISTED = 50
 
 
 class DuplicateLabelWarning(UserWarning):
@@ -296,11 +295,7 @@ def read_rsna(root: str | os.PathLike, on_error: str = "raise", cache_dir: str |
         DataError: If the folder cannot be used at all, or ``on_error="raise"`` and a
             problem was found.
     """
-    if on_error not in ("raise", "skip"):
-        raise ValueError("on_error must be 'raise' or 'skip'")
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(root, "dataset folder not found" if not root.exists() else "not a folder")
+    root = dataset_root(root, on_error)
     csv_path = next((root / n for n in RSNA_LABEL_CSVS if (root / n).is_file()), root / RSNA_LABEL_CSVS[0])
     image_dir = Path(image_dir) if image_dir is not None else _find_image_dir(root)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_rsna_cache_dir(root)
@@ -355,7 +350,7 @@ def read_rsna(root: str | os.PathLike, on_error: str = "raise", cache_dir: str |
                                 f"in {image_dir} (e.g. {', '.join(orphans[:5])})"))
 
     if problems and on_error == "raise":
-        raise DataError(root, _problem_listing(problems))
+        raise DataError(root, problem_listing(problems))
 
     values = np.concatenate(blocks) if blocks else np.zeros((0, len(LABELS)), dtype=np.int64)
     slices = pd.DataFrame({"patient_id": pd.Series(columns["patient_id"], dtype=object),
@@ -567,12 +562,6 @@ def _series_table(slices: pd.DataFrame, info: dict[str, dict]) -> pd.DataFrame:
     table["patient_id_dicom"] = [info[u]["patient_id_dicom"] for u in index]
     table["study_uid"] = [info[u]["study_uid"] for u in index]
     return table
-
-
-def _problem_listing(problems: list[Problem]) -> str:
-    listing = "\n  ".join(str(p) for p in problems[:_MAX_LISTED])
-    more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
-    return f"{len(problems)} problem(s) found:\n  {listing}{more}"
 
 
 def _safe_name(uid: str) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ichlib.labels import CT_ICH_COLUMNS, CT_ICH_CSV_COLUMNS
 from ichlib.volumes import save_mask, save_volume
@@ -88,3 +89,12 @@ def small_ct_ich(make_ct_ich) -> Path:
         51: lab51,
         52: labels_with(3),
     })
+
+
+@pytest.fixture
+def one_thread():
+    """Run torch on one thread: tiny models are fastest so, and a busy machine does not thrash."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -24,14 +24,7 @@ from ichlib.cam import (
 from ichlib.errors import ConfigError, IchlibError
 from ichlib.labels import LABELS, label_index
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and a busy machine does not thrash."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Out(NamedTuple):

@@ -23,12 +23,12 @@ from ichlib.volumes import load_volume  # noqa: E402
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(autouse=True)
-def _close_figures_and_one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _close_figures():
     yield
-    torch.set_num_threads(before)
     plt.close("all")
 
 

@@ -32,13 +32,7 @@ from ichlib.localization import (
 )
 from ichlib.windowing import multi_window
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def box(shape=(16, 16), r0=4, r1=8, c0=4, c1=8) -> np.ndarray:
