@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,22 +97,30 @@ def check_dataset(root: str | os.PathLike, deep: bool = True, format: str = "aut
         data = read_ct_ich(root, on_error="skip")
     except DataError as exc:
         return CheckReport(root, None, [Problem(exc.path or str(root), exc.problem)])
+    files = (lambda pid: [(data.scans[pid], load_volume), (data.masks[pid], load_mask)]) if deep else None
+    return deep_check(root, data, files)
+
+
+def deep_check(root: Path, data: CtIchData,
+               files: Callable[[str], list[tuple[Path, Callable]]] | None) -> CheckReport:
+    """Read every listed file of every patient; report failures and drop those patients.
+
+    Args:
+        root: The dataset folder.
+        data: What the header-level reader kept (its ``problems`` are kept too).
+        files: For a patient id, the ``(path, loader)`` pairs to read; None skips reading.
+    """
     problems = list(data.problems)
-    if deep:
+    if files is not None:
         bad = []
         for pid in data.patient_ids:
-            for path, loader in ((data.scans[pid], load_volume), (data.masks[pid], load_mask)):
+            for path, loader in files(pid):
                 try:
                     loader(path)
                 except DataError as exc:
                     problems.append(Problem(exc.path or str(path), exc.problem, pid))
                     bad.append(pid)
                     break
-        if bad:
-            keep = [p for p in data.patient_ids if p not in bad]
-            data.patients = data.patients.loc[keep]
-            data.slices = data.slices[data.slices["patient_id"].isin(keep)].reset_index(drop=True)
-            data.scans = {p: data.scans[p] for p in keep}
-            data.masks = {p: data.masks[p] for p in keep}
+        data.drop(bad)
         data.problems = problems
     return CheckReport(root, data, problems)

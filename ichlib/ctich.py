@@ -73,6 +73,17 @@ class CtIchData:
         """The usable patients, sorted."""
         return list(self.patients.index)
 
+    def drop(self, patient_ids) -> None:
+        """Remove patients from every table in place (e.g. after a failed deep check)."""
+        drop = set(patient_ids)
+        if not drop:
+            return
+        keep = [pid for pid in self.patient_ids if pid not in drop]
+        self.patients = self.patients.loc[keep]
+        self.slices = self.slices[self.slices["patient_id"].isin(keep)].reset_index(drop=True)
+        self.scans = {pid: self.scans[pid] for pid in keep}
+        self.masks = {pid: self.masks[pid] for pid in keep}
+
     def slice_labels(self, patient_id: str) -> np.ndarray:
         """Slice labels ``[n_slices, 6]`` (float32) in slice order, columns as LABELS."""
         rows = self.slices[self.slices["patient_id"] == patient_id]

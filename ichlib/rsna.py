@@ -31,6 +31,7 @@ import warnings
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -380,38 +381,20 @@ def check_rsna(root: str | os.PathLike, deep: bool = True, cache_dir: str | os.P
         A :class:`~ichlib.check.CheckReport` whose ``data`` is the usable part (an
         :class:`RsnaData`). It never raises for problems inside the folder.
     """
-    from ichlib.check import CheckReport
+    from ichlib.check import CheckReport, deep_check
 
     root = Path(root)
     try:
         data = read_rsna(root, on_error="skip", cache_dir=cache_dir, workers=workers)
     except DataError as exc:
         return CheckReport(root, None, [Problem(exc.path or str(root), exc.problem)])
-    problems = list(data.problems)
-    if deep:
-        bad = []
-        for uid in data.patient_ids:
-            try:
-                load_dicom_series(data.scans[uid], non_dicom="raise")
-            except DataError as exc:
-                problems.append(Problem(exc.path or str(data.scans[uid]), exc.problem, uid))
-                bad.append(uid)
-        drop_series(data, bad)
-        data.problems = problems
-    return CheckReport(root, data, problems)
+    files = (lambda uid: [(data.scans[uid], partial(load_dicom_series, non_dicom="raise"))]) if deep else None
+    return deep_check(root, data, files)
 
 
 def drop_series(data: RsnaData, series_uids) -> None:
-    """Remove series from ``data``'s tables in place (e.g. after a failed deep check)."""
-    drop = set(series_uids)
-    if not drop:
-        return
-    keep = [uid for uid in data.patient_ids if uid not in drop]
-    data.patients = data.patients.loc[keep]
-    data.slices = data.slices[data.slices["patient_id"].isin(keep)].reset_index(drop=True)
-    data.scans = {uid: data.scans[uid] for uid in keep}
-    data.masks = {uid: data.masks[uid] for uid in keep}
-
+    """Remove series from ``data``'s tables in place (see :meth:`CtIchData.drop`)."""
+    data.drop(series_uids)
 
 def rsna_group_split(patients: pd.DataFrame, group: str = "patient_id_dicom",
                      val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0,
