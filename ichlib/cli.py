@@ -54,9 +54,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
                "seq_len": args.seq_len, "aux_weight": args.aux_weight, "backbone": args.backbone,
                "windows": args.windows, "seed": args.seed, "lr": args.lr, "patience": args.patience,
                "amp": args.amp, "device": args.device, "num_workers": args.num_workers,
-               "cache_dir": args.cache_dir, "n_boot": args.n_boot}
+               "cache_dir": args.cache_dir, "n_boot": args.n_boot,
+               "sequence_epochs": args.sequence_epochs}
     config = TrainConfig(data_dir=args.data, out_dir=args.out, skip_bad=args.skip_bad,
                          pos_weight=args.pos_weight, deterministic=args.deterministic,
+                         two_stage=args.two_stage,
                          **{k: v for k, v in options.items() if v is not None})
     print(f"Training on {describe_amp(config)}; run folder {config.out_dir}", flush=True)
     result = fit(config, resume=args.resume)
@@ -69,8 +71,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     run = m["training"]
     print(f"\n{tag}: best epoch {run['best_epoch']} of {run['epochs_run']} (by validation "
           f"{run['monitor']}); test on {m['n_patients']['test']} patients")
-    table = results_table({"model": test, "baseline": base})
+    columns = {"model": test, "baseline": base}
+    if "stage1" in m:  # two-stage: the stage-1 model (CNN + BiLSTM trained together) beside it
+        columns = {"model": test, "stage 1 only": m["stage1"]["test"]["patient"], "baseline": base}
+    table = results_table(columns)
     wide = table.pivot(index="label", columns="model", values="auc").reindex(list(test["labels"]))
+    wide = wide[list(columns)]
     print(wide.to_string(float_format=lambda v: f"{v:.3f}", na_rep="n/a"))
 
     def fmt(value: float | None) -> str:
@@ -166,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="resized-volume cache (default $ICHLIB_CACHE or ~/.cache/ichlib)")
     p.add_argument("--n-boot", type=int, help="bootstrap replicates for the CIs (default 1000)")
     p.add_argument("--pos-weight", action="store_true", help="weight positives by training prevalence")
+    p.add_argument("--two-stage", action="store_true",
+                   help="train the CNN (stage 1), then the BiLSTM on its cached slice embeddings")
+    p.add_argument("--sequence-epochs", type=int, help="epochs of the two-stage BiLSTM stage (default 150)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels (with --seed, a CPU run is reproducible bit for bit)")

@@ -112,19 +112,31 @@ class CNNBiLSTM(nn.Module):
         if x.ndim != 5:
             raise ConfigError(f"expected input [B, S, C, H, W], got shape {tuple(x.shape)}")
         b, s = x.shape[:2]
-        flat = x.reshape(b * s, *x.shape[2:])
-        if self._channels_last():
-            flat = flat.contiguous(memory_format=torch.channels_last)
-        embeddings = self.encoder(flat).reshape(b, s, -1)
+        embeddings = self.embed(x.reshape(b * s, *x.shape[2:])).reshape(b, s, -1)
         with torch.autocast(device_type=x.device.type, enabled=False):
             embeddings = embeddings.float()
             slice_logits = self.slice_head(self.dropout(embeddings))
-            _, (h_n, _) = self.lstm(self.lstm_norm(embeddings))
+            scan_logits = self.sequence_logits(embeddings)
+        return ModelOutput(scan_logits=scan_logits, slice_logits=slice_logits)
+
+    def embed(self, slices: torch.Tensor) -> torch.Tensor:
+        """Slice embeddings ``[N, F]`` of windowed slices ``[N, C, H, W]`` (the CNN alone)."""
+        if self._channels_last():
+            slices = slices.contiguous(memory_format=torch.channels_last)
+        return self.encoder(slices)
+
+    def sequence_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Patient-level logits ``[B, 6]`` from slice embeddings ``[B, S, F]`` in slice order.
+
+        The sequence half of the model (LayerNorm, BiLSTM, scan head), in float32. The
+        two-stage mode (:mod:`ichlib.two_stage`) trains it alone on cached embeddings.
+        """
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            _, (h_n, _) = self.lstm(self.lstm_norm(embeddings.float()))
             # h_n: [layers * 2, B, hidden]; the last two rows are the top layer's forward
             # (after the last slice) and backward (after the first slice) states.
             final = torch.cat([h_n[-2], h_n[-1]], dim=1)
-            scan_logits = self.scan_head(final)
-        return ModelOutput(scan_logits=scan_logits, slice_logits=slice_logits)
+            return self.scan_head(final)
 
     def _channels_last(self) -> bool:
         # conv1's weight may have one input channel, which fits either layout; a 64-channel

@@ -15,9 +15,10 @@ weights of the best validation epoch, with everything :mod:`ichlib.predict` need
 ``history.csv`` and ``metrics.json``. All are written atomically. Results on the
 synthetic phantom are labelled ``"data": "synthetic"``.
 
-Training runs in stages only in the sense of this one joint stage: a two-stage mode
-(CNN first, then the LSTM on frozen embeddings) would choose the trainable parameters
-and the loss per stage in :func:`fit`, and store the stage in the checkpoint.
+With ``two_stage=True`` the loop above is stage 1, selected on the validation slice loss
+(its best weights go to ``stage1.pt``); then the BiLSTM and scan head are trained again on
+cached slice embeddings of the frozen CNN (:mod:`ichlib.two_stage`), and the result is
+``best.pt``. ``metrics.json`` then holds the test metrics of both stages.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from ichlib.rsna import read_dataset, rsna_group_split
 from ichlib.splits import check_disjoint, patient_split
 
 #: What the validation monitor can be, and whether lower is better.
-MONITORS: dict[str, bool] = {"scan_loss": True, "loss": True, "mean_auc": False}
+MONITORS: dict[str, bool] = {"scan_loss": True, "loss": True, "slice_loss": True, "mean_auc": False}
 #: Config fields that may differ when resuming (they do not change what is computed).
 _RESUME_FREE = frozenset({"data_dir", "out_dir", "cache_dir", "num_workers", "device", "progress",
                           "n_boot"})
@@ -89,7 +90,8 @@ class TrainConfig:
         monitor: Validation quantity that picks the best epoch: ``"scan_loss"`` (the
             patient-level BCE; the same criterion for every ``λ``, and smooth on a small
             validation set), ``"loss"`` (the total loss) or ``"mean_auc"`` (mean ROC AUC
-            over the labels defined in validation; falls back to ``scan_loss`` when none is).
+            over the labels defined in validation; falls back to ``scan_loss`` when none is)
+            or ``"slice_loss"`` (the slice-head BCE; what ``two_stage`` uses for stage 1).
         num_workers: DataLoader worker processes (0 loads in the training process, which
             is fastest on a 2-core machine with the cache built).
         cache_dir: Resized-volume cache; None uses :func:`ichlib.dataset.default_cache_dir`
@@ -113,6 +115,11 @@ class TrainConfig:
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ...
         progress: Show progress bars (also off when ``TQDM_DISABLE`` is set) and print one
             line per epoch.
+        two_stage: After the epochs above (stage 1, selected on the validation slice loss),
+            train the BiLSTM and scan head on cached embeddings of the frozen CNN
+            (:mod:`ichlib.two_stage`).
+        sequence_epochs: Epochs of that second stage (it stops early after 40 epochs
+            without a lower validation scan loss).
     """
 
     data_dir: str
@@ -146,6 +153,8 @@ class TrainConfig:
     n_boot: int = 1000
     device: str = "auto"
     progress: bool = True
+    two_stage: bool = False
+    sequence_epochs: int = 150
 
     def __post_init__(self) -> None:
         self.data_dir = str(self.data_dir)
@@ -164,6 +173,8 @@ class TrainConfig:
             raise ConfigError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
         if self.patience is not None and self.patience < 1:
             raise ConfigError(f"patience must be >= 1 or None, got {self.patience}")
+        if self.sequence_epochs < 1:
+            raise ConfigError(f"sequence_epochs must be >= 1, got {self.sequence_epochs}")
         PreprocessConfig(windows=self.windows, img_size=self.img_size, seq_len=self.seq_len)
 
     @property
@@ -591,6 +602,8 @@ def fit(config: TrainConfig, resume: bool = False,
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in ("best.pt", "last.pt", "history.csv", "metrics.json")}
+    # Two stages: the loop below is stage 1, and its best epoch goes to stage1.pt.
+    stage1_best = out / "stage1.pt" if config.two_stage else paths["best.pt"]
     device = resolve_device(config.device)
     amp_dtype = resolve_amp(config.amp, device)
     show = config.progress
@@ -606,7 +619,7 @@ def fit(config: TrainConfig, resume: bool = False,
         steps = steps_per_epoch(len(prepared.train), config.batch_size, config.max_train_batches)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs * steps))
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-        monitor = _effective_monitor(config, prepared)
+        monitor = "slice_loss" if config.two_stage else _effective_monitor(config, prepared)
         tracker = EarlyStopping(monitor, config.patience)
         epochs_done, history_rows = 0, []
         if resume and paths["last.pt"].exists():
@@ -652,7 +665,8 @@ def fit(config: TrainConfig, resume: bool = False,
                    "val_loss": val.loss, "val_scan_loss": val.scan_loss, "val_slice_loss": val.slice_loss,
                    "val_mean_auc": val_report["mean_auc"],
                    "val_weighted_log_loss": val_report["weighted_log_loss"]}
-            score = {"scan_loss": val.scan_loss, "loss": val.loss, "mean_auc": val_report["mean_auc"]}[monitor]
+            score = {"scan_loss": val.scan_loss, "loss": val.loss, "slice_loss": val.slice_loss,
+                     "mean_auc": val_report["mean_auc"]}[monitor]
             improved = tracker.update(score, epoch + 1)
             epochs_done = epoch + 1
             row["best"] = improved
@@ -660,7 +674,7 @@ def fit(config: TrainConfig, resume: bool = False,
             common = {**base, "model": model.state_dict(), "epoch": epochs_done, "thresholds": thresholds,
                       "best_score": tracker.best_score, "monitor": monitor, "history": history_rows}
             if improved:
-                save_checkpoint(paths["best.pt"], common)
+                save_checkpoint(stage1_best, common)
             save_checkpoint(paths["last.pt"], {
                 **common, "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler.is_enabled() else {},
@@ -677,15 +691,73 @@ def fit(config: TrainConfig, resume: bool = False,
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, row)
 
-        best = paths["best.pt"] if paths["best.pt"].exists() else paths["last.pt"]
-        training = {**tracker.state_dict(), "epochs_run": epochs_done, "device": describe_amp(config)}
+        best = stage1_best if stage1_best.exists() else paths["last.pt"]
+        training = {**tracker.state_dict(), "epochs_run": epochs_done, "device": describe_amp(config),
+                    "stage1_seconds": float(sum(r.get("train_seconds", 0.0) for r in history_rows))}
+        stage1_metrics = None
+        if config.two_stage:
+            stage1_metrics = final_evaluation(config, prepared, best, device, amp_dtype, data_kind, training)
+            training["sequence_stage"] = run_sequence_stage(config, prepared, best, paths["best.pt"],
+                                                            device, amp_dtype)
+            best = paths["best.pt"]
         metrics = final_evaluation(config, prepared, best, device, amp_dtype, data_kind, training)
+        if stage1_metrics is not None:
+            metrics["stage1"] = {key: stage1_metrics[key] for key in ("thresholds", "val", "test")}
     atomic_write_text(paths["metrics.json"], json.dumps(json_safe(metrics), indent=2, allow_nan=False))
     history = pd.DataFrame(history_rows)
     atomic_write_text(paths["history.csv"], history.to_csv(index=False))
     return FitResult(out_dir=out, history=history, metrics=metrics, split=prepared.split,
                      best_path=paths["best.pt"], last_path=paths["last.pt"],
                      history_path=paths["history.csv"], metrics_path=paths["metrics.json"])
+
+
+def run_sequence_stage(config: TrainConfig, prepared: PreparedData, stage1_path: Path, best_path: Path,
+                       device: torch.device, amp_dtype: torch.dtype | None) -> dict:
+    """Stage 2 of ``two_stage``: embed with the stage-1 CNN, train the sequence half, save.
+
+    Writes ``best_path``: the stage-1 checkpoint with the new sequence weights and
+    thresholds chosen on validation.
+
+    Returns:
+        A summary for metrics.json: epochs run, best epoch, seconds (embedding and
+        training) and the per-epoch losses.
+    """
+    from ichlib.two_stage import SequenceStageConfig, embed_scans, train_sequence_stage
+
+    ckpt = load_checkpoint(stage1_path)
+    model = build_model(dataclasses.replace(config, pretrained=False)).to(device)
+    model.load_state_dict(ckpt["model"])
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    start = time.perf_counter()
+    ids = prepared.split["train"] + prepared.split["val"]
+    everyone = ScanDataset(prepared.data, ids, config.preprocess, prepared.cache_dir)
+    embeddings = embed_scans(model, everyone, device, amp_dtype, progress=progress_enabled(config.progress))
+    embed_seconds = time.perf_counter() - start
+    criterion = _criterion(config, prepared)
+    stage = SequenceStageConfig(epochs=config.sequence_epochs, batch_size=max(config.batch_size, 8),
+                                seed=config.seed)
+    result = train_sequence_stage(
+        model, embeddings, {pid: prepared.data.scan_labels(pid) for pid in ids}, prepared.split["train"],
+        prepared.split["val"], config.seq_len, stage, device, pos_weight=criterion.scan_pos_weight,
+        progress=config.progress)
+    val_loader = make_loader(prepared.val, config.batch_size, num_workers=config.num_workers)
+    val = evaluate(model, criterion.to(device), val_loader, device, amp_dtype, config.progress, desc="val")
+    thresholds, _ = choose_thresholds(val.scan_labels, val.scan_probs)
+    save_checkpoint(best_path, {**{k: v for k, v in ckpt.items() if k not in _TRAINING_STATE},
+                                "model": model.state_dict(), "thresholds": thresholds,
+                                "stage": "two-stage", "best_score": result.best_val_scan_loss})
+    if config.progress:
+        print(f"Stage 2: embedded {len(ids)} scans in {embed_seconds:.1f} s, trained the BiLSTM for "
+              f"{len(result.history)} epochs in {result.seconds:.1f} s (best epoch {result.best_epoch}, "
+              f"val scan loss {result.best_val_scan_loss:.4f})", flush=True)
+    return {"epochs_run": len(result.history), "best_epoch": result.best_epoch,
+            "best_val_scan_loss": result.best_val_scan_loss, "embed_seconds": embed_seconds,
+            "train_seconds": result.seconds, "history": result.history}
+
+
+#: Keys of last.pt that a weights-only checkpoint (best.pt) does not carry.
+_TRAINING_STATE = frozenset({"optimizer", "lr_scheduler", "scaler", "early_stopping", "rng"})
 
 
 def final_evaluation(config: TrainConfig, prepared: PreparedData, best_path: Path,

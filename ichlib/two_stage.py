@@ -1,0 +1,246 @@
+"""Two-stage training: the slice CNN first, then the BiLSTM on cached slice embeddings.
+
+The top RSNA 2019 solutions trained their sequence models this way. End to end, every
+optimizer step runs the CNN over ``B x S`` slices, and the scan-level loss reaches the CNN
+only through the LSTM; on a small dataset the scan head may learn little more than the
+label prevalence in the epochs a CPU allows. In two stages:
+
+1. stage 1 is :func:`ichlib.train.fit`'s usual loop (CNN, slice head and LSTM trained
+   together with the loss ``(1-λ)·scan + λ·slice``), with the best epoch chosen by the
+   validation *slice* loss, since the embeddings are what stage 2 needs;
+2. :func:`embed_scans` runs the frozen CNN once over every slice of every scan (no
+   augmentation) and keeps the embeddings in memory (``F`` floats per slice: 512 for
+   ResNet-18, so 75 scans of 45 slices take 7 MB);
+3. :func:`train_sequence_stage` trains the LayerNorm, BiLSTM and scan head on sequences of
+   ``S`` embeddings drawn from the cache with the same jittered uniform sampling as
+   end-to-end training. A step costs milliseconds, so hundreds of epochs take seconds.
+
+The result is an ordinary :class:`~ichlib.model.CNNBiLSTM` whose CNN and slice head come
+from stage 1 and whose sequence half comes from stage 2: prediction, Grad-CAM and the
+checkpoint format do not change.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ichlib.dataset import ScanDataset, to_model_input
+from ichlib.errors import ConfigError, IchlibError
+from ichlib.model import CNNBiLSTM
+from ichlib.sampling import uniform_indices
+
+
+@dataclass
+class SequenceStageConfig:
+    """Settings of stage 2 (the sequence model on cached embeddings).
+
+    Attributes:
+        epochs: Passes over the training scans.
+        batch_size: Scans per step.
+        lr: AdamW learning rate (peak of a cosine schedule over all steps).
+        weight_decay: AdamW weight decay.
+        patience: Stop after this many epochs without a lower validation scan loss
+            (None: never).
+        reset: Re-initialise the sequence half before training instead of starting from
+            the stage-1 weights.
+        seed: Seed of the shuffling and of the slice jitter.
+    """
+
+    epochs: int = 150
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    patience: int | None = 40
+    reset: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("sequence-stage epochs and batch_size must be >= 1")
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"sequence-stage patience must be >= 1 or None, got {self.patience}")
+
+
+@dataclass
+class SequenceStageResult:
+    """What :func:`train_sequence_stage` did.
+
+    Attributes:
+        history: One dict per epoch: ``epoch``, ``train_scan_loss``, ``val_scan_loss``,
+            ``best``.
+        best_epoch: The epoch whose weights were kept (lowest validation scan loss).
+        best_val_scan_loss: Its validation scan loss.
+        seconds: Wall time of the stage, embedding excluded.
+    """
+
+    history: list[dict]
+    best_epoch: int
+    best_val_scan_loss: float
+    seconds: float
+
+
+def embed_scans(model: CNNBiLSTM, dataset: ScanDataset, device: torch.device,
+                amp_dtype: torch.dtype | None = None, chunk: int = 64,
+                progress: bool = False) -> dict[str, torch.Tensor]:
+    """Embed every slice of every scan of ``dataset`` with the model's CNN (eval mode).
+
+    Args:
+        model: The trained model; only ``encoder`` is used.
+        dataset: Scans to embed (its augmentation is not applied).
+        device: Where the CNN runs.
+        amp_dtype: Autocast dtype for the CNN (None: float32).
+        chunk: Slices per forward pass.
+        progress: Show a progress bar.
+
+    Returns:
+        ``{patient_id: float32 [N_slices, F]}`` on the CPU, slices in scan order.
+    """
+    from ichlib.train import autocast
+
+    was_training = model.training
+    model.eval()
+    out: dict[str, torch.Tensor] = {}
+    try:
+        with torch.inference_mode():
+            for pid in tqdm(dataset.patient_ids, desc="embed", leave=False, disable=not progress):
+                volume = dataset.resized_volume(pid)
+                parts = []
+                for start in range(0, volume.shape[0], chunk):
+                    x = to_model_input(np.asarray(volume[start:start + chunk], dtype=np.float32),
+                                       dataset.config.windows).to(device)
+                    with autocast(device, amp_dtype):
+                        parts.append(model.embed(x).float().cpu())
+                emb = torch.cat(parts)
+                if not torch.isfinite(emb).all():
+                    raise IchlibError(f"non-finite slice embedding for patient {pid}")
+                out[pid] = emb
+    finally:
+        model.train(was_training)
+    return out
+
+
+def sample_sequences(embeddings: Mapping[str, torch.Tensor], patient_ids: Sequence[str], seq_len: int,
+                     jitter: bool, rng: np.random.Generator) -> torch.Tensor:
+    """Stack ``S`` embeddings per patient, chosen by :func:`uniform_indices`: ``[B, S, F]``."""
+    rows = []
+    for pid in patient_ids:
+        emb = embeddings[pid]
+        rows.append(emb[torch.from_numpy(uniform_indices(emb.shape[0], seq_len, jitter=jitter, rng=rng))])
+    return torch.stack(rows)
+
+
+def sequence_parameters(model: CNNBiLSTM) -> list[torch.nn.Parameter]:
+    """The parameters stage 2 trains: the LSTM's LayerNorm, the BiLSTM and the scan head."""
+    return [*model.lstm_norm.parameters(), *model.lstm.parameters(), *model.scan_head.parameters()]
+
+
+def train_sequence_stage(model: CNNBiLSTM, embeddings: Mapping[str, torch.Tensor],
+                         scan_labels: Mapping[str, np.ndarray], train_ids: Sequence[str],
+                         val_ids: Sequence[str], seq_len: int,
+                         config: SequenceStageConfig | None = None, device: torch.device | None = None,
+                         pos_weight: torch.Tensor | None = None,
+                         progress: bool = False) -> SequenceStageResult:
+    """Train the sequence half of ``model`` in place on cached embeddings (stage 2).
+
+    The CNN and the slice head are not touched. Each epoch draws one jittered sequence of
+    ``seq_len`` slices per training scan; validation uses the fixed uniform sequence that
+    prediction uses. The weights of the epoch with the lowest validation scan loss are
+    loaded into ``model`` at the end.
+
+    Args:
+        model: Model whose CNN produced ``embeddings``.
+        embeddings: ``{patient_id: [N_slices, F]}`` from :func:`embed_scans`.
+        scan_labels: ``{patient_id: [6]}`` patient-level labels.
+        train_ids, val_ids: Patients to train on and to select the epoch on.
+        seq_len: ``S``, as in stage 1.
+        config: Stage settings (defaults if None).
+        device: Where to train (the model's device if None).
+        pos_weight: Optional ``[6]`` weight of positives in the BCE.
+        progress: Print a line every 25 epochs.
+
+    Returns:
+        :class:`SequenceStageResult`.
+
+    Raises:
+        ConfigError: If a split is empty or a patient has no embedding.
+        IchlibError: On a non-finite loss.
+    """
+    config = config or SequenceStageConfig()
+    device = device or next(model.parameters()).device
+    if not train_ids or not val_ids:
+        raise ConfigError("stage 2 needs training and validation patients")
+    missing = [pid for pid in [*train_ids, *val_ids] if pid not in embeddings]
+    if missing:
+        raise ConfigError(f"no cached embedding for patient(s) {', '.join(missing[:5])}")
+    if config.reset:
+        for module in (model.lstm_norm, model.lstm, *model.scan_head):
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    params = sequence_parameters(model)
+    frozen = [p for p in model.parameters() if all(p is not q for q in params)]
+    saved_flags = [p.requires_grad for p in frozen]
+    for p in frozen:
+        p.requires_grad_(False)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    steps = config.epochs * -(-len(train_ids) // config.batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
+    weight = None if pos_weight is None else pos_weight.to(device)
+    y = {pid: torch.as_tensor(np.asarray(scan_labels[pid]), dtype=torch.float32) for pid in [*train_ids, *val_ids]}
+    val_x = sample_sequences(embeddings, val_ids, seq_len, False, np.random.default_rng(0)).to(device)
+    val_y = torch.stack([y[pid] for pid in val_ids]).to(device)
+    rng = np.random.default_rng([config.seed, 2])
+    history: list[dict] = []
+    best_loss, best_epoch, best_state, since_best = float("inf"), 0, None, 0
+    start = time.perf_counter()
+    try:
+        for epoch in range(config.epochs):
+            model.train()
+            order = rng.permutation(len(train_ids))
+            total, n = 0.0, 0
+            for i in range(0, len(order), config.batch_size):
+                ids = [train_ids[j] for j in order[i:i + config.batch_size]]
+                x = sample_sequences(embeddings, ids, seq_len, True, rng).to(device)
+                target = torch.stack([y[pid] for pid in ids]).to(device)
+                loss = F.binary_cross_entropy_with_logits(model.sequence_logits(x), target, pos_weight=weight)
+                if not torch.isfinite(loss):
+                    raise IchlibError(f"non-finite loss in stage 2 at epoch {epoch + 1}; lower its lr")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                total += loss.item() * len(ids)
+                n += len(ids)
+            model.eval()
+            with torch.inference_mode():
+                val_loss = F.binary_cross_entropy_with_logits(model.sequence_logits(val_x), val_y,
+                                                              pos_weight=weight).item()
+            improved = val_loss < best_loss
+            if improved:
+                best_loss, best_epoch, since_best = val_loss, epoch + 1, 0
+                best_state = copy.deepcopy([p.detach().clone() for p in params])
+            else:
+                since_best += 1
+            history.append({"epoch": epoch + 1, "train_scan_loss": total / n, "val_scan_loss": val_loss,
+                            "best": improved})
+            if progress and ((epoch + 1) % 25 == 0 or epoch == 0):
+                print(f"stage 2 epoch {epoch + 1}/{config.epochs}  train scan loss {total / n:.4f}  "
+                      f"val scan loss {val_loss:.4f}  (best {best_loss:.4f} at {best_epoch})", flush=True)
+            if config.patience is not None and since_best >= config.patience:
+                break
+    finally:
+        for p, flag in zip(frozen, saved_flags, strict=True):
+            p.requires_grad_(flag)
+    with torch.no_grad():
+        for p, best in zip(params, best_state, strict=True):
+            p.copy_(best)
+    model.eval()
+    return SequenceStageResult(history=history, best_epoch=best_epoch, best_val_scan_loss=best_loss,
+                               seconds=time.perf_counter() - start)
