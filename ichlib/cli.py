@@ -72,8 +72,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"\n{tag}: best epoch {run['best_epoch']} of {run['epochs_run']} (by validation "
           f"{run['monitor']}); test on {m['n_patients']['test']} patients")
     columns = {"model": test, "baseline": base}
-    if "stage1" in m:  # two-stage: the stage-1 model (CNN + BiLSTM trained together) beside it
-        columns = {"model": test, "stage 1 only": m["stage1"]["test"]["patient"], "baseline": base}
     table = results_table(columns)
     wide = table.pivot(index="label", columns="model", values="auc").reindex(list(test["labels"]))
     wide = wide[list(columns)]

@@ -15,10 +15,11 @@ weights of the best validation epoch, with everything :mod:`ichlib.predict` need
 ``history.csv`` and ``metrics.json``. All are written atomically. Results on the
 synthetic phantom are labelled ``"data": "synthetic"``.
 
-With ``two_stage=True`` the loop above is stage 1, selected on the validation slice loss
-(its best weights go to ``stage1.pt``); then the BiLSTM and scan head are trained again on
-cached slice embeddings of the frozen CNN (:mod:`ichlib.two_stage`), and the result is
-``best.pt``. ``metrics.json`` then holds the test metrics of both stages.
+With ``two_stage=True`` each epoch of the loop above trains the CNN on single slices
+instead (stage 1, :class:`ichlib.two_stage.SliceStage`, as many slices per epoch as
+end-to-end training uses), selected on the validation slice loss (``stage1.pt``); then the
+BiLSTM and scan head are trained on cached slice embeddings of the frozen CNN, and the
+result is ``best.pt``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -59,6 +61,9 @@ from ichlib.model import BACKBONES, CNNBiLSTM
 from ichlib.paths import is_synthetic
 from ichlib.rsna import read_dataset, rsna_group_split
 from ichlib.splits import check_disjoint, patient_split
+
+if TYPE_CHECKING:
+    from ichlib.two_stage import SliceStage
 
 #: What the validation monitor can be, and whether lower is better.
 MONITORS: dict[str, bool] = {"scan_loss": True, "loss": True, "slice_loss": True, "mean_auc": False}
@@ -115,9 +120,10 @@ class TrainConfig:
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ...
         progress: Show progress bars (also off when ``TQDM_DISABLE`` is set) and print one
             line per epoch.
-        two_stage: After the epochs above (stage 1, selected on the validation slice loss),
-            train the BiLSTM and scan head on cached embeddings of the frozen CNN
-            (:mod:`ichlib.two_stage`).
+        two_stage: Train in two stages (:mod:`ichlib.two_stage`): for ``epochs``, the CNN
+            and slice head on single slices, half of them with blood (``aux_weight`` and
+            ``monitor`` do not apply; the validation slice loss picks the epoch); then the
+            BiLSTM and scan head on cached embeddings of the frozen CNN.
         sequence_epochs: Epochs of that second stage (it stops early after 40 epochs
             without a lower validation scan loss).
     """
@@ -615,10 +621,16 @@ def fit(config: TrainConfig, resume: bool = False,
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         criterion = _criterion(config, prepared).to(device)
-        optimizer = make_optimizer(model, config.lr, config.weight_decay)
-        steps = steps_per_epoch(len(prepared.train), config.batch_size, config.max_train_batches)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs * steps))
+        slice_stage = None
+        if config.two_stage:  # stage 1 trains the CNN on single slices (ichlib.two_stage)
+            slice_stage = _slice_stage(config, prepared, model, device, amp_dtype)
+            optimizer, scheduler = slice_stage.optimizer, slice_stage.scheduler
+        else:
+            optimizer = make_optimizer(model, config.lr, config.weight_decay)
+            steps = steps_per_epoch(len(prepared.train), config.batch_size, config.max_train_batches)
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs * steps))
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        # Stage 1 of two_stage is chosen for its embeddings, by the validation slice loss.
         monitor = "slice_loss" if config.two_stage else _effective_monitor(config, prepared)
         tracker = EarlyStopping(monitor, config.patience)
         epochs_done, history_rows = 0, []
@@ -655,8 +667,11 @@ def fit(config: TrainConfig, resume: bool = False,
                                  epoch=epoch, num_workers=config.num_workers,
                                  pin_memory=device.type == "cuda")
             lr = optimizer.param_groups[0]["lr"]
-            train_stats = train_one_epoch(model, criterion, optimizer, loader, device, epoch, scheduler,
-                                          amp_dtype, scaler, config.max_train_batches, show)
+            if slice_stage is not None:
+                train_stats = slice_stage.train_epoch(epoch, progress_enabled(show))
+            else:
+                train_stats = train_one_epoch(model, criterion, optimizer, loader, device, epoch, scheduler,
+                                              amp_dtype, scaler, config.max_train_batches, show)
             val = evaluate(model, criterion, val_loader, device, amp_dtype, show, desc="val")
             val_report = score_predictions(val.scan_labels, val.scan_probs, n_boot=0)
             thresholds, _ = choose_thresholds(val.scan_labels, val.scan_probs)
@@ -665,6 +680,9 @@ def fit(config: TrainConfig, resume: bool = False,
                    "val_loss": val.loss, "val_scan_loss": val.scan_loss, "val_slice_loss": val.slice_loss,
                    "val_mean_auc": val_report["mean_auc"],
                    "val_weighted_log_loss": val_report["weighted_log_loss"]}
+            if slice_stage is not None:  # stage 1 optimises the slice loss; the scan head is untrained
+                row.update(val_loss=val.slice_loss, val_scan_loss=None, val_mean_auc=None,
+                           val_weighted_log_loss=None)
             score = {"scan_loss": val.scan_loss, "loss": val.loss, "slice_loss": val.slice_loss,
                      "mean_auc": val_report["mean_auc"]}[monitor]
             improved = tracker.update(score, epoch + 1)
@@ -681,7 +699,12 @@ def fit(config: TrainConfig, resume: bool = False,
                 "early_stopping": tracker.state_dict(), "rng": capture_rng_state()})
             history = pd.DataFrame(history_rows)
             atomic_write_text(paths["history.csv"], history.to_csv(index=False))
-            if show:
+            if show and slice_stage is not None:
+                print(f"stage 1 epoch {epoch + 1}/{config.epochs}  train slice loss "
+                      f"{train_stats['slice_loss']:.4f}  val slice loss {val.slice_loss:.4f}  "
+                      f"{train_stats['slices_per_s']:.1f} slices/s{'  *best' if improved else ''}"
+                      f"{'  (early stop)' if tracker.stopped else ''}", flush=True)
+            elif show:
                 auc = row["val_mean_auc"]
                 print(f"epoch {epoch + 1}/{config.epochs}  train loss {train_stats['loss']:.4f}  "
                       f"val loss {val.loss:.4f} (scan {val.scan_loss:.4f})  val mean AUC "
@@ -694,21 +717,35 @@ def fit(config: TrainConfig, resume: bool = False,
         best = stage1_best if stage1_best.exists() else paths["last.pt"]
         training = {**tracker.state_dict(), "epochs_run": epochs_done, "device": describe_amp(config),
                     "stage1_seconds": float(sum(r.get("train_seconds", 0.0) for r in history_rows))}
-        stage1_metrics = None
         if config.two_stage:
-            stage1_metrics = final_evaluation(config, prepared, best, device, amp_dtype, data_kind, training)
             training["sequence_stage"] = run_sequence_stage(config, prepared, best, paths["best.pt"],
                                                             device, amp_dtype)
             best = paths["best.pt"]
         metrics = final_evaluation(config, prepared, best, device, amp_dtype, data_kind, training)
-        if stage1_metrics is not None:
-            metrics["stage1"] = {key: stage1_metrics[key] for key in ("thresholds", "val", "test")}
     atomic_write_text(paths["metrics.json"], json.dumps(json_safe(metrics), indent=2, allow_nan=False))
     history = pd.DataFrame(history_rows)
     atomic_write_text(paths["history.csv"], history.to_csv(index=False))
     return FitResult(out_dir=out, history=history, metrics=metrics, split=prepared.split,
                      best_path=paths["best.pt"], last_path=paths["last.pt"],
                      history_path=paths["history.csv"], metrics_path=paths["metrics.json"])
+
+
+def _slice_stage(config: TrainConfig, prepared: PreparedData, model: CNNBiLSTM, device: torch.device,
+                 amp_dtype: torch.dtype | None) -> SliceStage:
+    """Stage 1 of ``two_stage``, with the end-to-end budget: ``n_train x S`` slices per epoch."""
+    from ichlib.two_stage import SliceStage, SliceStageConfig
+
+    stage = SliceStageConfig(epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay,
+                             seed=config.seed)
+    steps = max(1, math.ceil(len(prepared.train) * config.seq_len / stage.batch_size))
+    if config.max_train_batches is not None:
+        steps = min(steps, config.max_train_batches)
+    weight = None
+    if config.pos_weight:
+        slice_y = np.concatenate([prepared.data.slice_labels(pid) for pid in prepared.split["train"]])
+        weight = pos_weight_from_labels(slice_y)
+    return SliceStage(model, prepared.train, stage, steps, device, amp_dtype,
+                      ScanAugment() if config.augment else None, weight)
 
 
 def run_sequence_stage(config: TrainConfig, prepared: PreparedData, stage1_path: Path, best_path: Path,

@@ -25,9 +25,10 @@ def plot_history(histories: Mapping[str, pd.DataFrame], note: str = "") -> plt.F
     for (name, h), color in zip(histories.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
         axes[0].plot(h["epoch"], h["train_loss"], "-", color=color, label=f"{name} train")
         axes[0].plot(h["epoch"], h["val_loss"], "--", color=color, label=f"{name} val")
-        if "val_mean_auc" in h:
+        if "val_mean_auc" in h and h["val_mean_auc"].notna().any():
             axes[1].plot(h["epoch"], h["val_mean_auc"].astype(float), "-o", ms=3, color=color, label=name)
-    axes[0].set(xlabel="epoch", ylabel="loss", title="loss ((1-λ)·scan BCE + λ·slice BCE)")
+    axes[0].set(xlabel="epoch", ylabel="loss",
+                title="loss optimised: (1-λ)·scan + λ·slice BCE; two-stage stage 1: slice BCE")
     axes[1].set(xlabel="epoch", ylabel="AUC", title="validation mean AUC (patient level)", ylim=(0, 1))
     axes[1].axhline(0.5, color="grey", lw=0.8, ls=":")
     for ax in axes:

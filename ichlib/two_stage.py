@@ -1,13 +1,15 @@
 """Two-stage training: the slice CNN first, then the BiLSTM on cached slice embeddings.
 
 The top RSNA 2019 solutions trained their sequence models this way. End to end, every
-optimizer step runs the CNN over ``B x S`` slices, and the scan-level loss reaches the CNN
-only through the LSTM; on a small dataset the scan head may learn little more than the
-label prevalence in the epochs a CPU allows. In two stages:
+optimizer step runs the CNN over ``B x S`` slices of a few scans, most of them normal, and
+the scan-level loss reaches the CNN only through the LSTM; on a small dataset neither head
+learns much in the epochs a CPU allows (see notebook 04). In two stages:
 
-1. stage 1 is :func:`ichlib.train.fit`'s usual loop (CNN, slice head and LSTM trained
-   together with the loss ``(1-λ)·scan + λ·slice``), with the best epoch chosen by the
-   validation *slice* loss, since the embeddings are what stage 2 needs;
+1. :class:`SliceStage` trains the CNN and the slice head as a slice classifier:
+   batches of single slices drawn from every slice of the training scans, half of them
+   (``positive_fraction``) from slices with blood, each augmented on its own. The budget
+   is the end-to-end one: ``epochs x n_train_scans x S`` slices. The epoch with the
+   lowest validation slice loss is kept;
 2. :func:`embed_scans` runs the frozen CNN once over every slice of every scan (no
    augmentation) and keeps the embeddings in memory (``F`` floats per slice: 512 for
    ResNet-18, so 75 scans of 45 slices take 7 MB);
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,10 +34,170 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ichlib.augment import ScanAugment
 from ichlib.dataset import ScanDataset, to_model_input
 from ichlib.errors import ConfigError, IchlibError
 from ichlib.model import CNNBiLSTM
 from ichlib.sampling import uniform_indices
+
+
+@dataclass
+class SliceStageConfig:
+    """Settings of stage 1 (the CNN as a slice classifier).
+
+    Attributes:
+        epochs: Budget in end-to-end epochs: each epoch trains on ``n_train_scans x
+            seq_len`` slices, as many as an end-to-end epoch, in ``steps_per_epoch``
+            optimizer steps.
+        batch_size: Slices per step.
+        positive_fraction: Share of each batch drawn from slices labelled ``any``
+            (the rest from all slices); None draws uniformly.
+        lr: Peak AdamW learning rate of a one-cycle schedule (10% warm-up, cosine decay).
+        weight_decay: AdamW weight decay.
+        seed: Seed of the slice draws and the augmentation.
+    """
+
+    epochs: int = 10
+    batch_size: int = 32
+    positive_fraction: float | None = 0.5
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("slice-stage epochs and batch_size must be >= 1")
+        if self.positive_fraction is not None and not 0.0 <= self.positive_fraction <= 1.0:
+            raise ConfigError(f"positive_fraction must be in [0, 1] or None, got {self.positive_fraction}")
+
+
+class SliceSampler:
+    """Draws batches of slice addresses ``(patient, slice index)`` from a set of scans.
+
+    Args:
+        labels: ``{patient_id: [N_slices, 6]}`` slice labels (column 0 is ``any``).
+        positive_fraction: Share of each batch drawn from slices with ``any`` = 1
+            (None, or no positive slice at all: uniform over every slice).
+        rng: Random generator.
+    """
+
+    def __init__(self, labels: Mapping[str, np.ndarray], positive_fraction: float | None,
+                 rng: np.random.Generator) -> None:
+        self.addresses = [(pid, k) for pid, y in labels.items() for k in range(len(y))]
+        if not self.addresses:
+            raise ConfigError("no slices to train on")
+        self.positives = [i for i, (pid, k) in enumerate(self.addresses) if labels[pid][k, 0] > 0.5]
+        self.positive_fraction = positive_fraction if self.positives else None
+        self.rng = rng
+
+    def draw(self, n: int) -> list[tuple[str, int]]:
+        """``n`` addresses: ``round(n * positive_fraction)`` positives, the rest uniform."""
+        n_pos = 0 if self.positive_fraction is None else int(round(n * self.positive_fraction))
+        picks = list(self.rng.choice(len(self.positives), n_pos)) if n_pos else []
+        chosen = [self.positives[i] for i in picks]
+        chosen += list(self.rng.integers(0, len(self.addresses), n - n_pos))
+        return [self.addresses[i] for i in chosen]
+
+
+class SliceStage:
+    """Stage 1: trains the CNN and slice head of ``model`` in place as a slice classifier.
+
+    The sequence half gets no gradient. Batches come from :class:`SliceSampler` over every
+    slice of ``train`` (its cached, resized volumes); each slice is augmented on its own.
+    Epoch ``e`` draws from a generator seeded by ``(seed, e)``, so a run resumed after
+    epoch ``e`` (model, :attr:`optimizer` and :attr:`scheduler` restored) continues exactly.
+
+    Args:
+        model: The model (its encoder and slice head are trained).
+        train: Training scans.
+        config: Stage settings.
+        steps_per_epoch: Optimizer steps per epoch.
+        device: Where to train.
+        amp_dtype: Autocast dtype for the CNN (None: float32).
+        augment: Augmentation applied to each slice (None: none).
+        pos_weight: Optional ``[6]`` weight of positives in the slice BCE.
+
+    Attributes:
+        optimizer: AdamW over the encoder and slice head.
+        scheduler: One-cycle schedule over ``epochs * steps_per_epoch`` steps.
+    """
+
+    def __init__(self, model: CNNBiLSTM, train: ScanDataset, config: SliceStageConfig,
+                 steps_per_epoch: int, device: torch.device, amp_dtype: torch.dtype | None = None,
+                 augment: ScanAugment | None = None, pos_weight: torch.Tensor | None = None) -> None:
+        from ichlib.train import make_optimizer
+
+        if steps_per_epoch < 1:
+            raise ConfigError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+        self.model, self.train, self.config = model, train, config
+        self.steps_per_epoch, self.device, self.amp_dtype, self.augment = steps_per_epoch, device, amp_dtype, augment
+        self.weight = None if pos_weight is None else pos_weight.to(device)
+        self.labels = {pid: train.data.slice_labels(pid) for pid in train.patient_ids}
+        params = [*model.encoder.parameters(), *model.slice_head.parameters()]
+        self.optimizer = make_optimizer(_Params(params), config.lr, config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.1)
+
+    def train_epoch(self, epoch: int, progress: bool = False) -> dict[str, float]:
+        """Train for one epoch (0-based ``epoch``).
+
+        Returns:
+            ``loss`` and ``slice_loss`` (the mean slice BCE), ``seconds`` and
+            ``slices_per_s``.
+
+        Raises:
+            IchlibError: On a non-finite loss.
+        """
+        from ichlib.train import autocast
+
+        model = self.model
+        model.train()
+        rng = np.random.default_rng([self.config.seed, 1, epoch])
+        sampler = SliceSampler(self.labels, self.config.positive_fraction, rng)
+        start, total = time.perf_counter(), 0.0
+        for _ in tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch + 1} slices", leave=False,
+                      disable=not progress):
+            addresses = sampler.draw(self.config.batch_size)
+            x = torch.stack([_one_slice(self.train, pid, k, self.augment, rng) for pid, k in addresses])
+            y = torch.from_numpy(np.stack([self.labels[pid][k] for pid, k in addresses]))
+            x, y = x.to(self.device), y.to(self.device)
+            with autocast(self.device, self.amp_dtype):
+                embeddings = model.embed(x)
+            logits = model.slice_head(model.dropout(embeddings.float()))
+            loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=self.weight)
+            if not torch.isfinite(loss):
+                raise IchlibError(f"non-finite loss in stage 1 at epoch {epoch + 1}; lower the lr "
+                                  "or turn amp off")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            total += loss.item()
+        seconds = time.perf_counter() - start
+        mean = total / self.steps_per_epoch
+        return {"loss": mean, "slice_loss": mean, "seconds": seconds,
+                "slices_per_s": self.steps_per_epoch * self.config.batch_size / seconds if seconds > 0 else 0.0}
+
+
+class _Params(torch.nn.Module):
+    """A parameter list as a module, for :func:`ichlib.train.make_optimizer`."""
+
+    def __init__(self, params: Sequence[torch.nn.Parameter]) -> None:
+        super().__init__()
+        self._list = list(params)
+
+    def parameters(self, recurse: bool = True) -> Iterator[torch.nn.Parameter]:
+        """The listed parameters."""
+        return iter(self._list)
+
+
+def _one_slice(dataset: ScanDataset, pid: str, k: int, augment: ScanAugment | None,
+               rng: np.random.Generator) -> torch.Tensor:
+    volume = dataset.resized_volume(pid)
+    x = to_model_input(np.asarray(volume[k:k + 1], dtype=np.float32), dataset.config.windows)
+    if augment is not None:
+        x = augment(x, rng)
+    return x[0]
 
 
 @dataclass

@@ -19,6 +19,9 @@ from ichlib.predict import Predictor
 from ichlib.train import TrainConfig, fit
 from ichlib.two_stage import (
     SequenceStageConfig,
+    SliceSampler,
+    SliceStage,
+    SliceStageConfig,
     embed_scans,
     sample_sequences,
     sequence_parameters,
@@ -162,8 +165,9 @@ def test_fit_two_stage_writes_both_stages(two_stage_run):
     stage2 = metrics["training"]["sequence_stage"]
     assert 1 <= stage2["best_epoch"] <= stage2["epochs_run"] <= 5
     assert len(stage2["history"]) == stage2["epochs_run"]
-    assert set(metrics["stage1"]["test"]["patient"]["labels"]) == set(metrics["test"]["patient"]["labels"])
-    assert metrics["stage1"]["test"]["patient"]["n"] == metrics["test"]["patient"]["n"]
+    history = result.history
+    assert len(history) == 2 and history["train_slice_loss"].notna().all()
+    assert stage1["epoch"] == int(history.loc[history["val_slice_loss"].idxmin(), "epoch"])
     scan = sorted(Path(data, "ct_scans").glob("*.nii"))[0]
     prediction = Predictor(result.best_path, device="cpu")(scan)
     assert set(prediction.probabilities) == set(metrics["labels"])
@@ -181,3 +185,59 @@ def test_cli_two_stage_flag_reaches_the_config(tmp_path, small_ct_ich, monkeypat
         main(["train", "--data", str(small_ct_ich), "--out", str(tmp_path / "r"), "--two-stage",
               "--sequence-epochs", "7"])
     assert seen["config"].two_stage is True and seen["config"].sequence_epochs == 7
+
+
+def test_slice_sampler_draws_the_asked_share_of_positives():
+    labels = {"a": np.zeros((10, 6), np.float32), "b": np.zeros((10, 6), np.float32)}
+    labels["b"][[3, 4], 0] = 1.0
+    sampler = SliceSampler(labels, 0.5, np.random.default_rng(0))
+    batch = sampler.draw(10)
+    assert len(batch) == 10
+    assert all(address in {("b", 3), ("b", 4)} for address in batch[:5])
+    uniform = SliceSampler(labels, None, np.random.default_rng(0)).draw(400)
+    share = np.mean([address in {("b", 3), ("b", 4)} for address in uniform])
+    assert 0.04 < share < 0.2  # 2 of 20 slices
+    no_positives = SliceSampler({"a": labels["a"]}, 0.5, np.random.default_rng(0))
+    assert no_positives.positive_fraction is None and len(no_positives.draw(4)) == 4
+    with pytest.raises(ConfigError):
+        SliceSampler({}, 0.5, np.random.default_rng(0))
+    with pytest.raises(ConfigError):
+        SliceStageConfig(positive_fraction=1.5)
+
+
+def test_slice_stage_trains_the_cnn_and_not_the_sequence_half(small_ct_ich, tmp_path, one_thread):
+    data = read_ct_ich(small_ct_ich)
+    train = ScanDataset(data, data.patient_ids, PreprocessConfig(img_size=32), tmp_path / "cache")
+    model = small_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stage = SliceStage(model, train, SliceStageConfig(epochs=2, batch_size=8), steps_per_epoch=3,
+                       device=torch.device("cpu"))
+    rows = [stage.train_epoch(epoch) for epoch in range(2)]
+    assert all(np.isfinite(r["slice_loss"]) and r["slices_per_s"] > 0 for r in rows)
+    after = model.state_dict()
+    assert not torch.equal(after["encoder.conv1.weight"], before["encoder.conv1.weight"])
+    assert not torch.equal(after["slice_head.weight"], before["slice_head.weight"])
+    sequence_keys = [k for k in before if k.startswith(("lstm", "scan_head"))]
+    assert sequence_keys and all(torch.equal(after[k], before[k]) for k in sequence_keys)
+    assert stage.scheduler.last_epoch == 6
+
+
+class StopAfterFirstEpoch(Exception):
+    pass
+
+
+def test_two_stage_resume_equals_an_uninterrupted_run(two_stage_run, tmp_path):
+    data, reference = two_stage_run
+    config = TrainConfig.from_dict({**json.loads(reference.metrics_path.read_text())["config"],
+                                    "out_dir": str(tmp_path / "run")})
+
+    def stop(epoch, row):
+        if epoch == 1:
+            raise StopAfterFirstEpoch
+
+    with pytest.raises(StopAfterFirstEpoch):
+        fit(config, on_epoch_end=stop)
+    resumed = fit(config, resume=True)
+    expected = load_checkpoint(reference.best_path)["model"]
+    got = load_checkpoint(resumed.best_path)["model"]
+    assert all(torch.equal(got[k], v) for k, v in expected.items())
