@@ -22,7 +22,7 @@ export TQDM_DISABLE := 1
 export MPLBACKEND := Agg
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: run test env data check lint strip clean help
+.PHONY: run test env data check lint strip clean help bench bench-gpu
 
 help:
 	@echo "make run    execute notebooks/0*.ipynb headless on \$$DATA (default: synthetic phantom)"
@@ -31,6 +31,8 @@ help:
 	@echo "make check  ichlib check \$$DATA"
 	@echo "make lint   ruff"
 	@echo "make strip  strip outputs from the committed notebooks"
+	@echo "make bench  the CPU benchmarks (reference vs fast path; results in runs/bench/)"
+	@echo "make bench-gpu  the GPU benchmark (needs CUDA)"
 
 # --- environment -------------------------------------------------------------
 ifeq ($(PY),$(VENV)/bin/python)
@@ -68,6 +70,15 @@ run: data
 		echo "   done in $$(( $$(date +%s) - start )) s"; \
 	done
 	@echo "Executed notebooks: $(RUNS)/notebooks/   Figures: $(FIGURES)/"
+
+# --- benchmarks (synthetic data, results in runs/bench/; each a few minutes) ----------
+bench: env
+	$(PY) benchmarks/bench_preprocess.py
+	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_predict.py
+
+bench-gpu: env
+	$(PY) benchmarks/bench_gpu.py
 
 # --- quality -------------------------------------------------------------------
 test: env
