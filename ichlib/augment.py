@@ -63,6 +63,30 @@ class ScanAugment:
         return (out * scale + offset).clamp_(0.0, 1.0)
 
 
+    def each(self, x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """Augment every item of ``x [N, C, H, W]`` with its own draw (single slices).
+
+        Item ``i`` gets what ``self(x[i:i+1], rng)`` would give with the generator in the
+        same state, but all items are resampled in one ``grid_sample`` call.
+        """
+        if x.ndim != 4:
+            raise ConfigError(f"expected slices [N, C, H, W], got shape {tuple(x.shape)}")
+        n, c, h, w = x.shape
+        thetas, scales, offsets = [], [], []
+        for _ in range(n):
+            flip = rng.random() < self.flip_p
+            angle = math.radians(rng.uniform(-self.max_rotate, self.max_rotate))
+            shift_x, shift_y = rng.uniform(-self.max_shift, self.max_shift, size=2)
+            scales.append(rng.uniform(1.0 - self.max_scale, 1.0 + self.max_scale))
+            offsets.append(rng.uniform(-self.max_offset, self.max_offset))
+            thetas.append(affine_matrix(angle, float(shift_x), float(shift_y), flip, h, w))
+        grid = F.affine_grid(torch.cat(thetas), [n, c, h, w], align_corners=False)
+        out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        scale = torch.tensor(scales, dtype=torch.float32).view(n, 1, 1, 1)
+        offset = torch.tensor(offsets, dtype=torch.float32).view(n, 1, 1, 1)
+        return (out * scale + offset).clamp_(0.0, 1.0)
+
+
 def affine_matrix(angle: float, shift_x: float, shift_y: float, flip: bool,
                   height: int, width: int) -> torch.Tensor:
     """The ``[1, 2, 3]`` sampling matrix for ``F.affine_grid`` (output -> input coordinates).

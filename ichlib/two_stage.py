@@ -133,6 +133,7 @@ class SliceStage:
         self.steps_per_epoch, self.device, self.amp_dtype, self.augment = steps_per_epoch, device, amp_dtype, augment
         self.weight = None if pos_weight is None else pos_weight.to(device)
         self.labels = {pid: train.data.slice_labels(pid) for pid in train.patient_ids}
+        self.volumes = {pid: train.resized_volume(pid) for pid in train.patient_ids}  # memory-mapped
         params = [*model.encoder.parameters(), *model.slice_head.parameters()]
         self.optimizer = make_optimizer(_Params(params), config.lr, config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -158,7 +159,7 @@ class SliceStage:
         for _ in tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch + 1} slices", leave=False,
                       disable=not progress):
             addresses = sampler.draw(self.config.batch_size)
-            x = torch.stack([_one_slice(self.train, pid, k, self.augment, rng) for pid, k in addresses])
+            x = self.batch(addresses, rng)
             y = torch.from_numpy(np.stack([self.labels[pid][k] for pid, k in addresses]))
             x, y = x.to(self.device), y.to(self.device)
             with autocast(self.device, self.amp_dtype):
@@ -179,6 +180,13 @@ class SliceStage:
                 "slices_per_s": self.steps_per_epoch * self.config.batch_size / seconds if seconds > 0 else 0.0}
 
 
+    def batch(self, addresses: Sequence[tuple[str, int]], rng: np.random.Generator) -> torch.Tensor:
+        """Windowed (and augmented) slices ``[N, C, H, W]`` at ``(patient, index)`` addresses."""
+        hu = np.stack([np.asarray(self.volumes[pid][k], dtype=np.float32) for pid, k in addresses])
+        x = to_model_input(hu, self.train.config.windows)
+        return x if self.augment is None else self.augment.each(x, rng)
+
+
 class _Params(torch.nn.Module):
     """A parameter list as a module, for :func:`ichlib.train.make_optimizer`."""
 
@@ -189,15 +197,6 @@ class _Params(torch.nn.Module):
     def parameters(self, recurse: bool = True) -> Iterator[torch.nn.Parameter]:
         """The listed parameters."""
         return iter(self._list)
-
-
-def _one_slice(dataset: ScanDataset, pid: str, k: int, augment: ScanAugment | None,
-               rng: np.random.Generator) -> torch.Tensor:
-    volume = dataset.resized_volume(pid)
-    x = to_model_input(np.asarray(volume[k:k + 1], dtype=np.float32), dataset.config.windows)
-    if augment is not None:
-        x = augment(x, rng)
-    return x[0]
 
 
 @dataclass

@@ -87,3 +87,11 @@ def test_every_public_name_resolves():
     for name in ichlib.__all__:
         assert getattr(ichlib, name) is not None, name
     assert "CNNBiLSTM" in dir(ichlib)
+
+
+def test_makefile_phantom_size_matches_the_notebooks_default():
+    from ichlib.paths import COURSE_PATIENTS
+
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    match = re.search(r"^SYNTH_PATIENTS \?= (\d+)$", makefile, flags=re.MULTILINE)
+    assert match and int(match.group(1)) == COURSE_PATIENTS
