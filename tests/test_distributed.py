@@ -394,8 +394,9 @@ def test_killing_a_worker_stops_the_run_then_one_process_resumes(tiny_data, tmp_
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    print(f"torchrun exited {ended:.1f} s after the SIGKILL of rank 1")
-    assert proc.returncode != 0
+    with capsys.disabled():
+        print(f"\ntorchrun exited ({proc.returncode}) {ended:.1f} s after the SIGKILL of rank 1")
+    assert proc.returncode != 0 and ended < 60
     assert "SIGKILL" in output, output  # torchrun names the worker that died
     assert not (run / "metrics.json").exists(), "the run finished before the kill"
     assert not [p for p in run.iterdir() if ".tmp" in p.name]
