@@ -315,8 +315,8 @@ def session(device: torch.device, batch_size: int) -> Iterator[DistContext]:
 
     With ``WORLD_SIZE`` above 1 this initialises the process group (unless the caller
     already did) on the backend for ``device``, with :func:`group_timeout`, and destroys
-    it at the end if it created it. Otherwise it yields :data:`LOCAL`-like inactive context
-    on ``device``.
+    it at the end if it created it. Otherwise it yields an inactive context (like
+    :data:`LOCAL`) on ``device``.
 
     Raises:
         ConfigError: If the batch does not split over the processes, or this PyTorch has
