@@ -47,6 +47,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from ichlib.distributed import is_main_process
     from ichlib.metrics import results_table
     from ichlib.train import TrainConfig, describe_amp, fit
 
@@ -60,8 +61,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
                          pos_weight=args.pos_weight, deterministic=args.deterministic,
                          two_stage=args.two_stage,
                          **{k: v for k, v in options.items() if v is not None})
-    print(f"Training on {describe_amp(config)}; run folder {config.out_dir}", flush=True)
+    main_process = is_main_process()  # under torchrun only rank 0 reports
+    if main_process:
+        print(f"Training on {describe_amp(config)}; run folder {config.out_dir}", flush=True)
     result = fit(config, resume=args.resume)
+    if not main_process:
+        return 0
     m = result.metrics
     test = m["test"]["patient"]
     base = m["baseline"]["test"]["patient"]
@@ -155,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="CT-ICH folder")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--epochs", type=int, help="default 10")
-    p.add_argument("--batch-size", type=int, help="scans per batch (default 4)")
+    p.add_argument("--batch-size", type=int, help="scans per optimizer step (default 4); under "
+                                                  "torchrun the global batch, split over the processes")
     p.add_argument("--img-size", type=int, help="input height and width (default 256)")
     p.add_argument("--seq-len", type=int, help="slices per scan, S (default 16)")
     p.add_argument("--aux-weight", type=float, help="λ, weight of the slice-level loss (default 0.5)")

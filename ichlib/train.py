@@ -53,6 +53,7 @@ from ichlib.checkpoint import (
 )
 from ichlib.ctich import CtIchData
 from ichlib.dataset import PreprocessConfig, ScanDataset, default_cache_dir
+from ichlib.distributed import LOCAL, LOSS_WEIGHT_KEY, DistContext, session
 from ichlib.errors import ConfigError, DataError, IchlibError
 from ichlib.labels import LABELS
 from ichlib.losses import AUXILIARY_LOSS_WEIGHT, ScanSliceLoss, pos_weight_from_labels
@@ -80,7 +81,8 @@ class TrainConfig:
         data_dir: CT-ICH folder.
         out_dir: Run folder for checkpoints, history and metrics.
         epochs: Training epochs.
-        batch_size: Scans per batch.
+        batch_size: Scans per optimizer step. Under ``torchrun`` this is the global batch,
+            split evenly over the processes (see :mod:`ichlib.distributed`).
         img_size: In-plane size of the model input.
         seq_len: Slices ``S`` sampled per scan.
         aux_weight: ``λ``, weight of the slice-level loss (:data:`AUXILIARY_LOSS_WEIGHT`).
@@ -405,8 +407,13 @@ def train_one_epoch(model: CNNBiLSTM, criterion: ScanSliceLoss, optimizer: torch
                     loader: DataLoader, device: torch.device, epoch: int,
                     lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                     amp_dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None,
-                    max_batches: int | None = None, progress: bool = True) -> dict[str, float]:
+                    max_batches: int | None = None, progress: bool = True,
+                    dist: DistContext = LOCAL) -> dict[str, float]:
     """Train for one pass over ``loader``; the scheduler steps after every batch.
+
+    Under ``torchrun`` (``dist`` active) ``model`` is the DDP-wrapped model, each batch
+    carries loss weights (:class:`ichlib.distributed.ShardedEpochSampler`) and the
+    returned statistics are over all processes.
 
     Returns:
         Mean ``loss``, ``scan_loss``, ``slice_loss`` over scans, plus ``seconds`` and
@@ -435,22 +442,25 @@ def train_one_epoch(model: CNNBiLSTM, criterion: ScanSliceLoss, optimizer: torch
             raise IchlibError(f"non-finite training loss at epoch {epoch + 1}, batch {i + 1} "
                               f"(patients {', '.join(batch['patient_id'])}); lower the learning "
                               "rate or turn amp off")
+        weights = batch.get(LOSS_WEIGHT_KEY)  # distributed: this rank's share of the global batch
+        loss = parts.total if weights is None else parts.total * weights.sum().to(parts.total)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None and scaler.is_enabled():
-            scaler.scale(parts.total).backward()
+            scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
         else:
-            parts.total.backward()
+            loss.backward()
             optimizer.step()
         if lr_scheduler is not None:
             lr_scheduler.step()
-        b = x.shape[0]
+        b = x.shape[0] if weights is None else int((weights > 0).sum())  # padding does not count
         totals += b * np.array([parts.total.item(), parts.scan.item(), parts.slice.item()])
         n_scans += b
         n_slices += b * x.shape[1]
         bar.set_postfix(loss=f"{totals[0] / n_scans:.4f}")
     seconds = time.perf_counter() - start
+    totals, n_scans, n_slices = dist.sum_epoch(totals, n_scans, n_slices)
     mean = totals / max(n_scans, 1)
     return {"loss": float(mean[0]), "scan_loss": float(mean[1]), "slice_loss": float(mean[2]),
             "seconds": seconds, "slices_per_s": n_slices / seconds if seconds > 0 else float("nan")}
@@ -458,8 +468,12 @@ def train_one_epoch(model: CNNBiLSTM, criterion: ScanSliceLoss, optimizer: torch
 
 def evaluate(model: CNNBiLSTM, criterion: ScanSliceLoss, loader: DataLoader, device: torch.device,
              amp_dtype: torch.dtype | None = None, progress: bool = True,
-             desc: str = "eval") -> EvalResult:
+             desc: str = "eval", dist: DistContext = LOCAL) -> EvalResult:
     """Predict every scan of ``loader`` under ``torch.inference_mode()``.
+
+    Under ``torchrun`` (``dist`` active) ``loader`` is this rank's share
+    (:meth:`~ichlib.distributed.DistContext.eval_loader`); the result is gathered from
+    all ranks and equals a single-process evaluation of the whole split.
 
     Returns:
         :class:`EvalResult` with probabilities per patient and per sampled slice, and the
@@ -469,6 +483,7 @@ def evaluate(model: CNNBiLSTM, criterion: ScanSliceLoss, loader: DataLoader, dev
     ids: list[str] = []
     arrays: dict[str, list[np.ndarray]] = {k: [] for k in ("sp", "sy", "lp", "ly", "li")}
     totals = np.zeros(3)
+    batch_totals: list[np.ndarray] = []
     with torch.inference_mode():
         for batch in tqdm(loader, desc=desc, leave=False, disable=not progress_enabled(progress)):
             x = batch["x"].to(device, non_blocking=True)
@@ -477,13 +492,17 @@ def evaluate(model: CNNBiLSTM, criterion: ScanSliceLoss, loader: DataLoader, dev
             with autocast(device, amp_dtype):
                 output = model(x)
             parts = criterion(output, scan_y, slice_y)
-            totals += x.shape[0] * np.array([parts.total.item(), parts.scan.item(), parts.slice.item()])
+            batch_totals.append(x.shape[0] * np.array([parts.total.item(), parts.scan.item(),
+                                                       parts.slice.item()]))
             ids += list(batch["patient_id"])
             arrays["sp"].append(torch.sigmoid(output.scan_logits.float()).cpu().numpy())
             arrays["lp"].append(torch.sigmoid(output.slice_logits.float()).cpu().numpy())
             arrays["sy"].append(batch["scan_labels"].numpy())
             arrays["ly"].append(batch["slice_labels"].numpy())
             arrays["li"].append(batch["slice_indices"].numpy())
+    ids, arrays, batch_totals = dist.gather_batches(ids, arrays, batch_totals)
+    for batch_total in batch_totals:  # in loader order, as one process adds them
+        totals += batch_total
     if not ids:
         raise ConfigError(f"nothing to evaluate: the {desc} loader is empty")
     mean = totals / len(ids)
@@ -495,15 +514,19 @@ def evaluate(model: CNNBiLSTM, criterion: ScanSliceLoss, loader: DataLoader, dev
 
 # --- data ------------------------------------------------------------------------------
 
-def prepare_data(config: TrainConfig) -> PreparedData:
+def prepare_data(config: TrainConfig, dist: DistContext = LOCAL) -> PreparedData:
     """Read the folder, build the cache, drop broken patients if allowed, split, make datasets.
+
+    Under ``torchrun`` rank 0 reads the folder first (filling the RSNA header cache the
+    others then reuse), and each rank builds its share of the volume cache.
 
     Raises:
         DataError: On broken patients without ``skip_bad`` (all of them listed).
         ConfigError: If a split would be empty.
     """
     try:
-        data = read_dataset(config.data_dir, on_error="skip" if config.skip_bad else "raise")
+        with dist.main_first():
+            data = read_dataset(config.data_dir, on_error="skip" if config.skip_bad else "raise")
     except DataError as exc:
         if config.skip_bad or "problem(s) found" not in exc.problem:
             raise
@@ -515,6 +538,7 @@ def prepare_data(config: TrainConfig) -> PreparedData:
     preprocess = config.preprocess
     everyone = ScanDataset(data, data.patient_ids, preprocess, cache_dir)
     failed: dict[str, DataError] = {}
+    dist.build_cache_shard(everyone.resized_volume, data.patient_ids)
     for pid in tqdm(data.patient_ids, desc="cache", leave=False,
                     disable=not progress_enabled(config.progress)):
         try:
@@ -613,14 +637,18 @@ def fit(config: TrainConfig, resume: bool = False,
     device = resolve_device(config.device)
     amp_dtype = resolve_amp(config.amp, device)
     show = config.progress
-    with deterministic_mode(config.deterministic):
+    with deterministic_mode(config.deterministic), session(device, config.batch_size) as dist:
+        device, show = dist.device, show and dist.is_main  # under torchrun: own GPU; rank 0 prints
+        if config.two_stage and dist.enabled:
+            raise ConfigError("two-stage training runs in one process; start it without torchrun")
         seed_everything(config.seed)
-        prepared = prepare_data(config)
+        prepared = prepare_data(config, dist)
         data_kind = "synthetic" if is_synthetic(config.data_dir) else "real"
         model = build_model(config).to(device)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         criterion = _criterion(config, prepared).to(device)
+        net = dist.wrap(model)  # DDP under torchrun; checkpoints keep the unwrapped model
         slice_stage = None
         if config.two_stage:  # stage 1 trains the CNN on single slices (ichlib.two_stage)
             slice_stage = _slice_stage(config, prepared, model, device, amp_dtype)
@@ -634,8 +662,8 @@ def fit(config: TrainConfig, resume: bool = False,
         monitor = "slice_loss" if config.two_stage else _effective_monitor(config, prepared)
         tracker = EarlyStopping(monitor, config.patience)
         epochs_done, history_rows = 0, []
-        if resume and paths["last.pt"].exists():
-            ckpt = load_checkpoint(paths["last.pt"])
+        if dist.from_main(lambda: resume and paths["last.pt"].exists()):
+            ckpt = dist.from_main(lambda: load_checkpoint(paths["last.pt"]))
             _check_resume(ckpt, config, prepared.split, paths["last.pt"])
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -655,10 +683,15 @@ def fit(config: TrainConfig, resume: bool = False,
             print(f"Training {config.backbone} + BiLSTM on {describe_amp(config)}: {n['train']} train / "
                   f"{n['val']} val / {n['test']} test patients, {data_kind.upper()} data, "
                   f"{config.img_size} px, S = {config.seq_len}, λ = {config.aux_weight}", flush=True)
+            print(describe_batch(dist.describe(config.batch_size), config.lr), flush=True)
         base = {"config": config.to_dict(), "preprocess": config.preprocess.to_dict(),
-                "model_config": model.model_config, "data": data_kind, "split": prepared.split}
+                "model_config": model.model_config, "data": data_kind, "split": prepared.split,
+                "distributed": dist.describe(config.batch_size)}
         val_loader = make_loader(prepared.val, config.batch_size, num_workers=config.num_workers,
                                  pin_memory=device.type == "cuda")
+        if dist.enabled:
+            val_loader = dist.eval_loader(prepared.val, config.batch_size, config.num_workers,
+                                          pin_memory=device.type == "cuda")
         for epoch in range(epochs_done, config.epochs):
             if tracker.stopped:
                 break
@@ -666,13 +699,18 @@ def fit(config: TrainConfig, resume: bool = False,
             loader = make_loader(prepared.train, config.batch_size, shuffle=True, seed=config.seed,
                                  epoch=epoch, num_workers=config.num_workers,
                                  pin_memory=device.type == "cuda")
+            if dist.enabled:
+                loader = dist.train_loader(prepared.train, config.batch_size, config.seed, epoch,
+                                           config.num_workers, pin_memory=device.type == "cuda")
+                dist.seed_epoch(config.seed, epoch)
             lr = optimizer.param_groups[0]["lr"]
             if slice_stage is not None:
                 train_stats = slice_stage.train_epoch(epoch, progress_enabled(show))
             else:
-                train_stats = train_one_epoch(model, criterion, optimizer, loader, device, epoch, scheduler,
-                                              amp_dtype, scaler, config.max_train_batches, show)
-            val = evaluate(model, criterion, val_loader, device, amp_dtype, show, desc="val")
+                train_stats = train_one_epoch(net, criterion, optimizer, loader, device, epoch, scheduler,
+                                              amp_dtype, scaler, config.max_train_batches, show, dist)
+            dist.sync_buffers(model)
+            val = evaluate(model, criterion, val_loader, device, amp_dtype, show, desc="val", dist=dist)
             val_report = score_predictions(val.scan_labels, val.scan_probs, n_boot=0)
             thresholds, _ = choose_thresholds(val.scan_labels, val.scan_probs)
             row = {"epoch": epoch + 1, "lr": lr,
@@ -685,20 +723,21 @@ def fit(config: TrainConfig, resume: bool = False,
                            val_weighted_log_loss=None)
             score = {"scan_loss": val.scan_loss, "loss": val.loss, "slice_loss": val.slice_loss,
                      "mean_auc": val_report["mean_auc"]}[monitor]
-            improved = tracker.update(score, epoch + 1)
+            improved = dist.agree_with_main(tracker, tracker.update(score, epoch + 1))
             epochs_done = epoch + 1
             row["best"] = improved
             history_rows.append(row)
             common = {**base, "model": model.state_dict(), "epoch": epochs_done, "thresholds": thresholds,
                       "best_score": tracker.best_score, "monitor": monitor, "history": history_rows}
-            if improved:
+            if improved and dist.is_main:
                 save_checkpoint(stage1_best, common)
-            save_checkpoint(paths["last.pt"], {
-                **common, "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                "early_stopping": tracker.state_dict(), "rng": capture_rng_state()})
-            history = pd.DataFrame(history_rows)
-            atomic_write_text(paths["history.csv"], history.to_csv(index=False))
+            if dist.is_main:  # only rank 0 writes; the other ranks hold the same state
+                save_checkpoint(paths["last.pt"], {
+                    **common, "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                    "early_stopping": tracker.state_dict(), "rng": capture_rng_state()})
+                history = pd.DataFrame(history_rows)
+                atomic_write_text(paths["history.csv"], history.to_csv(index=False))
             if show and slice_stage is not None:
                 print(f"stage 1 epoch {epoch + 1}/{config.epochs}  train slice loss "
                       f"{train_stats['slice_loss']:.4f}  val slice loss {val.slice_loss:.4f}  "
@@ -714,17 +753,19 @@ def fit(config: TrainConfig, resume: bool = False,
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, row)
 
-        best = stage1_best if stage1_best.exists() else paths["last.pt"]
+        best = dist.from_main(lambda: stage1_best if stage1_best.exists() else paths["last.pt"])
         training = {**tracker.state_dict(), "epochs_run": epochs_done, "device": describe_amp(config),
-                    "stage1_seconds": float(sum(r.get("train_seconds", 0.0) for r in history_rows))}
+                    "stage1_seconds": float(sum(r.get("train_seconds", 0.0) for r in history_rows)),
+                    **dist.describe(config.batch_size)}
         if config.two_stage:
             training["sequence_stage"] = run_sequence_stage(config, prepared, best, paths["best.pt"],
                                                             device, amp_dtype)
             best = paths["best.pt"]
-        metrics = final_evaluation(config, prepared, best, device, amp_dtype, data_kind, training)
-    atomic_write_text(paths["metrics.json"], json.dumps(json_safe(metrics), indent=2, allow_nan=False))
+        metrics = final_evaluation(config, prepared, best, device, amp_dtype, data_kind, training, dist)
     history = pd.DataFrame(history_rows)
-    atomic_write_text(paths["history.csv"], history.to_csv(index=False))
+    if dist.is_main:
+        atomic_write_text(paths["metrics.json"], json.dumps(json_safe(metrics), indent=2, allow_nan=False))
+        atomic_write_text(paths["history.csv"], history.to_csv(index=False))
     return FitResult(out_dir=out, history=history, metrics=metrics, split=prepared.split,
                      best_path=paths["best.pt"], last_path=paths["last.pt"],
                      history_path=paths["history.csv"], metrics_path=paths["metrics.json"])
@@ -799,17 +840,19 @@ _TRAINING_STATE = frozenset({"optimizer", "lr_scheduler", "scaler", "early_stopp
 
 def final_evaluation(config: TrainConfig, prepared: PreparedData, best_path: Path,
                      device: torch.device, amp_dtype: torch.dtype | None, data_kind: str,
-                     training: dict | None = None) -> dict:
+                     training: dict | None = None, dist: DistContext = LOCAL) -> dict:
     """Evaluate the best checkpoint: thresholds from validation, metrics on test, baseline.
 
-    ``training`` (best epoch, early stopping, ...) is recorded as it is.
+    ``training`` (best epoch, early stopping, ...) is recorded as it is. Under ``torchrun``
+    rank 0 reads the checkpoint, every rank predicts its share, and all compute the same
+    metrics from the gathered predictions.
 
     Returns:
         The content of ``metrics.json``.
     """
     import ichlib
 
-    ckpt = load_checkpoint(best_path)
+    ckpt = dist.from_main(lambda: load_checkpoint(best_path))
     model = build_model(dataclasses.replace(config, pretrained=False)).to(device)
     model.load_state_dict(ckpt["model"])
     if config.channels_last:
@@ -817,8 +860,12 @@ def final_evaluation(config: TrainConfig, prepared: PreparedData, best_path: Pat
     criterion = _criterion(config, prepared).to(device)
     loaders = {name: make_loader(getattr(prepared, name), config.batch_size,
                                  num_workers=config.num_workers) for name in ("val", "test")}
-    val = evaluate(model, criterion, loaders["val"], device, amp_dtype, config.progress, desc="val")
-    test = evaluate(model, criterion, loaders["test"], device, amp_dtype, config.progress, desc="test")
+    if dist.enabled:
+        loaders = {name: dist.eval_loader(getattr(prepared, name), config.batch_size, config.num_workers)
+                   for name in ("val", "test")}
+    show = config.progress and dist.is_main
+    val = evaluate(model, criterion, loaders["val"], device, amp_dtype, show, desc="val", dist=dist)
+    test = evaluate(model, criterion, loaders["test"], device, amp_dtype, show, desc="test", dist=dist)
 
     thresholds, threshold_notes = choose_thresholds(val.scan_labels, val.scan_probs)
     val_slices = val.slice_rows()
@@ -891,6 +938,15 @@ def _check_resume(ckpt: dict, config: TrainConfig, split: dict, path: Path) -> N
     for key in ("optimizer", "lr_scheduler", "early_stopping", "rng", "history"):
         if key not in ckpt:
             raise ConfigError(f"{path}: has no {key!r}, so it is not a resumable last.pt")
+
+
+def describe_batch(layout: dict, lr: float) -> str:
+    """One line on the batch over processes (from :meth:`DistContext.describe`) and the lr."""
+    world = layout["world_size"]
+    return (f"batch {layout['global_batch_size']} scans per step (global) = "
+            f"{layout['per_process_batch_size']} per process x {world} process{'es' if world > 1 else ''}"
+            f"{'' if world == 1 else ' (' + layout['backend'] + ')'}; lr {lr:g}, scaling rule "
+            f"{layout['lr_scaling']} (the global batch does not depend on the number of processes)")
 
 
 def describe_amp(config: TrainConfig) -> str:

@@ -1,3 +1,6 @@
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import torch
@@ -44,6 +47,31 @@ def test_cache_matches_uncached_and_is_reused(small_ct_ich, tmp_path):
     _ = [cached[i] for i in range(len(cached))]
     assert [f.stat().st_mtime_ns for f in files] == mtimes
     assert not list((tmp_path / "c").glob(".*"))
+
+
+def test_cache_built_by_several_workers_at_once_is_whole(small_ct_ich, tmp_path):
+    """Distributed ranks may build the same entry at the same moment: each writes its own
+    temporary file and renames it, so every entry ends whole and nothing is left over."""
+    data = read_ct_ich(small_ct_ich)
+    expected = {pid: np.array(VolumeCache(tmp_path / "reference", 16).get(path))
+                for pid, path in data.scans.items()}
+    start = threading.Barrier(4)
+
+    def build(_: int) -> dict[str, np.ndarray]:
+        cache = VolumeCache(tmp_path / "shared", 16)
+        start.wait()
+        return {pid: np.array(cache.get(path)) for pid, path in data.scans.items()}
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(build, range(4)))
+    for got in results:
+        assert got.keys() == expected.keys()
+        for pid, volume in expected.items():
+            np.testing.assert_array_equal(got[pid], volume)
+    files = sorted(p.name for p in (tmp_path / "shared").iterdir())
+    assert len(files) == len(expected) and all(name.endswith(".npy") for name in files)
+    for path in (tmp_path / "shared").iterdir():
+        assert np.load(path).shape[1:] == (16, 16)
 
 
 def test_cache_rebuilds_a_corrupt_entry(small_ct_ich, tmp_path):

@@ -241,3 +241,25 @@ def test_two_stage_resume_equals_an_uninterrupted_run(two_stage_run, tmp_path):
     expected = load_checkpoint(reference.best_path)["model"]
     got = load_checkpoint(resumed.best_path)["model"]
     assert all(torch.equal(got[k], v) for k, v in expected.items())
+
+
+def test_two_stage_refuses_torchrun(monkeypatch, tmp_path, small_ct_ich):
+    import contextlib
+
+    import ichlib.train as train
+    from ichlib.distributed import DistContext
+
+    class SeveralProcesses(DistContext):
+        @property
+        def enabled(self) -> bool:
+            return True
+
+    @contextlib.contextmanager
+    def fake_session(device, batch_size):
+        yield SeveralProcesses()
+
+    monkeypatch.setattr(train, "session", fake_session)
+    config = TrainConfig(data_dir=str(small_ct_ich), out_dir=str(tmp_path / "r"), img_size=32, seq_len=4,
+                         epochs=1, progress=False, two_stage=True, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ConfigError, match="one process"):
+        fit(config)
