@@ -31,8 +31,12 @@ def plot_history(histories: Mapping[str, pd.DataFrame], note: str = "") -> plt.F
                 title="loss optimised: (1-λ)·scan + λ·slice BCE; two-stage stage 1: slice BCE")
     axes[1].set(xlabel="epoch", ylabel="AUC", title="validation mean AUC (patient level)", ylim=(0, 1))
     axes[1].axhline(0.5, color="grey", lw=0.8, ls=":")
+    if not axes[1].lines[1:]:  # only the chance line: no run has a patient-level validation AUC
+        axes[1].text(0.5, 0.6, "no patient-level validation AUC\n(two-stage stage 1 trains the slice head only)",
+                     ha="center", va="center", fontsize=8, transform=axes[1].transAxes)
     for ax in axes:
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     if note:
         fig.suptitle(note, fontsize=9)
     fig.tight_layout()

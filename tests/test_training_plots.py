@@ -44,3 +44,16 @@ def test_history_plot_has_a_line_per_run_and_split():
     fig = plot_history({"λ=0.5": h, "λ=0": h})
     assert len(fig.axes[0].lines) == 4 and len(fig.axes[1].lines) == 3  # 2 runs + chance
     plt.close(fig)
+
+
+def test_history_without_patient_auc_says_so_and_warns_nothing():
+    import warnings
+
+    history = pd.DataFrame({"epoch": [1, 2], "train_loss": [0.5, 0.4], "val_loss": [0.6, 0.5],
+                            "val_mean_auc": [None, None]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = plot_history({"two-stage": history})
+    assert "no patient-level validation AUC" in fig.axes[1].texts[0].get_text()
+    assert [line.get_label() for line in fig.axes[0].lines] == ["two-stage train", "two-stage val"]
+    plt.close(fig)
