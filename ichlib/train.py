@@ -682,7 +682,8 @@ def fit(config: TrainConfig, resume: bool = False,
             n = {name: len(ids) for name, ids in prepared.split.items()}
             print(f"Training {config.backbone} + BiLSTM on {describe_amp(config)}: {n['train']} train / "
                   f"{n['val']} val / {n['test']} test patients, {data_kind.upper()} data, "
-                  f"{config.img_size} px, S = {config.seq_len}, λ = {config.aux_weight}", flush=True)
+                  f"{config.img_size} px, S = {config.seq_len}, "
+                  f"{'two stages' if config.two_stage else f'λ = {config.aux_weight}'}", flush=True)
             print(describe_batch(dist.describe(config.batch_size), config.lr), flush=True)
         base = {"config": config.to_dict(), "preprocess": config.preprocess.to_dict(),
                 "model_config": model.model_config, "data": data_kind, "split": prepared.split,
