@@ -202,6 +202,24 @@ def write_result(path: Path, payload: dict) -> Path:
     return path
 
 
+def finish(name: str, args: argparse.Namespace, machine: dict, settings: dict, targets: list[dict],
+           after_targets: str | None = None, **fields: object) -> int:
+    """Print the targets table (and ``after_targets``), write the JSON result, return 0.
+
+    The JSON holds the fields every benchmark writes (name, synthetic-data note, quick flag,
+    machine, settings, targets, load average at the end) plus ``fields``.
+    """
+    print()
+    print(targets_table(targets))
+    if after_targets:
+        print(after_targets)
+    payload = {"benchmark": name, "data": "synthetic", "note": SYNTHETIC_NOTE, "quick": args.quick,
+               "machine": machine, "settings": settings, **fields, "targets": targets,
+               "load_average_at_end": list(os.getloadavg())}
+    print(f"wrote {write_result(output_path(args.out, name, args.quick), payload)}")
+    return 0
+
+
 def synthetic_dataset(root: Path, n_patients: int, size: int, n_slices: tuple[int, int],
                       seed: int = 0) -> Path:
     """A synthetic CT-ICH folder under ``root``, written once and reused afterwards.

@@ -195,18 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ncold (whole process): ichlib predict {cold['fast_cold_s']:.2f} s, reference "
           f"{cold['reference_cold_s']:.2f} s (x{cold['reference_cold_s'] / cold['fast_cold_s']:.2f})")
     print("max |Δp| patient level: " + ", ".join(f"{k} {v:.2g}" for k, v in agreement.items()))
-    print()
-    print(C.targets_table(targets))
-    if not machine["native_bf16"]:
-        print("\nThis CPU has no AMX / AVX512-BF16: the default path runs fp32 here, and forced bf16 "
-              "is emulated (slower); its row shows what bf16 would cost in accuracy.")
-    payload = {"benchmark": NAME, "data": "synthetic", "note": C.SYNTHETIC_NOTE, "quick": args.quick,
-               "machine": machine, "settings": s, "results": results, "cold": cold,
-               "max_abs_dp": agreement, "targets": targets,
-               "load_average_at_end": list(os.getloadavg())}
-    print(f"wrote {C.write_result(C.output_path(args.out, NAME, args.quick), payload)}")
-    return 0
-
+    note = None if machine["native_bf16"] else (
+        "\nThis CPU has no AMX / AVX512-BF16: the default path runs fp32 here, and forced bf16 "
+        "is emulated (slower); its row shows what bf16 would cost in accuracy.")
+    return C.finish(NAME, args, machine, s, targets, note, results=results, cold=cold,
+                    max_abs_dp=agreement)
 
 if __name__ == "__main__":
     sys.exit(main())

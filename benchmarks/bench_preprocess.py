@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -196,15 +195,9 @@ def main(argv: list[str] | None = None) -> int:
           "ichlib's antialiased bilinear resize at sharp edges.")
     if not have_monai():
         print("MONAI is not installed, so its row is missing (pip install -e '.[bench]').")
-    print()
-    print(C.targets_table(targets))
-    print("The loader's share of training step time is measured by bench_train.py.")
-    payload = {"benchmark": NAME, "data": "synthetic", "note": C.SYNTHETIC_NOTE, "quick": args.quick,
-               "machine": machine, "settings": s, "results": results, "targets": targets,
-               "monai_installed": have_monai(), "load_average_at_end": list(os.getloadavg())}
-    print(f"wrote {C.write_result(C.output_path(args.out, NAME, args.quick), payload)}")
-    return 0
-
+    return C.finish(NAME, args, machine, s, targets,
+                    "The loader's share of training step time is measured by bench_train.py.",
+                    results=results, monai_installed=have_monai())
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -220,18 +219,11 @@ def main(argv: list[str] | None = None) -> int:
                                        ("fast_slices_per_s", "fast slices/s", ".2f"),
                                        ("ratio", "fast / reference", ".2f")]))
     print(f"\ncache build for the {s['n_scans']} training scans (before timing): {cache_s:.2f} s")
-    print()
-    print(C.targets_table(targets))
-    if not machine["native_bf16"]:
-        print("\nThis CPU has no AMX / AVX512-BF16, so the fast path runs in fp32 here (bf16 would "
-              "be emulated and slower); the issue's 3x target assumed native bf16.")
-    payload = {"benchmark": NAME, "data": "synthetic", "note": C.SYNTHETIC_NOTE, "quick": args.quick,
-               "machine": machine, "settings": s, "cache_build_s": cache_s, "results": results,
-               "comparisons": comparisons, "targets": targets,
-               "load_average_at_end": list(os.getloadavg())}
-    print(f"wrote {C.write_result(C.output_path(args.out, NAME, args.quick), payload)}")
-    return 0
-
+    note = None if machine["native_bf16"] else (
+        "\nThis CPU has no AMX / AVX512-BF16, so the fast path runs in fp32 here (bf16 would "
+        "be emulated and slower); the issue's 3x target assumed native bf16.")
+    return C.finish(NAME, args, machine, s, targets, note, cache_build_s=cache_s, results=results,
+                    comparisons=comparisons)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -31,7 +31,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -603,14 +603,16 @@ def build_model(config: TrainConfig) -> CNNBiLSTM:
                      pretrained=config.pretrained)
 
 
-def make_optimizer(model: torch.nn.Module, lr: float = 1e-3,
+def make_optimizer(model: torch.nn.Module | Iterable[torch.nn.Parameter], lr: float = 1e-3,
                    weight_decay: float = 1e-4) -> torch.optim.AdamW:
-    """AdamW, fused where PyTorch supports it (on the CPU about 8x faster per step for
-    ResNet-18 than the per-parameter loop; the same update)."""
+    """AdamW over a model's parameters (or a list of parameters), fused where PyTorch
+    supports it (on the CPU about 8x faster per step for ResNet-18 than the per-parameter
+    loop; the same update)."""
+    params = list(model.parameters() if isinstance(model, torch.nn.Module) else model)
     try:
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
     except (RuntimeError, TypeError, ValueError):  # device or PyTorch without a fused kernel
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
 def fit(config: TrainConfig, resume: bool = False,
@@ -697,9 +699,9 @@ def fit(config: TrainConfig, resume: bool = False,
             if tracker.stopped:
                 break
             prepared.train.set_epoch(epoch)
-            loader = make_loader(prepared.train, config.batch_size, shuffle=True, seed=config.seed,
-                                 epoch=epoch, num_workers=config.num_workers,
-                                 pin_memory=device.type == "cuda")
+            loader = None if slice_stage is not None else make_loader(
+                prepared.train, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch,
+                num_workers=config.num_workers, pin_memory=device.type == "cuda")
             if dist.enabled:
                 loader = dist.train_loader(prepared.train, config.batch_size, config.seed, epoch,
                                            config.num_workers, pin_memory=device.type == "cuda")

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,7 +135,7 @@ class SliceStage:
         self.labels = {pid: train.data.slice_labels(pid) for pid in train.patient_ids}
         self.volumes = {pid: train.resized_volume(pid) for pid in train.patient_ids}  # memory-mapped
         params = [*model.encoder.parameters(), *model.slice_head.parameters()]
-        self.optimizer = make_optimizer(_Params(params), config.lr, config.weight_decay)
+        self.optimizer = make_optimizer(params, config.lr, config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
             self.optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.1)
 
@@ -185,18 +185,6 @@ class SliceStage:
         hu = np.stack([np.asarray(self.volumes[pid][k], dtype=np.float32) for pid, k in addresses])
         x = to_model_input(hu, self.train.config.windows)
         return x if self.augment is None else self.augment.each(x, rng)
-
-
-class _Params(torch.nn.Module):
-    """A parameter list as a module, for :func:`ichlib.train.make_optimizer`."""
-
-    def __init__(self, params: Sequence[torch.nn.Parameter]) -> None:
-        super().__init__()
-        self._list = list(params)
-
-    def parameters(self, recurse: bool = True) -> Iterator[torch.nn.Parameter]:
-        """The listed parameters."""
-        return iter(self._list)
 
 
 @dataclass
