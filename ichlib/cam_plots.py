@@ -17,6 +17,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
@@ -141,6 +142,39 @@ def plot_slice_importance(result: ScanCAM, slice_labels: np.ndarray | None = Non
     fig, ax = plt.subplots(figsize=(8.5, 3.2), layout="constrained")
     _draw_importance(ax, result, slice_labels)
     ax.set_title(title or f"Slice importance for '{result.label}' (p = {result.probability:.2f})")
+    return _save(fig, path)
+
+
+LOCALIZATION_METRICS = ("energy", "pointing", "pointing_scan")
+
+
+def plot_localization(table: pd.DataFrame, *, title: str | None = None,
+                      path: str | os.PathLike | None = None) -> Figure:
+    """Bars of a localisation table: one group per metric, one bar per method.
+
+    Args:
+        table: From :func:`~ichlib.localization.localization_table` (index: method).
+        title: Figure title (default: the number of positive scans scored).
+        path: Save the figure here as PNG.
+
+    Returns:
+        The figure. When no method scored any scan (no test scan with blood on a sampled
+        slice), the axes say so in words instead of drawing empty bars.
+    """
+    columns = [c for c in LOCALIZATION_METRICS if c in table]
+    scored = table[columns].dropna(how="all") if columns else table.iloc[:0]
+    n = int(table["n_scans"].max()) if "n_scans" in table and len(table) else 0
+    fig, ax = plt.subplots(figsize=(7, 3.2), layout="constrained")
+    if scored.empty:
+        ax.text(0.5, 0.5, "no positive scan with blood on a sampled slice:\nnothing to localise",
+                ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+    else:
+        scored.T.plot.bar(ax=ax, rot=0)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("mean over positive scans")
+        ax.legend(fontsize=8)
+    ax.set_title(title or f"localisation on positive scans (n = {n})", fontsize=9)
     return _save(fig, path)
 
 

@@ -360,6 +360,8 @@ def localization_table(records: pd.DataFrame | Iterable[pd.DataFrame],
                 row[f"n_slices[{t}]"] = len(sub)
         rows[method] = row
     table = pd.DataFrame.from_dict(rows, orient="index")
+    if table.empty:                       # no records at all: the columns, no rows
+        table = pd.DataFrame(columns=["n_scans", "energy", "pointing", "pointing_scan"])
     table.index.name = "method"
     return table
 

@@ -15,7 +15,12 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from ichlib.cam import ScanCAM, write_cam_report  # noqa: E402
-from ichlib.cam_plots import plot_cam_montage, plot_cam_slice, plot_slice_importance  # noqa: E402
+from ichlib.cam_plots import (  # noqa: E402
+    plot_cam_montage,
+    plot_cam_slice,
+    plot_localization,
+    plot_slice_importance,
+)
 from ichlib.dataset import PreprocessConfig  # noqa: E402
 from ichlib.labels import LABELS  # noqa: E402
 from ichlib.volumes import load_volume  # noqa: E402
@@ -98,6 +103,40 @@ def test_importance_plot_shades_the_labelled_slices(tmp_path):
     plot_slice_importance(result)                             # no labels at all
     with pytest.raises(ValueError):
         plot_slice_importance(result, labels[:5])
+
+
+def test_plot_localization_draws_one_bar_per_method_and_metric(tmp_path):
+    import pandas as pd
+
+    table = pd.DataFrame({"n_scans": [4, 4], "energy": [0.3, 0.1], "pointing": [0.5, 0.25],
+                          "pointing_scan": [0.75, 0.5], "energy[epidural]": [0.9, 0.2]},
+                         index=pd.Index(["trained", "randomized"], name="method"))
+    fig = plot_localization(table, path=tmp_path / "loc.png")
+    ax = fig.axes[0]
+    heights = sorted(round(p.get_height(), 6) for p in ax.patches if isinstance(p, Rectangle))
+    assert heights == sorted([0.3, 0.1, 0.5, 0.25, 0.75, 0.5])   # subtype columns left out
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["trained", "randomized"]
+    assert "n = 4" in ax.get_title()
+    assert (tmp_path / "loc.png").read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.parametrize("table", ["no rows", "nothing scored"])
+def test_plot_localization_says_so_when_nothing_was_scored(table, tmp_path):
+    import pandas as pd
+
+    from ichlib.localization import RECORD_COLUMNS, localization_table
+
+    if table == "no rows":
+        table = localization_table(pd.DataFrame(columns=list(RECORD_COLUMNS)))
+    else:
+        table = pd.DataFrame({"n_scans": [0], "energy": [np.nan], "pointing": [np.nan],
+                              "pointing_scan": [np.nan]}, index=["trained"])
+    fig = plot_localization(table, path=tmp_path / "loc.png")
+    ax = fig.axes[0]
+    assert not [p for p in ax.patches if isinstance(p, Rectangle)]
+    assert "nothing to localise" in " ".join(t.get_text() for t in ax.texts)
+    assert "n = 0" in ax.get_title()
+    assert (tmp_path / "loc.png").exists()
 
 
 def test_write_cam_report_png_and_aligned_nifti(make_ct_ich, tmp_path):

@@ -330,6 +330,15 @@ def test_localization_table_on_hand_built_maps():
     assert table.loc["good", "n_slices[subdural]"] == 0
 
 
+def test_table_of_no_records_has_the_columns_and_no_rows():
+    import pandas as pd
+
+    table = localization_table(pd.DataFrame(columns=list(RECORD_COLUMNS)))
+    assert len(table) == 0
+    assert list(table.columns) == ["n_scans", "energy", "pointing", "pointing_scan"]
+    assert table.index.name == "method"
+
+
 def test_table_prefers_subtype_targets_and_uses_label_free_baselines():
     mask = np.stack([box(), box()])
     labels = scan_labels(2, {0: ["subdural"], 1: ["subdural"]})
