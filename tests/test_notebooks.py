@@ -10,6 +10,8 @@ papermill = pytest.importorskip("papermill", reason="papermill is part of the de
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+# `papermill -p WINDOWS brain,subdural` (as in `make run NB04_PARAMS=...`) passes a string, not a list.
+EXTRA = {"03": {"WINDOWS": "brain,subdural"}, "04": {"WINDOWS": "brain,subdural"}}
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +42,14 @@ def test_notebook_runs_and_saves_figures(notebook, tiny_phantom, runs_dir, tmp_p
     papermill.execute_notebook(
         str(notebook), str(tmp_path / notebook.name), kernel_name="python3", progress_bar=False,
         parameters={"DATA_DIR": str(tiny_phantom), "FIGURES_DIR": str(figures),
-                    "RUNS_DIR": str(runs_dir), "SMOKE": True},
+                    "RUNS_DIR": str(runs_dir), "SMOKE": True, **EXTRA.get(notebook.name[:2], {})},
         cwd=str(tmp_path),
     )
     saved = sorted(p.name for p in figures.glob(f"{notebook.name[:2]}_*.png"))
     assert saved, f"{notebook.name} saved no figure under FIGURES_DIR"
     assert all((figures / name).stat().st_size > 5000 for name in saved)
+    if notebook.name.startswith("04"):
+        from ichlib.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(runs_dir / "04_training" / "main" / "best.pt")
+        assert ckpt["preprocess"]["windows"] == ["brain", "subdural"]
