@@ -54,10 +54,16 @@ env:
 endif
 
 # --- data --------------------------------------------------------------------
+# An existing phantom is reused; SYNTH_PATIENTS given on the command line rewrites it if its size differs.
 data: env
-	@if [ "$(DATA)" = "data/synthetic" ] && [ ! -f data/synthetic/synthetic.json ]; then \
-		echo "Generating the synthetic phantom into data/synthetic (SYNTHETIC, not patient data)"; \
-		$(PY) -m ichlib synth data/synthetic --patients $(SYNTH_PATIENTS); \
+	@if [ "$(DATA)" = "data/synthetic" ]; then \
+		have=$$($(PY) -c "import json; print(json.load(open('data/synthetic/synthetic.json'))['n_patients'])" 2>/dev/null || echo 0); \
+		if [ "$$have" = 0 ] || { [ "$(origin SYNTH_PATIENTS)" = "command line" ] && [ "$$have" != "$(SYNTH_PATIENTS)" ]; }; then \
+			echo "Generating the synthetic phantom of $(SYNTH_PATIENTS) patients into data/synthetic (SYNTHETIC, not patient data)"; \
+			$(PY) -m ichlib synth data/synthetic --patients $(SYNTH_PATIENTS); \
+		else \
+			echo "Using the synthetic phantom in data/synthetic: $$have patients (make run SYNTH_PATIENTS=N writes another)"; \
+		fi; \
 	fi
 	@test -d "$(DATA)" || { echo "DATA=$(DATA) is not a folder. See README: Real data."; exit 1; }
 
