@@ -758,11 +758,14 @@ def fit(config: TrainConfig, resume: bool = False,
 
         best = dist.from_main(lambda: stage1_best if stage1_best.exists() else paths["last.pt"])
         training = {**tracker.state_dict(), "epochs_run": epochs_done, "device": describe_amp(config),
-                    "stage1_seconds": float(sum(r.get("train_seconds", 0.0) for r in history_rows)),
+                    # the epochs: end-to-end training, or stage 1 of a two-stage run
+                    "epoch_seconds": float(sum(r.get("train_seconds", 0.0) for r in history_rows)),
                     **dist.describe(config.batch_size)}
+        training["total_seconds"] = training["epoch_seconds"]
         if config.two_stage:
-            training["sequence_stage"] = run_sequence_stage(config, prepared, best, paths["best.pt"],
-                                                            device, amp_dtype)
+            stage2 = run_sequence_stage(config, prepared, best, paths["best.pt"], device, amp_dtype)
+            training["sequence_stage"] = stage2
+            training["total_seconds"] += stage2["embed_seconds"] + stage2["train_seconds"]
             best = paths["best.pt"]
         metrics = final_evaluation(config, prepared, best, device, amp_dtype, data_kind, training, dist)
     history = pd.DataFrame(history_rows)

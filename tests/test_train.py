@@ -81,6 +81,9 @@ def test_fit_writes_the_run_folder(reference_run, tiny_data):
     # The baseline is scored on the same test patients.
     assert set(metrics["baseline"]["test_probabilities"]) == test_ids
     assert metrics["training"]["best_epoch"] in (1, 2) and metrics["training"]["epochs_run"] == 2
+    timing = metrics["training"]           # end to end: the epochs are all the training time
+    assert timing["total_seconds"] == timing["epoch_seconds"] > 0
+    assert "sequence_stage" not in timing
     assert metrics["config"]["img_size"] == 32
 
     best = load_checkpoint(run.best_path)

@@ -165,6 +165,10 @@ def test_fit_two_stage_writes_both_stages(two_stage_run):
     stage2 = metrics["training"]["sequence_stage"]
     assert 1 <= stage2["best_epoch"] <= stage2["epochs_run"] <= 5
     assert len(stage2["history"]) == stage2["epochs_run"]
+    timing = metrics["training"]
+    assert timing["epoch_seconds"] == pytest.approx(result.history["train_seconds"].sum())
+    assert timing["total_seconds"] == pytest.approx(
+        timing["epoch_seconds"] + stage2["embed_seconds"] + stage2["train_seconds"])
     history = result.history
     assert len(history) == 2 and history["train_slice_loss"].notna().all()
     assert stage1["epoch"] == int(history.loc[history["val_slice_loss"].idxmin(), "epoch"])
