@@ -154,6 +154,12 @@ def machine_info() -> dict:
     }
 
 
+def machine_line(machine: dict) -> str:
+    """One printed line: CPU, cores, native bf16 and the load when the run started."""
+    return (f"machine: {machine['cpu']}, {machine['cpu_count']} cores, native bf16: "
+            f"{machine['native_bf16']}, load average {machine['load_average_at_start']}")
+
+
 def verdict(value: float | None, target: float, higher_is_better: bool = True) -> str:
     """``PASS`` or ``MISS`` against ``target`` (``n/a`` without a value)."""
     if value is None or value != value:

@@ -187,8 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nPredict one {s['n_slices']}-slice {s['scan_size']}² scan -> {s['img_size']}², "
           f"S = {s['seq_len']} ({'QUICK smoke run' if args.quick else 'full run'}; synthetic data, "
           "untrained weights)")
-    print(f"machine: {machine['cpu']}, {machine['cpu_count']} cores, native bf16: "
-          f"{machine['native_bf16']}, load average {machine['load_average_at_start']}")
+    print(C.machine_line(machine))
     print(C.format_table(results, [("path", "path", ""), ("warm_s", "warm s", ".3f"),
                                    ("speedup_vs_reference", "x reference", ".2f"),
                                    ("peak_rss_mb", "peak RSS MB", ".0f")]))

@@ -183,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nPreprocessing, {s['scan_size']}² scans of {s['n_slices'][0]}-{s['n_slices'][1]} slices "
           f"-> {s['img_size']}², S = {s['seq_len']}, {s['windows']} "
           f"({'QUICK smoke run' if args.quick else 'full run'}; synthetic data)")
-    print(f"machine: {machine['cpu']}, {machine['cpu_count']} cores, load average "
-          f"{machine['load_average_at_start']}")
+    print(C.machine_line(machine))
     print(C.format_table(results, [
         ("path", "path", ""), ("n_scans", "scans", "d"), ("scans_per_s", "scans/s", ".2f"),
         ("ratio_to_reference", "x reference", ".2f"), ("total_s", "seconds", ".2f"),

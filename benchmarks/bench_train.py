@@ -207,8 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     table_rows = [{**r, "wait_pct": 100 * r["data_wait_share"]} for r in results]
     print(f"\nTraining throughput, ResNet-18 + BiLSTM, {s['img_size']}², S = {s['seq_len']}, "
           f"B = {s['batch_size']} ({'QUICK smoke run' if args.quick else 'full run'}; synthetic data)")
-    print(f"machine: {machine['cpu']}, {machine['cpu_count']} cores, native bf16: "
-          f"{machine['native_bf16']}, load average {machine['load_average_at_start']}")
+    print(C.machine_line(machine))
     print(C.format_table(table_rows, [
         ("windows", "windows", ""), ("path", "path", ""), ("precision", "precision", ""),
         ("slices_per_s", "slices/s", ".2f"), ("median_step_s", "step s", ".3f"),
