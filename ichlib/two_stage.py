@@ -24,7 +24,6 @@ checkpoint format do not change.
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -322,6 +321,8 @@ def train_sequence_stage(model: CNNBiLSTM, embeddings: Mapping[str, torch.Tensor
         ConfigError: If a split is empty or a patient has no embedding.
         IchlibError: On a non-finite loss.
     """
+    from ichlib.train import EarlyStopping
+
     config = config or SequenceStageConfig()
     device = device or next(model.parameters()).device
     if not train_ids or not val_ids:
@@ -347,7 +348,8 @@ def train_sequence_stage(model: CNNBiLSTM, embeddings: Mapping[str, torch.Tensor
     val_y = torch.stack([y[pid] for pid in val_ids]).to(device)
     rng = np.random.default_rng([config.seed, 2])
     history: list[dict] = []
-    best_loss, best_epoch, best_state, since_best = float("inf"), 0, None, 0
+    tracker = EarlyStopping("scan_loss", config.patience)
+    best_state = None
     start = time.perf_counter()
     try:
         for epoch in range(config.epochs):
@@ -371,18 +373,15 @@ def train_sequence_stage(model: CNNBiLSTM, embeddings: Mapping[str, torch.Tensor
             with torch.inference_mode():
                 val_loss = F.binary_cross_entropy_with_logits(model.sequence_logits(val_x), val_y,
                                                               pos_weight=weight).item()
-            improved = val_loss < best_loss
+            improved = tracker.update(val_loss, epoch + 1)
             if improved:
-                best_loss, best_epoch, since_best = val_loss, epoch + 1, 0
-                best_state = copy.deepcopy([p.detach().clone() for p in params])
-            else:
-                since_best += 1
+                best_state = [p.detach().clone() for p in params]
             history.append({"epoch": epoch + 1, "train_scan_loss": total / n, "val_scan_loss": val_loss,
                             "best": improved})
             if progress and ((epoch + 1) % 25 == 0 or epoch == 0):
                 print(f"stage 2 epoch {epoch + 1}/{config.epochs}  train scan loss {total / n:.4f}  "
-                      f"val scan loss {val_loss:.4f}  (best {best_loss:.4f} at {best_epoch})", flush=True)
-            if config.patience is not None and since_best >= config.patience:
+                      f"val scan loss {val_loss:.4f}  (best {tracker.best_score:.4f} at {tracker.best_epoch})", flush=True)
+            if tracker.stopped:
                 break
     finally:
         for p, flag in zip(frozen, saved_flags, strict=True):
@@ -391,5 +390,6 @@ def train_sequence_stage(model: CNNBiLSTM, embeddings: Mapping[str, torch.Tensor
         for p, best in zip(params, best_state, strict=True):
             p.copy_(best)
     model.eval()
-    return SequenceStageResult(history=history, best_epoch=best_epoch, best_val_scan_loss=best_loss,
+    return SequenceStageResult(history=history, best_epoch=tracker.best_epoch,
+                               best_val_scan_loss=tracker.best_score,
                                seconds=time.perf_counter() - start)
