@@ -28,11 +28,12 @@ SHELL := /bin/bash
 # starts a private kernel on 127.0.0.1, so make run hides that one line (everything else passes).
 KERNEL_NOISE := running over TCP without encryption
 
-.PHONY: run test env data check lint strip clean help bench bench-gpu
+.PHONY: run test test-bf16 env data check lint strip clean help bench bench-gpu
 
 help:
 	@echo "make run    execute notebooks/0*.ipynb headless on \$$DATA (default: synthetic phantom)"
 	@echo "make test   run the test suite"
+	@echo "make test-bf16  the amp-dependent tests again on the bf16 path (ICHLIB_AMP=bf16)"
 	@echo "make data   generate the synthetic phantom into data/synthetic if absent"
 	@echo "make check  ichlib check \$$DATA"
 	@echo "make lint   ruff"
@@ -96,6 +97,11 @@ bench-gpu: env
 # --- quality -------------------------------------------------------------------
 test: env
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The tests whose numbers go through amp="auto", forced onto the bf16 path (emulated on CPUs
+# without bf16), so every machine exercises what an AMX CPU runs by default.
+test-bf16: env
+	ICHLIB_AMP=bf16 $(PY) -m pytest -m amp $(PYTEST_ARGS)
 
 lint: env
 	$(PY) -m ruff check ichlib tests benchmarks

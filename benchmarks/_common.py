@@ -146,6 +146,7 @@ def machine_info() -> dict:
         "torch_threads": torch.get_num_threads(),
         "avx512": "avx512f" in flags,
         "native_bf16": bool(flags & {"amx_bf16", "avx512_bf16"}),
+        "amx": "amx_bf16" in flags,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "python": platform.python_version(),
@@ -157,7 +158,8 @@ def machine_info() -> dict:
 def machine_line(machine: dict) -> str:
     """One printed line: CPU, cores, native bf16 and the load when the run started."""
     return (f"machine: {machine['cpu']}, {machine['cpu_count']} cores, native bf16: "
-            f"{machine['native_bf16']}, load average {machine['load_average_at_start']}")
+            f"{machine['native_bf16']}, AMX: {machine.get('amx', False)}, "
+            f"load average {machine['load_average_at_start']}")
 
 
 def verdict(value: float | None, target: float, higher_is_better: bool = True) -> str:

@@ -8,8 +8,7 @@ model: the probabilities mean nothing, their agreement between paths does). Path
 - reference: nibabel ``get_fdata``, every slice resized and windowed, S sampled, fp32
   eager model with contiguous tensors under ``torch.no_grad`` (:mod:`_reference`);
 - fast: ``ichlib.predict.Predictor`` with its defaults (what ``ichlib predict`` runs):
-  S slices resized, ``inference_mode``, channels_last, bf16 autocast only where the CPU
-  computes bf16 natively;
+  S slices resized, ``inference_mode``, channels_last, bf16 autocast only where it pays (AMX CPUs, CUDA);
 - fast --fp32: the same with ``amp="off"`` (``ichlib predict --fp32``);
 - bf16 forced: ``amp="bf16"``, to measure the probability tolerance bf16 costs.
 
@@ -194,9 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ncold (whole process): ichlib predict {cold['fast_cold_s']:.2f} s, reference "
           f"{cold['reference_cold_s']:.2f} s (x{cold['reference_cold_s'] / cold['fast_cold_s']:.2f})")
     print("max |Δp| patient level: " + ", ".join(f"{k} {v:.2g}" for k, v in agreement.items()))
-    note = None if machine["native_bf16"] else (
-        "\nThis CPU has no AMX / AVX512-BF16: the default path runs fp32 here, and forced bf16 "
-        "is emulated (slower); its row shows what bf16 would cost in accuracy.")
+    note = None if machine["amx"] else (
+        "\nThis CPU has no AMX: the default path runs fp32 here, and forced bf16 is slower "
+        "(emulated, or AVX512-BF16 alone); its row shows what bf16 would cost in accuracy.")
     return C.finish(NAME, args, machine, s, targets, note, results=results, cold=cold,
                     max_abs_dp=agreement)
 

@@ -8,7 +8,7 @@ and at three windows (brain, subdural, soft), on synthetic 512² scans of about 
   tensors, ``torch.optim.AdamW`` with its defaults;
 - fast: what ``ichlib train`` runs by default: :class:`ichlib.ScanDataset` over the
   float16 resized-volume cache (built beforehand, timed separately), bf16 autocast where
-  the CPU computes bf16 natively (:func:`ichlib.train.resolve_amp` ``"auto"``),
+  it pays (AMX; :func:`ichlib.train.resolve_amp` ``"auto"``),
   channels_last, fused AdamW (:func:`ichlib.train.make_optimizer`).
 
 Both paths apply the same augmentation to the same items. Each (path, windows) pair runs
@@ -218,9 +218,9 @@ def main(argv: list[str] | None = None) -> int:
                                        ("fast_slices_per_s", "fast slices/s", ".2f"),
                                        ("ratio", "fast / reference", ".2f")]))
     print(f"\ncache build for the {s['n_scans']} training scans (before timing): {cache_s:.2f} s")
-    note = None if machine["native_bf16"] else (
-        "\nThis CPU has no AMX / AVX512-BF16, so the fast path runs in fp32 here (bf16 would "
-        "be emulated and slower); the issue's 3x target assumed native bf16.")
+    note = None if machine["amx"] else (
+        "\nThis CPU has no AMX, so the fast path runs in fp32 here (bf16 is slower without "
+        "AMX); the issue's 3x target assumed AMX.")
     return C.finish(NAME, args, machine, s, targets, note, cache_build_s=cache_s, results=results,
                     comparisons=comparisons)
 

@@ -321,30 +321,64 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def cpu_has_native_bf16() -> bool:
-    """True if this CPU computes bfloat16 natively (AMX tiles or AVX512-BF16).
+#: Environment variable that overrides ``amp="auto"`` (``bf16``, ``fp16``, ``off`` or ``auto``):
+#: ``ICHLIB_AMP=bf16`` runs the bf16 path on any CPU, emulated where the CPU lacks bf16, so
+#: the test suite exercises it everywhere (``make test-bf16``).
+AMP_ENV = "ICHLIB_AMP"
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 
-    Without them (AVX512 alone) bf16 is emulated and autocast is slower than float32:
-    ResNet-18 training (B = 4, S = 16) ran about 3.3x slower in bf16 than in float32 on the
-    2-core AVX512 machine this was measured on (128 px: 9.6 vs 31.9 slices/s per core).
-    """
+
+def cpu_has_native_bf16() -> bool:
+    """True if this CPU computes bfloat16 in hardware (AMX tiles or AVX512-BF16)."""
     checks = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported",
                                                           "_is_avx512_bf16_supported")]
     if all(c is not None for c in checks):
         with contextlib.suppress(Exception):
             return any(c() for c in checks)
+    return bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
+
+
+def cpu_has_amx() -> bool:
+    """True if this CPU has AMX tiles (Sapphire Rapids and later)."""
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    if check is not None:
+        with contextlib.suppress(Exception):
+            return bool(check())
+    return "amx_bf16" in _cpu_flags()
+
+
+def _cpu_flags() -> set[str]:
     with contextlib.suppress(OSError):
-        flags = Path("/proc/cpuinfo").read_text().split()
-        return "amx_bf16" in flags or "avx512_bf16" in flags
-    return False
+        return set(Path("/proc/cpuinfo").read_text().split())
+    return set()
+
+
+def bf16_pays_on_cpu() -> bool:
+    """Whether bf16 autocast trains faster than float32 on this CPU.
+
+    Only AMX makes it pay. With AVX512-BF16 alone, ResNet-18 training ran slower in bf16
+    than in float32, and with neither it is emulated and slower still (figures in
+    ``benchmarks/RESULTS.md``).
+    """
+    return cpu_has_amx()
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``amp`` on ``device`` (None: plain float32).
 
-    ``"auto"``: on CUDA bf16 where supported, else fp16; on CPU bf16 only with native
-    bf16 (:func:`cpu_has_native_bf16`), else float32.
+    ``"auto"``: on CUDA bf16 where supported, else fp16; on CPU bf16 only where it is
+    faster than float32 (:func:`bf16_pays_on_cpu`), else float32. The environment variable
+    ``ICHLIB_AMP`` (:data:`AMP_ENV`), when set, replaces ``"auto"``; an explicit choice wins
+    over it.
+
+    Raises:
+        ConfigError: For an unknown value, or ``fp16`` without CUDA.
     """
+    if amp == "auto":
+        forced = os.environ.get(AMP_ENV, "").strip().lower()
+        if forced and forced not in AMP_CHOICES:
+            raise ConfigError(f"{AMP_ENV}={forced!r}; choose one of {', '.join(AMP_CHOICES)}")
+        amp = forced or "auto"
     if amp == "off":
         return None
     if amp == "bf16":
@@ -354,10 +388,10 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
             raise ConfigError("amp='fp16' needs CUDA; use 'bf16' or 'off' on the CPU")
         return torch.float16
     if amp != "auto":
-        raise ConfigError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {amp!r}")
+        raise ConfigError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {amp!r}")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_has_native_bf16():
+    if device.type == "cpu" and bf16_pays_on_cpu():
         return torch.bfloat16
     return None
 
@@ -767,7 +801,7 @@ def fit(config: TrainConfig, resume: bool = False,
             training["sequence_stage"] = stage2
             training["total_seconds"] += stage2["embed_seconds"] + stage2["train_seconds"]
             best = paths["best.pt"]
-        metrics = final_evaluation(config, prepared, best, device, amp_dtype, data_kind, training, dist)
+        metrics = final_evaluation(config, prepared, best, device, data_kind, training, dist)
     history = pd.DataFrame(history_rows)
     if dist.is_main:
         atomic_write_text(paths["metrics.json"], json.dumps(json_safe(metrics), indent=2, allow_nan=False))
@@ -845,9 +879,13 @@ _TRAINING_STATE = frozenset({"optimizer", "lr_scheduler", "scaler", "early_stopp
 
 
 def final_evaluation(config: TrainConfig, prepared: PreparedData, best_path: Path,
-                     device: torch.device, amp_dtype: torch.dtype | None, data_kind: str,
+                     device: torch.device, data_kind: str,
                      training: dict | None = None, dist: DistContext = LOCAL) -> dict:
     """Evaluate the best checkpoint: thresholds from validation, metrics on test, baseline.
+
+    Always in float32, whatever precision trained the model: the reported numbers and the
+    test probabilities must not depend on the CPU's bf16 support, and a float32 pass over
+    the validation and test scans is cheap.
 
     ``training`` (best epoch, early stopping, ...) is recorded as it is. Under ``torchrun``
     rank 0 reads the checkpoint, every rank predicts its share, and all compute the same
@@ -870,8 +908,8 @@ def final_evaluation(config: TrainConfig, prepared: PreparedData, best_path: Pat
         loaders = {name: dist.eval_loader(getattr(prepared, name), config.batch_size, config.num_workers)
                    for name in ("val", "test")}
     show = config.progress and dist.is_main
-    val = evaluate(model, criterion, loaders["val"], device, amp_dtype, show, desc="val", dist=dist)
-    test = evaluate(model, criterion, loaders["test"], device, amp_dtype, show, desc="test", dist=dist)
+    val = evaluate(model, criterion, loaders["val"], device, None, show, desc="val", dist=dist)
+    test = evaluate(model, criterion, loaders["test"], device, None, show, desc="test", dist=dist)
 
     thresholds, threshold_notes = choose_thresholds(val.scan_labels, val.scan_probs)
     val_slices = val.slice_rows()
@@ -892,6 +930,7 @@ def final_evaluation(config: TrainConfig, prepared: PreparedData, best_path: Pat
         "n_patients": {name: len(ids) for name, ids in prepared.split.items()},
         "skipped": prepared.skipped,
         "training": training or {},
+        "evaluation_precision": "float32",
         "thresholds": thresholds,
         "threshold_notes": threshold_notes,
         "slice_thresholds": slice_thresholds,

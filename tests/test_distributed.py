@@ -341,7 +341,7 @@ def test_gathered_evaluation_equals_one_process_exactly(two_process_run, tiny_da
     out = two_process_run["out"]
     config = tiny_config(tiny_data, out, two_process_run["cache"], progress=False)
     prepared = prepare_data(config)
-    single = final_evaluation(config, prepared, out / "best.pt", torch.device("cpu"), None, "real")
+    single = final_evaluation(config, prepared, out / "best.pt", torch.device("cpu"), "real")
     gathered = json.loads((out / "metrics.json").read_text())
     expected = json.loads(json.dumps(ichlib.train.json_safe(single)))
     for split in ("val", "test"):

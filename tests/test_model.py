@@ -12,6 +12,9 @@ from ichlib.errors import ConfigError, IchlibError
 from ichlib.labels import LABELS
 from ichlib.model import CNNBiLSTM, ModelOutput, adapt_first_conv
 
+# Numbers that go through amp="auto": CI runs these again under ICHLIB_AMP=bf16.
+pytestmark = pytest.mark.amp
+
 
 @pytest.fixture(scope="module")
 def models() -> dict[int, CNNBiLSTM]:

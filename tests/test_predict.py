@@ -17,6 +17,9 @@ from ichlib.train import TrainConfig, fit
 from ichlib.volumes import load_volume
 from tests.conftest import labels_with, write_ct_ich
 
+# Numbers that go through amp="auto": CI runs these again under ICHLIB_AMP=bf16.
+pytestmark = pytest.mark.amp
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

@@ -29,6 +29,9 @@ from ichlib.two_stage import (
 )
 from tests.conftest import labels_with, write_ct_ich
 
+# Numbers that go through amp="auto": CI runs these again under ICHLIB_AMP=bf16.
+pytestmark = pytest.mark.amp
+
 
 def small_model() -> CNNBiLSTM:
     torch.manual_seed(0)
