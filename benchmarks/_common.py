@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ichlib.atomic import atomic_write_text
+from ichlib.io.atomic import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Default folder for results, data and caches (``runs/`` is git-ignored).
@@ -237,7 +237,7 @@ def synthetic_dataset(root: Path, n_patients: int, size: int, n_slices: tuple[in
     """
     folder = Path(root) / f"ctich-{size}px-{n_patients}p-{n_slices[0]}to{n_slices[1]}sl-seed{seed}"
     if not (folder / "synthetic.json").exists():
-        from ichlib.phantom import write_synthetic_ct_ich
+        from ichlib.synthetic.phantom import write_synthetic_ct_ich
 
         print(f"writing {n_patients} synthetic scans ({size}², {n_slices[0]}-{n_slices[1]} slices) "
               f"to {folder} ...", flush=True)

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ichlib.ctich import CtIchData
-from ichlib.dataset import Augment, PreprocessConfig
+from ichlib.io.tables import CtIchData
 from ichlib.model import CNNBiLSTM
-from ichlib.resize import resize_slices
-from ichlib.sampling import uniform_indices
-from ichlib.windowing import multi_window
+from ichlib.preprocess.dataset import Augment, PreprocessConfig
+from ichlib.preprocess.resize import resize_slices
+from ichlib.preprocess.sampling import uniform_indices
+from ichlib.preprocess.windowing import multi_window
 
 
 def reference_load(path: str) -> np.ndarray:

@@ -71,11 +71,12 @@ def train_row(name: str, s: dict, data, cache_dir: str, device, fast: bool, comp
     from _reference import ReferenceDataset
     from torch.utils.data import DataLoader
 
-    from ichlib.augment import ScanAugment
-    from ichlib.dataset import PreprocessConfig, ScanDataset
+    from ichlib.device import autocast, resolve_amp
     from ichlib.losses import ScanSliceLoss
     from ichlib.model import CNNBiLSTM
-    from ichlib.train import autocast, make_optimizer, resolve_amp
+    from ichlib.preprocess.augment import ScanAugment
+    from ichlib.preprocess.dataset import PreprocessConfig, ScanDataset
+    from ichlib.training.engine import make_optimizer
 
     config = PreprocessConfig(img_size=s["img_size"], seq_len=s["seq_len"])
     torch.manual_seed(0)
@@ -142,8 +143,8 @@ def infer_row(name: str, s: dict, device, compile_model: bool) -> dict:
     """Model-only inference throughput (bf16 where supported, channels_last, inference_mode)."""
     import torch
 
+    from ichlib.device import autocast, resolve_amp
     from ichlib.model import CNNBiLSTM
-    from ichlib.train import autocast, resolve_amp
 
     torch.manual_seed(0)
     model = CNNBiLSTM().to(device).to(memory_format=torch.channels_last).eval()
@@ -192,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     s = settings(args)
     data_dir = C.synthetic_dataset(args.data_root, s["n_scans"], s["scan_size"], tuple(s["n_slices"]))
     cache_dir = str(args.data_root / "cache")
-    from ichlib.ctich import read_ct_ich
-    from ichlib.dataset import PreprocessConfig, ScanDataset
+    from ichlib.io.ctich import read_ct_ich
+    from ichlib.preprocess.dataset import PreprocessConfig, ScanDataset
 
     data = read_ct_ich(data_dir)
     ScanDataset(data, data.patient_ids, PreprocessConfig(img_size=s["img_size"], seq_len=s["seq_len"]),

@@ -52,8 +52,8 @@ def make_checkpoint(path: Path, scan: str, s: dict) -> Path:
     from _reference import reference_scan
 
     from ichlib.checkpoint import save_checkpoint
-    from ichlib.dataset import PreprocessConfig
     from ichlib.model import CNNBiLSTM
+    from ichlib.preprocess.dataset import PreprocessConfig
 
     config = PreprocessConfig(windows=s["windows"], img_size=s["img_size"], seq_len=s["seq_len"])
     torch.manual_seed(0)

@@ -4,7 +4,7 @@ On 75 synthetic 512² scans of about 40 slices (the design's 256², S = 16, brai
 
 - reference: nibabel ``get_fdata`` (float64), every slice resized and windowed, then S
   slices sampled (:func:`_reference.reference_scan`), on the first ``--ref-scans`` scans;
-- cache build: :class:`ichlib.dataset.VolumeCache` turns all 75 scans into float16
+- cache build: :class:`ichlib.preprocess.cache.VolumeCache` turns all 75 scans into float16
   resized volumes on disk, from an empty cache folder (the one-time cost);
 - cache read: one epoch of :class:`ichlib.ScanDataset` items from the built cache (read S
   slices, window, sample), as every later training epoch does; median of ``--epochs``;
@@ -49,8 +49,8 @@ def measure(path: str, s: dict, data_dir: str, cache_dir: str) -> dict:
     """Time one path; returns scans/s and its max |difference| from the reference."""
     from _reference import reference_scan
 
-    from ichlib.ctich import read_ct_ich
-    from ichlib.dataset import PreprocessConfig
+    from ichlib.io.ctich import read_ct_ich
+    from ichlib.preprocess.dataset import PreprocessConfig
 
     data = read_ct_ich(data_dir)
     config = PreprocessConfig(windows=s["windows"], img_size=s["img_size"], seq_len=s["seq_len"])
@@ -76,7 +76,8 @@ def measure(path: str, s: dict, data_dir: str, cache_dir: str) -> dict:
 
 
 def _cache_build(data, config, cache_dir: str) -> dict:
-    from ichlib.dataset import ScanDataset, VolumeCache
+    from ichlib.preprocess.cache import VolumeCache
+    from ichlib.preprocess.dataset import ScanDataset
 
     cache = VolumeCache(cache_dir, config.img_size)
     start = time.perf_counter()
@@ -89,7 +90,7 @@ def _cache_build(data, config, cache_dir: str) -> dict:
 
 
 def _cache_read(data, config, cache_dir: str, epochs: int) -> dict:
-    from ichlib.dataset import ScanDataset
+    from ichlib.preprocess.dataset import ScanDataset
 
     dataset = ScanDataset(data, data.patient_ids, config, cache_dir)
     if dataset.warm_cache():
@@ -113,8 +114,8 @@ def monai_chain(config):
     warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
     from monai.transforms import Compose, EnsureChannelFirst, LoadImage, Resize, ScaleIntensityRange
 
-    from ichlib.sampling import uniform_indices
-    from ichlib.windowing import resolve_windows
+    from ichlib.preprocess.sampling import uniform_indices
+    from ichlib.preprocess.windowing import resolve_windows
 
     load = Compose([LoadImage(image_only=True, reader="NibabelReader"), EnsureChannelFirst(),
                     Resize(spatial_size=(config.img_size, config.img_size, -1), mode="trilinear",

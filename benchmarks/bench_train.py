@@ -8,8 +8,8 @@ and at three windows (brain, subdural, soft), on synthetic 512² scans of about 
   tensors, ``torch.optim.AdamW`` with its defaults;
 - fast: what ``ichlib train`` runs by default: :class:`ichlib.ScanDataset` over the
   float16 resized-volume cache (built beforehand, timed separately), bf16 autocast where
-  it pays (AMX; :func:`ichlib.train.resolve_amp` ``"auto"``),
-  channels_last, fused AdamW (:func:`ichlib.train.make_optimizer`).
+  it pays (AMX; :func:`ichlib.device.resolve_amp` ``"auto"``),
+  channels_last, fused AdamW (:func:`ichlib.training.engine.make_optimizer`).
 
 Both paths apply the same augmentation to the same items. Each (path, windows) pair runs
 in its own process; the figure is the median step time over ``--steps`` steps after
@@ -53,12 +53,13 @@ def make_run(path: str, windows: str, s: dict, data_dir: str, cache_dir: str):
     from _reference import ReferenceDataset
     from torch.utils.data import DataLoader
 
-    from ichlib.augment import ScanAugment
-    from ichlib.ctich import read_ct_ich
-    from ichlib.dataset import PreprocessConfig, ScanDataset
+    from ichlib.device import resolve_amp
+    from ichlib.io.ctich import read_ct_ich
     from ichlib.losses import ScanSliceLoss
     from ichlib.model import CNNBiLSTM
-    from ichlib.train import make_optimizer, resolve_amp
+    from ichlib.preprocess.augment import ScanAugment
+    from ichlib.preprocess.dataset import PreprocessConfig, ScanDataset
+    from ichlib.training.engine import make_optimizer
 
     data = read_ct_ich(data_dir)
     config = PreprocessConfig(windows=windows, img_size=s["img_size"], seq_len=s["seq_len"])
@@ -98,7 +99,7 @@ def timed_steps(model, criterion, optimizer, dataset, loader, amp_dtype, n_steps
     """Run ``n_steps`` training steps; returns ``(data wait, step)`` seconds per step."""
     import torch
 
-    from ichlib.train import autocast
+    from ichlib.device import autocast
 
     device = torch.device("cpu")
     model.train()
@@ -150,8 +151,8 @@ def worker(spec: dict) -> dict:
 
 def build_cache(data_dir: Path, cache_dir: Path, img_size: int) -> float:
     """Build the resized-volume cache of every scan; returns the seconds it took."""
-    from ichlib.ctich import read_ct_ich
-    from ichlib.dataset import VolumeCache
+    from ichlib.io.ctich import read_ct_ich
+    from ichlib.preprocess.cache import VolumeCache
 
     data = read_ct_ich(data_dir)
     cache = VolumeCache(cache_dir, img_size)

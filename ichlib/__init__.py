@@ -3,49 +3,65 @@
 The public names below are the ones the notebooks and users rely on; keep them stable.
 Results on the synthetic phantom are synthetic: nothing here is a clinical tool.
 
-The model, training and Grad-CAM names are imported on first use, so ``import ichlib``
-stays quick for data work (the ``grad-cam`` package alone takes seconds to import).
+Every name is imported on first use, so ``import ichlib`` (and ``ichlib --help``) stays
+quick: the subpackages pull in PyTorch, pandas and pydicom only when a name needs them.
+
+The package, by the stages data flows through (lower layers never import upper ones):
+
+- :mod:`ichlib.io`: scans (NIfTI, DICOM), label tables (CT-ICH, RSNA), checks, safe writes;
+- :mod:`ichlib.preprocess`: windows, resizing, slice sampling, augmentation, splits, cache,
+  the dataset;
+- :mod:`ichlib.model`, :mod:`ichlib.losses`, :mod:`ichlib.checkpoint`, :mod:`ichlib.predict`;
+- :mod:`ichlib.training`: the loop, the run, metrics, the intensity baseline, two stages,
+  ``torchrun``;
+- :mod:`ichlib.explain`: Grad-CAM and how well it localises;
+- :mod:`ichlib.viz`: figures;
+- :mod:`ichlib.synthetic`: the phantom; :mod:`ichlib.course`: the notebooks' setup.
 """
 
 from importlib import import_module
 
-from ichlib.ctich import CtIchData, Problem, read_ct_ich
-from ichlib.dataset import PreprocessConfig, ScanDataset, prepare_scan
-from ichlib.errors import CheckpointError, ConfigError, DataError, IchlibError
-from ichlib.labels import LABELS, SUBTYPES
-from ichlib.resize import resize_slices
-from ichlib.sampling import uniform_indices
-from ichlib.splits import kfold_split, patient_split
-from ichlib.volumes import Volume, load_mask, load_volume
-from ichlib.windowing import WINDOWS, multi_window, window
-
-__version__ = "0.1.0"
+from ichlib.version import __version__
 
 _LAZY = {
-    "CNNBiLSTM": "ichlib.model",
-    "ModelOutput": "ichlib.model",
-    "TrainConfig": "ichlib.train",
-    "fit": "ichlib.train",
-    "train_one_epoch": "ichlib.train",
-    "evaluate": "ichlib.train",
-    "load_checkpoint": "ichlib.checkpoint",
-    "model_from_checkpoint": "ichlib.checkpoint",
-    "predict_scan": "ichlib.predict",
-    "predict_files": "ichlib.predict",
-    "scan_grad_cam": "ichlib.cam",
-    "ScanCAM": "ichlib.cam",
-    "ScanLabelTarget": "ichlib.cam",
-    "SliceLabelTarget": "ichlib.cam",
-    "write_cam_report": "ichlib.cam",
-    "cascading_randomization": "ichlib.localization",
-    "intensity_baseline": "ichlib.localization",
-    "energy_in_mask": "ichlib.localization",
-    "pointing_game": "ichlib.localization",
-    "localization_table": "ichlib.localization",
-    "collect_localization": "ichlib.localization",
-    "load_dicom_series": "ichlib.dicom",
-    "read_rsna": "ichlib.rsna",
-    "write_synthetic_ct_ich": "ichlib.phantom",
+    # errors and labels
+    "IchlibError": "ichlib.errors", "DataError": "ichlib.errors", "ConfigError": "ichlib.errors",
+    "CheckpointError": "ichlib.errors", "LABELS": "ichlib.labels", "SUBTYPES": "ichlib.labels",
+    # io
+    "Volume": "ichlib.io", "load_volume": "ichlib.io", "load_mask": "ichlib.io",
+    "save_volume": "ichlib.io", "save_mask": "ichlib.io", "load_dicom_series": "ichlib.io",
+    "CtIchData": "ichlib.io", "Problem": "ichlib.io", "read_ct_ich": "ichlib.io",
+    "read_rsna": "ichlib.io", "read_dataset": "ichlib.io", "detect_format": "ichlib.io",
+    "check_dataset": "ichlib.io", "label_counts": "ichlib.io", "cooccurrence": "ichlib.io",
+    # preprocess
+    "WINDOWS": "ichlib.preprocess", "window": "ichlib.preprocess", "multi_window": "ichlib.preprocess",
+    "resize_slices": "ichlib.preprocess", "uniform_indices": "ichlib.preprocess",
+    "patient_split": "ichlib.preprocess", "kfold_split": "ichlib.preprocess",
+    "rsna_group_split": "ichlib.preprocess", "PreprocessConfig": "ichlib.preprocess",
+    "ScanDataset": "ichlib.preprocess", "prepare_scan": "ichlib.preprocess",
+    "sampled_mask": "ichlib.preprocess", "intracranial_mask": "ichlib.preprocess",
+    "lesion_contrast": "ichlib.preprocess", "ScanAugment": "ichlib.preprocess",
+    # model, checkpoints, prediction
+    "CNNBiLSTM": "ichlib.model", "ModelOutput": "ichlib.model", "ScanSliceLoss": "ichlib.losses",
+    "load_checkpoint": "ichlib.checkpoint", "model_from_checkpoint": "ichlib.checkpoint",
+    "Predictor": "ichlib.predict", "predict_scan": "ichlib.predict", "predict_files": "ichlib.predict",
+    # training
+    "TrainConfig": "ichlib.training", "fit": "ichlib.training", "train_one_epoch": "ichlib.training",
+    "evaluate": "ichlib.training", "RunLog": "ichlib.training", "results_table": "ichlib.training",
+    "run_intensity_baseline": "ichlib.training",
+    # explain
+    "scan_grad_cam": "ichlib.explain", "ScanCAM": "ichlib.explain", "ScanLabelTarget": "ichlib.explain",
+    "SliceLabelTarget": "ichlib.explain", "explain_scan": "ichlib.explain",
+    "cascading_randomization": "ichlib.explain", "intensity_baseline": "ichlib.explain",
+    "energy_in_mask": "ichlib.explain", "pointing_game": "ichlib.explain",
+    "localization_table": "ichlib.explain", "collect_localization": "ichlib.explain",
+    # figures
+    "SYNTHETIC_NOTE": "ichlib.viz", "SUBTYPE_COLORS": "ichlib.viz", "show_slice": "ichlib.viz",
+    "montage": "ichlib.viz", "save_figure": "ichlib.viz", "write_cam_report": "ichlib.viz",
+    # the phantom and the course
+    "write_synthetic_ct_ich": "ichlib.synthetic", "write_synthetic_rsna": "ichlib.synthetic",
+    "course_paths": "ichlib.course", "ensure_synthetic": "ichlib.course",
+    "COURSE_PATIENTS": "ichlib.course", "is_synthetic": "ichlib.io.folder",
 }
 
 
@@ -61,29 +77,4 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = [
-    "LABELS",
-    "SUBTYPES",
-    "WINDOWS",
-    "CheckpointError",
-    "ConfigError",
-    "CtIchData",
-    "DataError",
-    "IchlibError",
-    "PreprocessConfig",
-    "Problem",
-    "ScanDataset",
-    "Volume",
-    "__version__",
-    "kfold_split",
-    "load_mask",
-    "load_volume",
-    "multi_window",
-    "patient_split",
-    "prepare_scan",
-    "read_ct_ich",
-    "resize_slices",
-    "uniform_indices",
-    "window",
-    *_LAZY,
-]
+__all__ = ["__version__", *_LAZY]

@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ichlib.atomic import atomic_path
-from ichlib.dataset import PreprocessConfig
 from ichlib.errors import CheckpointError
+from ichlib.io.atomic import atomic_path
 from ichlib.labels import LABELS
 from ichlib.model import CNNBiLSTM
+from ichlib.preprocess.dataset import PreprocessConfig
+from ichlib.version import __version__
 
 FORMAT = "ichlib-checkpoint"
 FORMAT_VERSION = 1
@@ -46,11 +47,9 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: Mapping) -> Path:
         CheckpointError: If a value is not weights-only safe (e.g. a numpy array or a
             Path); the message names the key. Nothing is written then.
     """
-    import ichlib
-
     path = Path(path)
     ckpt = {"format": FORMAT, "format_version": FORMAT_VERSION,
-            "ichlib_version": ichlib.__version__, "labels": list(LABELS), **checkpoint}
+            "ichlib_version": __version__, "labels": list(LABELS), **checkpoint}
     _check_plain(ckpt, path, "checkpoint")
     with atomic_path(path, suffix=".pt") as tmp:
         try:

@@ -1,7 +1,8 @@
 """The ``ichlib`` command line: ``check``, ``synth``, ``train``, ``predict``.
 
 Each subcommand parses its arguments here and calls one library function, so everything
-the command line does is also available from Python.
+the command line does is also available from Python. Each subcommand imports what it needs
+when it runs (marked ``# lazy: start-up time``), so ``ichlib --help`` does not load PyTorch.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ichlib.errors import IchlibError
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from ichlib.check import check_dataset
+    from ichlib.io.check import check_dataset  # lazy: start-up time
 
     report = check_dataset(args.data_dir, deep=not args.quick, format=args.format)
     if args.json:
@@ -30,13 +31,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_synth(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if args.format == "rsna":
-        from ichlib.phantom_dicom import write_synthetic_rsna
+        from ichlib.synthetic.rsna import write_synthetic_rsna  # lazy: start-up time
 
         out = write_synthetic_rsna(args.out_dir, n_patients=args.patients, size=args.size,
                                    seed=args.seed, workers=args.workers)
         what = f"{args.patients} synthetic patients ({args.patients + 1} DICOM series, RSNA layout)"
     else:
-        from ichlib.phantom import write_synthetic_ct_ich
+        from ichlib.synthetic.phantom import write_synthetic_ct_ich  # lazy: start-up time
 
         out = write_synthetic_ct_ich(args.out_dir, n_patients=args.patients, size=args.size,
                                      seed=args.seed, workers=args.workers)
@@ -47,9 +48,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from ichlib.distributed import is_main_process
-    from ichlib.metrics import results_table
-    from ichlib.train import TrainConfig, describe_amp, fit
+    from ichlib.training.config import TrainConfig  # lazy: start-up time
+    from ichlib.training.distributed import is_main_process  # lazy: start-up time
+    from ichlib.training.fit import describe_amp, fit  # lazy: start-up time
+    from ichlib.training.metrics import results_table  # lazy: start-up time
 
     options = {"epochs": args.epochs, "batch_size": args.batch_size, "img_size": args.img_size,
                "seq_len": args.seq_len, "aux_weight": args.aux_weight, "backbone": args.backbone,
@@ -93,7 +95,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from ichlib.predict import format_prediction, predict_files, scan_paths
+    from ichlib.predict import format_prediction, predict_files, scan_paths  # lazy: start-up time
 
     paths = scan_paths(args.scans)
     predictions, errors = predict_files(args.checkpoint, paths, device=args.device,
@@ -113,8 +115,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _write_cams(args: argparse.Namespace, scans: list[Path]) -> list[str]:
     """Grad-CAM report per predicted scan (PNG, and NIfTI maps unless --no-cam-nifti)."""
-    from ichlib.cam import write_cam_report
-    from ichlib.checkpoint import load_checkpoint, model_from_checkpoint
+    from ichlib.checkpoint import load_checkpoint, model_from_checkpoint  # lazy: start-up time
+    from ichlib.viz.cam import write_cam_report  # lazy: start-up time
 
     model, config = model_from_checkpoint(load_checkpoint(args.checkpoint))
     failed = []

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-SYNTHETIC_MARKER = "synthetic.json"
+from ichlib.io.folder import is_synthetic
+from ichlib.synthetic.phantom import write_synthetic_ct_ich
 
 
 def repo_root() -> Path:
@@ -53,9 +53,6 @@ def course_paths(data_dir: str | os.PathLike | None = None,
     return CoursePaths(data.resolve(), figures.resolve(), runs.resolve())
 
 
-def is_synthetic(data_dir: str | os.PathLike) -> bool:
-    """True when the folder was written by the phantom generator."""
-    return (Path(data_dir) / SYNTHETIC_MARKER).exists()
 
 
 #: Patients in the course's synthetic phantom (``make run`` and the notebooks' default data).
@@ -72,15 +69,7 @@ def ensure_synthetic(data_dir: str | os.PathLike, n_patients: int = COURSE_PATIE
     The generator writes ``synthetic.json`` last, so a folder without it (an interrupted
     generation) is written again. Call this only for the course's own synthetic folder.
     """
-    from ichlib.phantom import write_synthetic_ct_ich
-
     data_dir = Path(data_dir)
     if is_synthetic(data_dir):
         return data_dir
     return write_synthetic_ct_ich(data_dir, n_patients=n_patients, size=size, seed=seed)
-
-
-def synthetic_info(data_dir: str | os.PathLike) -> dict | None:
-    """The generator's parameters if the folder is synthetic, else None."""
-    marker = Path(data_dir) / SYNTHETIC_MARKER
-    return json.loads(marker.read_text()) if marker.exists() else None

@@ -2,17 +2,15 @@
 
 Every preprocessing setting (windows, image size, number of slices ``S``) comes from the
 checkpoint, so a scan is prepared exactly as in training. The ``S`` slices are picked
-with :func:`ichlib.sampling.uniform_indices` (first and last slice included); per-slice
+with :func:`ichlib.preprocess.sampling.uniform_indices` (first and last slice included); per-slice
 probabilities are reported at those slices, by their 1-based CT-ICH ``SliceNumber``.
 
-Speed: inference runs under ``torch.inference_mode()`` in channels-last format, with
-bfloat16 autocast where the hardware computes bf16 natively (``amp="auto"``; see
-:func:`ichlib.train.resolve_amp`); ``amp="off"`` is plain float32. Measured on 10 phantom
-scans with a ResNet-18 checkpoint (12 epochs, 128 px, S = 16), forcing bf16 changed the
-patient-level probabilities by at most 0.0002 and the slice-level ones by at most 0.0003
-against float32. On that 2-core AVX512 CPU without native bf16, bf16 was also slower
-(0.30 s against 0.11 s per scan, reading the NIfTI included), which is why "auto" keeps
-float32 there.
+Inference runs under ``torch.inference_mode()`` in channels-last format, with bfloat16
+autocast where it is faster (``amp="auto"``; see :func:`ichlib.device.resolve_amp`);
+``amp="off"`` is plain float32. How far bf16 moves the probabilities, and the speed of
+each path, are measured in ``benchmarks/bench_predict.py`` (``benchmarks/RESULTS.md``).
+
+This module does not import the training stack.
 """
 
 from __future__ import annotations
@@ -27,12 +25,13 @@ import pandas as pd
 import torch
 
 from ichlib.checkpoint import load_checkpoint, model_from_checkpoint
-from ichlib.dataset import PreprocessConfig, prepare_scan
+from ichlib.device import autocast, resolve_amp, resolve_device
 from ichlib.errors import DataError, IchlibError
+from ichlib.io.load import load_volume
+from ichlib.io.volume import Volume
 from ichlib.labels import LABELS
 from ichlib.model import CNNBiLSTM
-from ichlib.train import autocast, resolve_amp, resolve_device
-from ichlib.volumes import Volume, load_volume
+from ichlib.preprocess.dataset import PreprocessConfig, prepare_scan
 
 ScanInput = str | os.PathLike | Volume | np.ndarray
 
@@ -109,10 +108,10 @@ def predict_scan(model: CNNBiLSTM, config: PreprocessConfig, path_or_hu: ScanInp
     Args:
         model: A trained model (it is put in eval mode).
         config: The checkpoint's preprocessing (:func:`ichlib.checkpoint.model_from_checkpoint`).
-        path_or_hu: A NIfTI path, a :class:`~ichlib.volumes.Volume`, or a HU array
+        path_or_hu: A NIfTI path, a :class:`~ichlib.io.volume.Volume`, or a HU array
             ``[N, H, W]`` (slice ``k`` is SliceNumber ``k + 1``).
         device: Where ``model`` is.
-        amp: ``"auto"``, ``"bf16"`` or ``"off"`` (float32); see :func:`ichlib.train.resolve_amp`.
+        amp: ``"auto"``, ``"bf16"`` or ``"off"`` (float32); see :func:`ichlib.device.resolve_amp`.
         thresholds: Per-label thresholds to report ``positive`` against.
         trained_on: Recorded in the result (``"synthetic"`` or ``"real"``).
 
@@ -229,7 +228,7 @@ def scan_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Expand folders into their ``.nii``/``.nii.gz`` files (sorted); files pass through.
 
     A folder holding no NIfTI file is taken as one DICOM series (see
-    :func:`ichlib.dicom.load_dicom_series`); ``.series`` manifests pass through.
+    :func:`ichlib.io.dicom.series.load_dicom_series`); ``.series`` manifests pass through.
     """
     out: list[Path] = []
     for p in map(Path, paths):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from ichlib.io.nifti import save_mask, save_volume
 from ichlib.labels import CT_ICH_COLUMNS, CT_ICH_CSV_COLUMNS
-from ichlib.volumes import save_mask, save_volume
 
 
 def write_ct_ich(root: Path, labels: dict[int, np.ndarray], size: int = 32, seed: int = 0,

@@ -1,8 +1,8 @@
 """A catalogue of bad inputs: each is refused with a DataError that names the file and the problem.
 
 Every case is built in ``tmp_path``; no binary file is committed. The catalogue has three
-parts: scan files (:func:`ichlib.volumes.load_volume`), label tables and folder layouts
-(:func:`ichlib.ctich.read_ct_ich`), and the commands that meet them (``ichlib check``,
+parts: scan files (:func:`ichlib.io.load.load_volume`), label tables and folder layouts
+(:func:`ichlib.io.ctich.read_ct_ich`), and the commands that meet them (``ichlib check``,
 training with and without ``skip_bad``, ``ichlib predict``). After every refusal the
 folder holds no temporary file.
 """
@@ -22,14 +22,16 @@ import numpy as np
 import pytest
 from nibabel import cifti2
 
-import ichlib.volumes
-from ichlib.check import check_dataset
+import ichlib.io.nifti
 from ichlib.cli import main
-from ichlib.ctich import LABEL_CSV, read_ct_ich
 from ichlib.errors import DataError
+from ichlib.io.check import check_dataset
+from ichlib.io.ctich import LABEL_CSV, read_ct_ich
+from ichlib.io.load import load_volume
+from ichlib.io.nifti import save_volume
 from ichlib.labels import LABELS
-from ichlib.train import TrainConfig, fit
-from ichlib.volumes import load_volume, save_volume
+from ichlib.training.config import TrainConfig
+from ichlib.training.fit import fit
 from tests.conftest import labels_with, write_ct_ich
 
 
@@ -196,7 +198,7 @@ def test_unreadable_file_permission(tmp_path, monkeypatch):
     """chmod 000 does not stop root (CI), so the permission check is simulated."""
     path = save_volume(tmp_path / "locked.nii", good_hu())
     real_access = os.access
-    monkeypatch.setattr(ichlib.volumes.os, "access",
+    monkeypatch.setattr(ichlib.io.nifti.os, "access",
                         lambda p, mode, **kw: False if Path(p) == path else real_access(p, mode, **kw))
     with pytest.raises(DataError, match="no permission to read") as info:
         load_volume(path)
@@ -210,7 +212,7 @@ def test_unreadable_file_open_fails(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(ichlib.volumes.nib, "load", refuse)
+    monkeypatch.setattr(ichlib.io.nifti.nib, "load", refuse)
     with pytest.raises(DataError, match="PermissionError.*Permission denied") as info:
         load_volume(path)
     assert info.value.path == str(path)
@@ -230,7 +232,7 @@ def test_enormous_header_is_refused_before_allocation(tmp_path, monkeypatch, sha
     def no_voxels(*args, **kwargs):
         raise AssertionError("voxels were read")
 
-    monkeypatch.setattr(ichlib.volumes, "_read_voxels", no_voxels)
+    monkeypatch.setattr(ichlib.io.nifti, "_read_voxels", no_voxels)
     tracemalloc.start()
     try:
         with pytest.raises(DataError, match="implausible shape|truncated") as info:

@@ -19,10 +19,10 @@ from ichlib.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from ichlib.dataset import PreprocessConfig
 from ichlib.errors import CheckpointError
 from ichlib.labels import LABELS
 from ichlib.model import CNNBiLSTM
+from ichlib.preprocess.dataset import PreprocessConfig
 
 
 def make_checkpoint(path: Path) -> tuple[CNNBiLSTM, Path]:

@@ -1,6 +1,6 @@
 """Crash-safe training: atomic writes, a SIGKILL in the middle of an epoch, a full disk.
 
-Every checkpoint, cache and dataset file goes through :mod:`ichlib.atomic` (written to a
+Every checkpoint, cache and dataset file goes through :mod:`ichlib.io.atomic` (written to a
 temporary name beside the target, then renamed), so a crash leaves the previous file or
 the new one, never half of one, and a failed write raises a clear error.
 """
@@ -21,17 +21,18 @@ import pytest
 import torch
 
 import ichlib
-import ichlib.atomic
 import ichlib.checkpoint
-from ichlib.atomic import atomic_path
+import ichlib.io.atomic
 from ichlib.checkpoint import load_checkpoint, save_checkpoint
-from ichlib.dataset import PreprocessConfig
 from ichlib.errors import IchlibError
+from ichlib.io.atomic import atomic_path
 from ichlib.model import CNNBiLSTM
-from ichlib.train import TrainConfig, fit
+from ichlib.preprocess.dataset import PreprocessConfig
+from ichlib.training.config import TrainConfig
+from ichlib.training.fit import fit
 from tests.conftest import labels_with, write_ct_ich
 
-SOURCES = sorted(Path(ichlib.__file__).parent.glob("*.py"))
+SOURCES = sorted(Path(ichlib.__file__).parent.rglob("*.py"))
 #: Calls that write a file given as their first argument, and what they are.
 _WRITERS = {"save", "savez", "savez_compressed", "savefig", "dcmwrite", "save_as", "to_csv",
             "to_parquet", "to_json", "write_text", "write_bytes", "tofile", "dump"}
@@ -86,12 +87,12 @@ def test_every_file_write_goes_through_atomic(module):
     only to the temporary name of an ``atomic_path``/``atomic_open`` block; text for
     ``atomic_write_text`` comes from ``to_csv()``/``json.dumps`` without a path."""
     bad = _unsafe_writes(module)
-    assert not bad, "writes that bypass ichlib.atomic:\n" + "\n".join(bad)
+    assert not bad, "writes that bypass ichlib.io.atomic:\n" + "\n".join(bad)
 
 
 def test_the_write_check_catches_a_direct_write(tmp_path):
     module = tmp_path / "bad.py"
-    module.write_text("import torch\nfrom ichlib.atomic import atomic_path\n"
+    module.write_text("import torch\nfrom ichlib.io.atomic import atomic_path\n"
                       "def f(obj, path):\n    with atomic_path(path) as tmp:\n        torch.save(obj, tmp)\n"
                       "    torch.save(obj, path)\n    open(path, 'w').write('x')\n")
     assert [line.split(":")[1] for line in _unsafe_writes(module)] == ["6", "7"]
@@ -137,9 +138,9 @@ def test_a_full_disk_raises_a_clear_error_and_keeps_the_previous_checkpoint(tmp_
                                "failed writing file data/0: file write failed")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    target = {"torch.save": (ichlib.checkpoint.torch, "save"), "os.replace": (ichlib.atomic.os, "replace"),
+    target = {"torch.save": (ichlib.checkpoint.torch, "save"), "os.replace": (ichlib.io.atomic.os, "replace"),
               "torch.save_zip_writer": (ichlib.checkpoint.torch, "save"),
-              "fsync": (ichlib.atomic.os, "fsync")}[where]
+              "fsync": (ichlib.io.atomic.os, "fsync")}[where]
     monkeypatch.setattr(*target, full)
     with pytest.raises(IchlibError) as info:
         save_checkpoint(path, tiny_checkpoint(2))

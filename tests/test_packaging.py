@@ -90,7 +90,7 @@ def test_every_public_name_resolves():
 
 
 def test_makefile_phantom_size_matches_the_notebooks_default():
-    from ichlib.paths import COURSE_PATIENTS
+    from ichlib.course import COURSE_PATIENTS
 
     makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
     match = re.search(r"^SYNTH_PATIENTS \?= (\d+)$", makefile, flags=re.MULTILINE)

@@ -10,11 +10,12 @@ import pytest
 
 from ichlib.checkpoint import load_checkpoint, model_from_checkpoint
 from ichlib.cli import main
+from ichlib.io.load import load_volume
 from ichlib.labels import LABELS
 from ichlib.predict import Predictor, format_prediction, predict_files, predict_scan
-from ichlib.sampling import uniform_indices
-from ichlib.train import TrainConfig, fit
-from ichlib.volumes import load_volume
+from ichlib.preprocess.sampling import uniform_indices
+from ichlib.training.config import TrainConfig
+from ichlib.training.fit import fit
 from tests.conftest import labels_with, write_ct_ich
 
 # Numbers that go through amp="auto": CI runs these again under ICHLIB_AMP=bf16.
@@ -153,8 +154,8 @@ def test_cli_predict_cam_writes_a_figure_and_nifti_per_scan(trained, scans, tmp_
 
 
 def test_predict_a_dicom_series(trained, tmp_path):
-    from ichlib.phantom_dicom import write_synthetic_rsna
-    from ichlib.rsna import read_rsna
+    from ichlib.io.rsna import read_rsna
+    from ichlib.synthetic.rsna import write_synthetic_rsna
 
     run, _ = trained
     root = write_synthetic_rsna(tmp_path / "rsna", n_patients=1, size=32, n_slices_range=(8, 9),

@@ -22,12 +22,14 @@ import torch
 import ichlib
 from ichlib.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_checkpoint
 from ichlib.cli import main
-from ichlib.dataset import PreprocessConfig, VolumeCache
 from ichlib.errors import CheckpointError
+from ichlib.io.nifti import save_volume
 from ichlib.labels import LABELS
 from ichlib.model import CNNBiLSTM
-from ichlib.train import TrainConfig, fit
-from ichlib.volumes import save_volume
+from ichlib.preprocess.cache import VolumeCache
+from ichlib.preprocess.dataset import PreprocessConfig
+from ichlib.training.config import TrainConfig
+from ichlib.training.fit import fit
 from tests.conftest import labels_with, write_ct_ich
 
 SOURCES = sorted(Path(ichlib.__file__).parent.glob("*.py"))

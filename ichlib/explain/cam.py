@@ -25,10 +25,8 @@ every parameter's ``requires_grad`` and ``.grad`` are as they were.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import cv2
@@ -228,7 +226,7 @@ def scan_grad_cam(model: nn.Module, x: torch.Tensor | np.ndarray,
     Args:
         model: A CNN + BiLSTM following the :class:`ichlib.model.CNNBiLSTM` contract.
         x: One scan's slices ``[S, C, H, W]`` (or ``[1, S, C, H, W]``), e.g. from
-            :func:`~ichlib.dataset.prepare_scan`.
+            :func:`~ichlib.preprocess.dataset.prepare_scan`.
         target: A label name (explains that patient-level logit), a
             :class:`ScanLabelTarget` / :class:`SliceLabelTarget`, or None for the
             patient-level label with the highest logit.
@@ -251,26 +249,7 @@ def scan_grad_cam(model: nn.Module, x: torch.Tensor | np.ndarray,
     """
     if normalize not in _NORMALIZE:
         raise ConfigError(f"normalize must be 'scan', 'slice' or None, got {normalize!r}")
-    x = torch.as_tensor(x)
-    if x.ndim == 5 and x.shape[0] == 1:
-        x = x[0]
-    if x.ndim != 4:
-        raise ConfigError(f"expected one scan [S, C, H, W], got shape {tuple(x.shape)}")
-    n_slices = int(x.shape[0])
-    if target is None:
-        target = _TopScanLabelTarget()
-    elif isinstance(target, str):
-        target = ScanLabelTarget(target)
-    slice_pos = None
-    if isinstance(target, SliceLabelTarget):
-        if not -n_slices <= target.slice_pos < n_slices:
-            raise ConfigError(f"slice_pos {target.slice_pos} is outside the {n_slices} sampled slices")
-        slice_pos = target.slice_pos % n_slices
-    if slice_indices is None:
-        slice_indices = np.arange(n_slices, dtype=np.int64)
-    slice_indices = np.asarray(slice_indices, dtype=np.int64)
-    if slice_indices.shape != (n_slices,):
-        raise ConfigError(f"slice_indices has shape {slice_indices.shape}, expected ({n_slices},)")
+    x, target, slice_pos, slice_indices = _checked_inputs(x, target, slice_indices)
     layer = target_layer if target_layer is not None else getattr(model, "target_layer", None)
     if layer is None:
         raise ConfigError("the model has no .target_layer; pass target_layer=")
@@ -306,6 +285,37 @@ def scan_grad_cam(model: nn.Module, x: torch.Tensor | np.ndarray,
         label=target.label, probability=float(probabilities[target.index]),
         probabilities=probabilities, slice_indices=slice_indices, head=head,
         slice_pos=slice_pos, normalize=normalize)
+
+
+def _checked_inputs(x: torch.Tensor | np.ndarray, target: str | Target | None,
+                    slice_indices: Sequence[int] | np.ndarray | None
+                    ) -> tuple[torch.Tensor, Target, int | None, np.ndarray]:
+    """``x`` as ``[S, C, H, W]``, the target object, its slice position and the slice indices.
+
+    Raises:
+        ConfigError: On a bad shape, label or slice position.
+    """
+    x = torch.as_tensor(x)
+    if x.ndim == 5 and x.shape[0] == 1:
+        x = x[0]
+    if x.ndim != 4:
+        raise ConfigError(f"expected one scan [S, C, H, W], got shape {tuple(x.shape)}")
+    n_slices = int(x.shape[0])
+    if target is None:
+        target = _TopScanLabelTarget()
+    elif isinstance(target, str):
+        target = ScanLabelTarget(target)
+    slice_pos = None
+    if isinstance(target, SliceLabelTarget):
+        if not -n_slices <= target.slice_pos < n_slices:
+            raise ConfigError(f"slice_pos {target.slice_pos} is outside the {n_slices} sampled slices")
+        slice_pos = target.slice_pos % n_slices
+    if slice_indices is None:
+        slice_indices = np.arange(n_slices, dtype=np.int64)
+    slice_indices = np.asarray(slice_indices, dtype=np.int64)
+    if slice_indices.shape != (n_slices,):
+        raise ConfigError(f"slice_indices has shape {slice_indices.shape}, expected ({n_slices},)")
+    return x, target, slice_pos, slice_indices
 
 
 def upsample_maps(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -364,118 +374,7 @@ def _cudnn_off(device: torch.device) -> contextlib.AbstractContextManager:
 
 # --- maps back into the scan ---------------------------------------------------------
 
-def maps_to_volume(maps: np.ndarray, slice_indices: np.ndarray,
-                   shape: tuple[int, int, int]) -> np.ndarray:
-    """Place sampled-slice maps ``[S, h, w]`` into a scan-shaped volume ``[N, H, W]``.
-
-    Maps are resized in-plane to ``(H, W)`` (bilinear, see :func:`~ichlib.resize.resize_slices`)
-    and written at ``slice_indices``; slices that were not sampled are 0. A slice sampled
-    more than once (short scans) gets the maximum of its maps.
-    """
-    from ichlib.resize import resize_slices
-
-    n, height, width = (int(s) for s in shape)
-    slice_indices = np.asarray(slice_indices, dtype=np.int64)
-    if len(slice_indices) != len(maps):
-        raise ConfigError(f"{len(maps)} maps but {len(slice_indices)} slice indices")
-    if len(slice_indices) and (slice_indices.min() < 0 or slice_indices.max() >= n):
-        raise ConfigError(f"slice indices {slice_indices.min()}..{slice_indices.max()} are outside "
-                          f"a scan of {n} slices")
-    resized = np.clip(resize_slices(np.asarray(maps, dtype=np.float32), (height, width)).numpy(),
-                      0.0, None)
-    volume = np.zeros((n, height, width), dtype=np.float32)
-    for pos, k in enumerate(slice_indices):
-        np.maximum(volume[k], resized[pos], out=volume[k])
-    return volume
 
 
-def save_cam_nifti(path: str | os.PathLike, volume: np.ndarray,
-                   like: str | os.PathLike) -> Path:
-    """Write a float32 map volume ``[N, H, W]`` with the header and affine of scan ``like``.
-
-    The array follows :mod:`ichlib.volumes` conventions (``volume[k]`` is the file's slice
-    ``k`` along the last axis, rows = second axis), so the file overlays the scan in any
-    NIfTI viewer. Values are stored as float32 (no scaling). The write is atomic.
-    """
-    import nibabel as nib
-
-    from ichlib.atomic import atomic_path
-    from ichlib.volumes import read_header
-
-    path, like = Path(path), Path(like)
-    header = read_header(like)
-    if tuple(volume.shape) != header.shape:
-        raise ConfigError(f"map volume {tuple(volume.shape)} does not match {like} {header.shape}")
-    source = nib.load(like)
-    data = np.ascontiguousarray(np.transpose(volume.astype(np.float32), (2, 1, 0)))
-    img = nib.Nifti1Image(data, source.affine)
-    img.header.set_xyzt_units(*source.header.get_xyzt_units())
-    img.set_qform(source.affine, code=int(source.header["qform_code"]) or 1)
-    img.set_sform(source.affine, code=int(source.header["sform_code"]) or 1)
-    img.header.set_data_dtype(np.float32)
-    img.header.set_slope_inter(1.0, 0.0)
-    img.header["descrip"] = b"ichlib Grad-CAM, 0..1"
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    with atomic_path(path, suffix=suffix) as tmp:
-        nib.save(img, tmp)
-    return path
 
 
-def write_cam_report(model: nn.Module, config, scan_path: str | os.PathLike,
-                     out_dir: str | os.PathLike, top_k: int = 6, save_nifti: bool = True,
-                     label: str | None = None) -> list[Path]:
-    """Explain one scan: a PNG of its most important slices, and optionally a NIfTI of the maps.
-
-    The scan is preprocessed with :func:`~ichlib.dataset.prepare_scan`, and Grad-CAM is
-    computed for the patient-level ``label`` (default: the label with the highest
-    predicted probability), normalised across the scan.
-
-    Files (``STEM`` is the scan's file name without ``.nii``/``.nii.gz``):
-
-    - ``STEM_cam_LABEL.png``: the ``top_k`` slices with the highest importance, map over
-      the windowed slice; all six probabilities in the title; importance along the scan.
-    - ``STEM_cam_LABEL.nii.gz`` (if ``save_nifti``): float32 maps in [0, 1], same shape
-      and affine as the scan; maps are upsampled to the scan's in-plane size and put at
-      the sampled slices, zeros elsewhere.
-
-    Args:
-        model: Trained model (its device is used).
-        config: The :class:`~ichlib.dataset.PreprocessConfig` the model was trained with.
-        scan_path: A NIfTI CT volume.
-        out_dir: Output folder (created if needed).
-        top_k: Number of slices in the figure.
-        save_nifti: Also write the map volume.
-        label: Label to explain; None for the most probable one.
-
-    Returns:
-        The paths written, PNG first.
-    """
-    import matplotlib.pyplot as plt
-
-    from ichlib.cam_plots import plot_cam_montage
-    from ichlib.dataset import prepare_scan
-    from ichlib.volumes import load_volume
-
-    scan_path, out_dir = Path(scan_path), Path(out_dir)
-    volume = load_volume(scan_path)
-    x, indices = prepare_scan(volume.hu, config)
-    result = scan_grad_cam(model, x, label, slice_indices=indices)
-    stem = scan_path.name[:-7] if scan_path.name.endswith(".nii.gz") else scan_path.stem
-    probs = ", ".join(f"{name} {p:.2f}" for name, p in zip(LABELS, result.probabilities))
-    title = (f"{scan_path.name}: Grad-CAM for '{result.label}' (p = {result.probability:.2f})\n"
-             f"{probs}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    png = out_dir / f"{stem}_cam_{result.label}.png"
-    fig = plot_cam_montage(x, result, top_k=top_k, title=title, path=png)
-    plt.close(fig)
-    written = [png]
-    if save_nifti:
-        maps = maps_to_volume(result.maps, result.slice_indices, volume.hu.shape)
-        target = out_dir / f"{stem}_cam_{result.label}.nii.gz"
-        if scan_path.is_dir() or scan_path.suffix == ".series":  # DICOM: no NIfTI affine to copy
-            from ichlib.volumes import save_volume
-
-            written.append(save_volume(target, maps, spacing=volume.spacing, dtype=np.float32))
-        else:
-            written.append(save_cam_nifti(target, maps, scan_path))
-    return written

@@ -34,11 +34,14 @@ from scipy import ndimage
 from torch import nn
 
 from ichlib.errors import ConfigError
+from ichlib.explain.cam import normalize_scan, scan_grad_cam
+from ichlib.io.load import load_volume
 from ichlib.labels import LABELS, SUBTYPES
-from ichlib.windowing import resolve_windows
+from ichlib.preprocess.dataset import prepare_scan, sampled_mask
+from ichlib.preprocess.hu import BLOOD_HU
+from ichlib.preprocess.resize import resample_volume
+from ichlib.preprocess.windowing import resolve_windows
 
-#: Fresh blood on non-contrast CT, in HU.
-BLOOD_HU: tuple[float, float] = (50.0, 90.0)
 #: Pointing-game tolerance in pixels, as in Zhang et al. (2016); at the model's resolution.
 DEFAULT_TOLERANCE_PX = 15
 
@@ -133,7 +136,7 @@ def intensity_baseline(slices: np.ndarray | torch.Tensor,
 
     The indicator ``low <= HU <= high`` is smoothed in-plane with a Gaussian of
     ``sigma_px`` pixels and divided by its maximum over the scan, like Grad-CAM's scan
-    normalisation (:func:`~ichlib.cam.normalize_scan`); no pixel in range gives zeros.
+    normalisation (:func:`~ichlib.explain.cam.normalize_scan`); no pixel in range gives zeros.
 
     Args:
         slices: HU ``[S, H, W]``, or windowed model input ``[S, C, H, W]`` (then give
@@ -148,8 +151,6 @@ def intensity_baseline(slices: np.ndarray | torch.Tensor,
     Returns:
         float32 ``[S, H, W]`` in [0, 1].
     """
-    from ichlib.cam import normalize_scan
-
     arr = slices.detach().float().cpu().numpy() if isinstance(slices, torch.Tensor) else np.asarray(slices, dtype=np.float32)
     low, high = hu_range
     if windows is None:
@@ -375,13 +376,13 @@ def collect_localization(model: nn.Module, data, patient_ids: Sequence[str], con
     sampled and preprocessed as for prediction; Grad-CAM (scan-normalised) is computed for
     ``any`` and, if ``per_subtype``, for each subtype that is the only one on some sampled
     slice; the same for the randomised model; and the intensity baseline on the resized
-    HU. Masks are resized like the images (:func:`~ichlib.dataset.sampled_mask`).
+    HU. Masks are resized like the images (:func:`~ichlib.preprocess.dataset.sampled_mask`).
 
     Args:
         model: The trained model.
-        data: A :class:`~ichlib.ctich.CtIchData`.
+        data: A :class:`~ichlib.io.tables.CtIchData`.
         patient_ids: Patients to score (e.g. the test split).
-        config: The model's :class:`~ichlib.dataset.PreprocessConfig`.
+        config: The model's :class:`~ichlib.preprocess.dataset.PreprocessConfig`.
         randomized: The randomised model; default ``cascading_randomization(model, "all",
             seed=seed)``.
         per_subtype: Also explain single-subtype slices with their own subtype target.
@@ -392,10 +393,6 @@ def collect_localization(model: nn.Module, data, patient_ids: Sequence[str], con
         The concatenated :func:`localization_records`; pass them to
         :func:`localization_table`.
     """
-    from ichlib.cam import scan_grad_cam
-    from ichlib.dataset import prepare_scan, resample_volume, sampled_mask
-    from ichlib.volumes import load_volume
-
     if randomized is None:
         randomized = cascading_randomization(model, "all", seed=seed)
     frames = []

@@ -5,12 +5,17 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-from ichlib.ctich import CtIchData, Problem, read_ct_ich
 from ichlib.errors import DataError
+from ichlib.io.ctich import read_ct_ich
+from ichlib.io.dicom.series import load_dicom_series
+from ichlib.io.folder import detect_format
+from ichlib.io.load import load_mask, load_volume
+from ichlib.io.rsna import read_rsna
+from ichlib.io.tables import CtIchData, Problem
 from ichlib.labels import LABELS
-from ichlib.volumes import load_mask, load_volume
 
 
 @dataclass
@@ -72,7 +77,7 @@ def check_dataset(root: str | os.PathLike, deep: bool = True, format: str = "aut
         root: The dataset folder.
         deep: Also read every scan's and mask's voxels (finds NaN/Inf, constant volumes,
             unreadable data). Header-level checks always run.
-        format: ``"ct-ich"``, ``"rsna"`` (see :func:`ichlib.rsna.check_rsna`), or
+        format: ``"ct-ich"``, ``"rsna"`` (see :func:`ichlib.io.check.check_rsna`), or
             ``"auto"``: RSNA if the folder has ``stage_2_train.csv``, else CT-ICH.
 
     Returns:
@@ -83,14 +88,12 @@ def check_dataset(root: str | os.PathLike, deep: bool = True, format: str = "aut
     if format not in ("auto", "ct-ich", "rsna"):
         raise ValueError(f"format must be 'auto', 'ct-ich' or 'rsna', got {format!r}")
     if format == "auto":
-        from ichlib.rsna import detect_format
 
         try:
             format = detect_format(root)
         except DataError:
             format = "ct-ich"  # the CT-ICH reader says exactly what is missing
     if format == "rsna":
-        from ichlib.rsna import check_rsna
 
         return check_rsna(root, deep=deep)
     try:
@@ -124,3 +127,27 @@ def deep_check(root: Path, data: CtIchData,
         data.drop(bad)
         data.problems = problems
     return CheckReport(root, data, problems)
+
+
+def check_rsna(root: str | os.PathLike, deep: bool = True, cache_dir: str | os.PathLike | None = None,
+               workers: int | None = None) -> CheckReport:
+    """Check an RSNA folder and collect every problem, like :func:`ichlib.io.check.check_dataset`.
+
+    Args:
+        root: The dataset folder.
+        deep: Also decode every series (finds undecodable pixels, constant volumes);
+            header-level checks always run.
+        cache_dir: As for :func:`read_rsna`.
+        workers: As for :func:`read_rsna`.
+
+    Returns:
+        A :class:`~ichlib.io.check.CheckReport` whose ``data`` is the usable part (an
+        :class:`RsnaData`). It never raises for problems inside the folder.
+    """
+    root = Path(root)
+    try:
+        data = read_rsna(root, on_error="skip", cache_dir=cache_dir, workers=workers)
+    except DataError as exc:
+        return CheckReport(root, None, [Problem(exc.path or str(root), exc.problem)])
+    files = (lambda uid: [(data.scans[uid], partial(load_dicom_series, non_dicom="raise"))]) if deep else None
+    return deep_check(root, data, files)

@@ -13,85 +13,19 @@ Patient IDs are the 3-digit zero-padded strings of the file names (``"049"``).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ichlib.errors import DataError
+from ichlib.io.load import read_header
+from ichlib.io.tables import CtIchData, Problem, dataset_root, problem_listing
 from ichlib.labels import CT_ICH_COLUMNS, LABELS, SUBTYPES
-from ichlib.volumes import read_header
 
 LABEL_CSV = "hemorrhage_diagnosis_raw_ct.csv"
 DEMOGRAPHICS_CSV = "Patient_demographics.csv"
 _REQUIRED_COLUMNS = ("PatientNumber", "SliceNumber", *CT_ICH_COLUMNS.values(), "No_Hemorrhage")
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a dataset folder.
-
-    Attributes:
-        path: The file at fault.
-        problem: What is wrong.
-        patient_id: The patient it affects, or None if it affects the whole folder.
-    """
-
-    path: str
-    problem: str
-    patient_id: str | None = None
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.problem}"
-
-
-@dataclass
-class CtIchData:
-    """A validated CT-ICH folder.
-
-    Attributes:
-        root: The dataset folder.
-        slices: One row per slice: ``patient_id``, ``slice_number`` (1-based), the six
-            :data:`~ichlib.labels.LABELS` as 0/1 ints, and ``fracture``.
-        patients: Indexed by ``patient_id``: ``n_slices`` and the six labels, each the OR
-            over the patient's slices (``any`` = not No_Hemorrhage on some slice).
-        scans: Scan path per patient.
-        masks: Mask path per patient (None when the folder has no mask for it).
-        problems: Problems found; the affected patients are not in the tables.
-    """
-
-    root: Path
-    slices: pd.DataFrame
-    patients: pd.DataFrame
-    scans: dict[str, Path]
-    masks: dict[str, Path | None]
-    problems: list[Problem] = field(default_factory=list)
-
-    @property
-    def patient_ids(self) -> list[str]:
-        """The usable patients, sorted."""
-        return list(self.patients.index)
-
-    def drop(self, patient_ids) -> None:
-        """Remove patients from every table in place (e.g. after a failed deep check)."""
-        drop = set(patient_ids)
-        if not drop:
-            return
-        keep = [pid for pid in self.patient_ids if pid not in drop]
-        self.patients = self.patients.loc[keep]
-        self.slices = self.slices[self.slices["patient_id"].isin(keep)].reset_index(drop=True)
-        self.scans = {pid: self.scans[pid] for pid in keep}
-        self.masks = {pid: self.masks[pid] for pid in keep}
-
-    def slice_labels(self, patient_id: str) -> np.ndarray:
-        """Slice labels ``[n_slices, 6]`` (float32) in slice order, columns as LABELS."""
-        rows = self.slices[self.slices["patient_id"] == patient_id]
-        return rows[list(LABELS)].to_numpy(dtype=np.float32)
-
-    def scan_labels(self, patient_id: str) -> np.ndarray:
-        """Patient-level labels ``[6]`` (float32), columns as LABELS."""
-        return self.patients.loc[patient_id, list(LABELS)].to_numpy(dtype=np.float32)
 
 
 def patient_id_of(number: int | str) -> str:
@@ -112,23 +46,7 @@ def read_label_table(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, list[Pr
         DataError: If the file is missing, empty, or lacks a required column.
     """
     path = Path(csv_path)
-    if path.is_dir():
-        raise DataError(path, "is a directory, expected the label CSV")
-    if not path.exists():
-        raise DataError(path, "label CSV not found")
-    try:
-        raw = pd.read_csv(path, encoding="utf-8-sig", dtype=str, skipinitialspace=True)
-    except pd.errors.EmptyDataError:
-        raise DataError(path, "label CSV is empty") from None
-    except (UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise DataError(path, f"not a readable CSV ({exc})") from exc
-    raw.columns = [str(c).strip() for c in raw.columns]
-    missing = [c for c in _REQUIRED_COLUMNS if c not in raw.columns]
-    if missing:
-        raise DataError(path, f"missing column(s) {', '.join(missing)}; found {', '.join(raw.columns)}")
-    if raw.empty:
-        raise DataError(path, "label CSV has a header but no rows")
-
+    raw = _read_csv(path)
     problems: list[Problem] = []
     bad_patients: set[str] = set()
     value_columns = [*CT_ICH_COLUMNS.values(), "No_Hemorrhage"]
@@ -172,8 +90,7 @@ def read_label_table(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, list[Pr
     table["any"] = 1 - no_hem
     table["fracture"] = values.get("Fracture_Yes_No", pd.Series(0, index=table.index))
 
-    dup = table.duplicated(["patient_id", "slice_number"], keep=False) & good
-    for pid, number in sorted(set(map(tuple, table.loc[dup, ["patient_id", "slice_number"]].to_numpy()))):
+    for pid, number in _duplicates(table, good):
         bad_patients.add(pid)
         problems.append(Problem(str(path), f"duplicate rows for patient {pid}, slice {number}", pid))
 
@@ -183,13 +100,44 @@ def read_label_table(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, list[Pr
     return table, problems
 
 
+def _read_csv(path: Path) -> pd.DataFrame:
+    """The label CSV as strings, with its header checked.
+
+    Raises:
+        DataError: If the file is missing, empty, unreadable, or lacks a required column.
+    """
+    if path.is_dir():
+        raise DataError(path, "is a directory, expected the label CSV")
+    if not path.exists():
+        raise DataError(path, "label CSV not found")
+    try:
+        raw = pd.read_csv(path, encoding="utf-8-sig", dtype=str, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise DataError(path, "label CSV is empty") from None
+    except (UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise DataError(path, f"not a readable CSV ({exc})") from exc
+    raw.columns = [str(c).strip() for c in raw.columns]
+    missing = [c for c in _REQUIRED_COLUMNS if c not in raw.columns]
+    if missing:
+        raise DataError(path, f"missing column(s) {', '.join(missing)}; found {', '.join(raw.columns)}")
+    if raw.empty:
+        raise DataError(path, "label CSV has a header but no rows")
+    return raw
+
+
+def _duplicates(table: pd.DataFrame, good: pd.Series) -> list[tuple[str, int]]:
+    """``(patient, slice)`` pairs with more than one row, sorted."""
+    dup = table.duplicated(["patient_id", "slice_number"], keep=False) & good
+    return sorted(set(map(tuple, table.loc[dup, ["patient_id", "slice_number"]].to_numpy())))
+
+
 def read_ct_ich(root: str | os.PathLike, on_error: str = "raise") -> CtIchData:
     """Read and validate a CT-ICH folder.
 
     Checks every patient: scan present and a readable 3D NIfTI header, a mask of the same
     shape, one label row per slice with slice numbers 1..N, labels that are 0/1 and agree
     with No_Hemorrhage, no duplicates, no scan without rows and no rows without a scan.
-    Only headers are read here; :func:`ichlib.check.check_dataset` also reads the voxels.
+    Only headers are read here; :func:`ichlib.io.check.check_dataset` also reads the voxels.
 
     Args:
         root: The dataset folder.
@@ -221,37 +169,13 @@ def read_ct_ich(root: str | os.PathLike, on_error: str = "raise") -> CtIchData:
 
     n_slices: dict[str, int] = {}
     for pid in sorted(set(scans) - bad):
-        try:
-            header = read_header(scans[pid])
-        except DataError as exc:
-            problems.append(Problem(exc.path or str(scans[pid]), exc.problem, pid))
-            bad.add(pid)
-            continue
-        n = header.shape[0]
         numbers = slices.loc[slices["patient_id"] == pid, "slice_number"].to_numpy()
-        if len(numbers) != n or not np.array_equal(np.sort(numbers), np.arange(1, n + 1)):
-            problems.append(Problem(str(scans[pid]), f"volume has {n} slices but {LABEL_CSV} has "
-                                    f"{len(numbers)} rows for patient {pid} (slice numbers "
-                                    f"{_ranges(numbers)}); expected SliceNumber 1..{n}", pid))
+        problem = _check_patient(pid, scans[pid], masks.get(pid), numbers, root)
+        if isinstance(problem, Problem):
+            problems.append(problem)
             bad.add(pid)
-            continue
-        mask = masks.get(pid)
-        if mask is None:
-            problems.append(Problem(str(root / "masks" / f"{pid}.nii"), "mask not found", pid))
-            bad.add(pid)
-            continue
-        try:
-            mask_header = read_header(mask)
-        except DataError as exc:
-            problems.append(Problem(exc.path or str(mask), exc.problem, pid))
-            bad.add(pid)
-            continue
-        if mask_header.shape != header.shape:
-            problems.append(Problem(str(mask), f"mask shape {mask_header.shape} differs from its "
-                                    f"scan's {header.shape} (slices, H, W)", pid))
-            bad.add(pid)
-            continue
-        n_slices[pid] = n
+        else:
+            n_slices[pid] = problem
 
     if problems and on_error == "raise":
         raise DataError(root, problem_listing(problems))
@@ -271,26 +195,28 @@ def read_ct_ich(root: str | os.PathLike, on_error: str = "raise") -> CtIchData:
     )
 
 
-def dataset_root(root: str | os.PathLike, on_error: str) -> Path:
-    """Check the ``on_error`` mode and that ``root`` is a folder; shared by the readers.
-
-    Raises:
-        ValueError: On an unknown ``on_error``.
-        DataError: If ``root`` is missing or not a folder.
-    """
-    if on_error not in ("raise", "skip"):
-        raise ValueError("on_error must be 'raise' or 'skip'")
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(root, "dataset folder not found" if not root.exists() else "not a folder")
-    return root
-
-
-def problem_listing(problems: list[Problem], limit: int = 50) -> str:
-    """``"N problem(s) found:"`` and one line per problem (at most ``limit``)."""
-    listing = "\n  ".join(str(p) for p in problems[:limit])
-    more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
-    return f"{len(problems)} problem(s) found:\n  {listing}{more}"
+def _check_patient(pid: str, scan: Path, mask: Path | None, numbers: np.ndarray,
+                   root: Path) -> int | Problem:
+    """The scan's slice count, or the first problem with its scan, labels or mask (headers only)."""
+    try:
+        header = read_header(scan)
+    except DataError as exc:
+        return Problem(exc.path or str(scan), exc.problem, pid)
+    n = header.shape[0]
+    if len(numbers) != n or not np.array_equal(np.sort(numbers), np.arange(1, n + 1)):
+        return Problem(str(scan), f"volume has {n} slices but {LABEL_CSV} has {len(numbers)} rows "
+                       f"for patient {pid} (slice numbers {_ranges(numbers)}); expected SliceNumber "
+                       f"1..{n}", pid)
+    if mask is None:
+        return Problem(str(root / "masks" / f"{pid}.nii"), "mask not found", pid)
+    try:
+        mask_header = read_header(mask)
+    except DataError as exc:
+        return Problem(exc.path or str(mask), exc.problem, pid)
+    if mask_header.shape != header.shape:
+        return Problem(str(mask), f"mask shape {mask_header.shape} differs from its scan's "
+                       f"{header.shape} (slices, H, W)", pid)
+    return n
 
 
 def _index_files(folder: Path) -> dict[str, Path]:

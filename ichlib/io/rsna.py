@@ -8,14 +8,14 @@ Layout (Kaggle, stage 2)::
 An image id (``ID_63eb1e259``) is the file's ``SOPInstanceUID`` (its file stem is used when
 the two differ and only the stem has labels). Images are grouped into series by
 ``SeriesInstanceUID``; the series is ichlib's *scan*, so :func:`read_rsna` returns the same
-:class:`~ichlib.ctich.CtIchData` container as CT-ICH (its :class:`RsnaData` subclass), with
+:class:`~ichlib.io.tables.CtIchData` container as CT-ICH (its :class:`RsnaData` subclass), with
 ``patients`` indexed by series UID and the DICOM ``PatientID`` in ``patient_id_dicom``.
 Split with :func:`rsna_group_split` so that all series of one person stay in one part.
 
-Slices of a series are ordered by :func:`ichlib.dicom.order_slices`, the same function the
+Slices of a series are ordered by :func:`ichlib.io.dicom.ordering.order_slices`, the same function the
 loader uses, and ``slice_labels(series)`` follows that order. ``scans[series]`` is a
 ``.series`` manifest (under the cache folder) listing the series' files in that order;
-:func:`ichlib.dicom.load_dicom_series` loads it.
+:func:`ichlib.io.dicom.series.load_dicom_series` loads it.
 
 Headers are read with ``stop_before_pixels`` and cached in a CSV keyed by each file's name,
 size and modification time, so a second read opens no DICOM file. There are no masks.
@@ -31,32 +31,24 @@ import warnings
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from ichlib.atomic import atomic_open
-from ichlib.ctich import LABEL_CSV as CT_ICH_LABEL_CSV
-from ichlib.ctich import CtIchData, Problem, dataset_root, problem_listing
-from ichlib.dicom import (
-    MAX_GAP_RATIO,
+from ichlib.errors import DataError
+from ichlib.io.atomic import atomic_open
+from ichlib.io.cachedir import default_cache_dir
+from ichlib.io.dicom.headers import (
     RECORD_FIELDS,
     SliceHeader,
     check_slice_header,
-    load_dicom_series,
-    order_slices,
     read_slice_header,
-    write_series_manifest,
 )
-from ichlib.errors import ConfigError, DataError
+from ichlib.io.dicom.ordering import MAX_GAP_RATIO, SeriesLayout, order_slices
+from ichlib.io.dicom.series import write_series_manifest
+from ichlib.io.tables import CtIchData, Problem, dataset_root, problem_listing
 from ichlib.labels import LABELS, SUBTYPES
-from ichlib.splits import patient_split
-
-if TYPE_CHECKING:
-    from ichlib.check import CheckReport
 
 #: Label tables recognised in a dataset folder, first match wins.
 RSNA_LABEL_CSVS: tuple[str, ...] = ("stage_2_train.csv", "stage_1_train.csv")
@@ -78,7 +70,7 @@ class DuplicateLabelWarning(UserWarning):
 
 @dataclass
 class RsnaData(CtIchData):
-    """A validated RSNA folder, in the :class:`~ichlib.ctich.CtIchData` shape.
+    """A validated RSNA folder, in the :class:`~ichlib.io.tables.CtIchData` shape.
 
     Tables are keyed by series: ``slices["patient_id"]`` and ``patients.index`` hold the
     ``SeriesInstanceUID``. Extra columns: ``slices`` has ``image_id`` and ``position``
@@ -106,44 +98,6 @@ class RsnaData(CtIchData):
         if rows is None:
             return np.zeros((0, len(LABELS)), dtype=np.float32)
         return index["values"][rows]
-
-
-def detect_format(root: str | os.PathLike) -> str:
-    """Say which layout a dataset folder has: ``"rsna"`` or ``"ct-ich"``.
-
-    Raises:
-        DataError: If the folder is missing or has neither layout's files.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(root, "dataset folder not found" if not root.exists() else "not a folder")
-    if any((root / name).is_file() for name in RSNA_LABEL_CSVS):
-        return "rsna"
-    if (root / "ct_scans").is_dir() or (root / CT_ICH_LABEL_CSV).is_file():
-        return "ct-ich"
-    raise DataError(root, f"unknown dataset layout: expected {RSNA_LABEL_CSVS[0]} (RSNA 2019) or "
-                          f"ct_scans/ and {CT_ICH_LABEL_CSV} (PhysioNet CT-ICH)")
-
-
-def read_dataset(root: str | os.PathLike, on_error: str = "raise", **kwargs) -> CtIchData:
-    """Read a CT-ICH or RSNA folder, whichever it is (see :func:`detect_format`).
-
-    A folder of neither layout goes to the CT-ICH reader, which says what is missing.
-
-    Args:
-        root: The dataset folder.
-        on_error: ``"raise"`` or ``"skip"``, as for both readers.
-        **kwargs: Passed to :func:`read_rsna` (``cache_dir``, ``workers``, ...) for RSNA.
-    """
-    from ichlib.ctich import read_ct_ich
-
-    try:
-        fmt = detect_format(root)
-    except DataError:
-        fmt = "ct-ich"
-    if fmt == "rsna":
-        return read_rsna(root, on_error=on_error, **kwargs)
-    return read_ct_ich(root, on_error=on_error)
 
 
 def read_rsna_labels(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, str], list[Problem]]:
@@ -306,24 +260,51 @@ def read_rsna(root: str | os.PathLike, on_error: str = "raise", cache_dir: str |
     problems += header_problems
 
     label_ids = set(labels.index) | set(bad)
-    label_values = labels[list(LABELS)].to_numpy(dtype=np.int64)
     by_series: dict[str, list[SliceHeader]] = defaultdict(list)
     for h in headers:
         by_series[h.series_uid].append(h)
 
+    columns, blocks, info, scans, seen_ids = _read_all_series(
+        by_series, labels, bad, image_dir, cache_dir, max_gap_ratio, problems)
+    seen_ids |= {Path(p.path).stem for p in header_problems}  # unreadable, but present
+    orphans = sorted(label_ids - seen_ids)
+    if orphans:
+        problems.append(Problem(str(csv_path), f"{len(orphans)} labelled image(s) have no DICOM file "
+                                f"in {image_dir} (e.g. {', '.join(orphans[:5])})"))
+
+    if problems and on_error == "raise":
+        raise DataError(root, problem_listing(problems))
+
+    slices = _slice_frame(columns, blocks)
+    patients = _series_table(slices, info)
+    return RsnaData(root=root, slices=slices, patients=patients,
+                    scans={uid: scans[uid] for uid in patients.index},
+                    masks={uid: None for uid in patients.index}, problems=problems,
+                    image_dir=image_dir, cache_dir=cache_dir)
+
+
+def _read_all_series(by_series: dict[str, list[SliceHeader]], labels: pd.DataFrame, bad: dict[str, str],
+                     image_dir: Path, cache_dir: Path, max_gap_ratio: float | None,
+                     problems: list[Problem]) -> tuple[dict[str, list], list[np.ndarray], dict, dict, set[str]]:
+    """Order, check and label every series; a failing series becomes a problem (appended).
+
+    Returns:
+        The slice-table columns, the label blocks, per-series info, the manifests, and the
+        image ids seen.
+    """
+    label_ids = set(labels.index) | set(bad)
+    label_values = labels[list(LABELS)].to_numpy(dtype=np.int64)
     columns: dict[str, list] = {"patient_id": [], "slice_number": [], "image_id": [], "position": []}
     blocks: list[np.ndarray] = []
     info: dict[str, dict] = {}
     scans: dict[str, Path] = {}
-    seen_ids = {Path(p.path).stem for p in header_problems}  # unreadable, but present
+    seen_ids: set[str] = set()
     for uid in sorted(by_series):
         where = f"{image_dir} (series {uid})"
         group = by_series[uid]
         seen_ids.update(_image_id(h, label_ids) for h in group)
         try:
-            layout = order_slices(group, where, max_gap_ratio)
-            for h in layout.headers:
-                check_slice_header(h)
+            layout = _checked_layout(group, where, max_gap_ratio)
         except DataError as exc:
             problems.append(Problem(exc.path or where, exc.problem, uid))
             continue
@@ -345,90 +326,30 @@ def read_rsna(root: str | os.PathLike, on_error: str = "raise", cache_dir: str |
         scans[uid] = write_series_manifest(cache_dir / "series" / f"{_safe_name(uid)}.series",
                                            [h.path for h in layout.headers], uid)
 
-    orphans = sorted(label_ids - seen_ids)
-    if orphans:
-        problems.append(Problem(str(csv_path), f"{len(orphans)} labelled image(s) have no DICOM file "
-                                f"in {image_dir} (e.g. {', '.join(orphans[:5])})"))
+    return columns, blocks, info, scans, seen_ids
 
-    if problems and on_error == "raise":
-        raise DataError(root, problem_listing(problems))
 
+def _checked_layout(group: list[SliceHeader], where: str, max_gap_ratio: float | None) -> SeriesLayout:
+    """The series' slices in volume order, each checked to be decodable (DataError if not)."""
+    layout = order_slices(group, where, max_gap_ratio)
+    for h in layout.headers:
+        check_slice_header(h)
+    return layout
+
+
+def _slice_frame(columns: dict[str, list], blocks: list[np.ndarray]) -> pd.DataFrame:
+    """The slice table from the per-series columns and label blocks."""
     values = np.concatenate(blocks) if blocks else np.zeros((0, len(LABELS)), dtype=np.int64)
-    slices = pd.DataFrame({"patient_id": pd.Series(columns["patient_id"], dtype=object),
-                           "slice_number": np.asarray(columns["slice_number"], dtype=np.int64),
-                           **{lab: values[:, i] for i, lab in enumerate(LABELS)},
-                           "image_id": pd.Series(columns["image_id"], dtype=object),
-                           "position": np.asarray(columns["position"], dtype=np.float64)})
-    patients = _series_table(slices, info)
-    return RsnaData(root=root, slices=slices, patients=patients,
-                    scans={uid: scans[uid] for uid in patients.index},
-                    masks={uid: None for uid in patients.index}, problems=problems,
-                    image_dir=image_dir, cache_dir=cache_dir)
-
-
-def check_rsna(root: str | os.PathLike, deep: bool = True, cache_dir: str | os.PathLike | None = None,
-               workers: int | None = None) -> CheckReport:
-    """Check an RSNA folder and collect every problem, like :func:`ichlib.check.check_dataset`.
-
-    Args:
-        root: The dataset folder.
-        deep: Also decode every series (finds undecodable pixels, constant volumes);
-            header-level checks always run.
-        cache_dir: As for :func:`read_rsna`.
-        workers: As for :func:`read_rsna`.
-
-    Returns:
-        A :class:`~ichlib.check.CheckReport` whose ``data`` is the usable part (an
-        :class:`RsnaData`). It never raises for problems inside the folder.
-    """
-    from ichlib.check import CheckReport, deep_check
-
-    root = Path(root)
-    try:
-        data = read_rsna(root, on_error="skip", cache_dir=cache_dir, workers=workers)
-    except DataError as exc:
-        return CheckReport(root, None, [Problem(exc.path or str(root), exc.problem)])
-    files = (lambda uid: [(data.scans[uid], partial(load_dicom_series, non_dicom="raise"))]) if deep else None
-    return deep_check(root, data, files)
-
-
-def drop_series(data: RsnaData, series_uids) -> None:
-    """Remove series from ``data``'s tables in place (see :meth:`CtIchData.drop`)."""
-    data.drop(series_uids)
-
-def rsna_group_split(patients: pd.DataFrame, group: str = "patient_id_dicom",
-                     val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0,
-                     stratify: str = "any") -> dict[str, list[str]]:
-    """Split series into train, validation and test so that no person is in two parts.
-
-    Groups (by default DICOM PatientID) are split with :func:`ichlib.splits.patient_split`,
-    stratified by the OR of ``stratify`` over each group's series; then every series goes
-    where its group went.
-
-    Returns:
-        ``{"train": [...], "val": [...], "test": [...]}`` of sorted series ids.
-
-    Raises:
-        ConfigError: If ``patients`` has no ``group`` column.
-    """
-    if group not in patients.columns:
-        raise ConfigError(f"patients table has no {group!r} column to group by")
-    groups = patients.groupby(group)[stratify].max().astype(int).to_frame()
-    groups.index = groups.index.astype(str)
-    parts = patient_split(groups, val_fraction, test_fraction, seed, stratify)
-    members = {str(g): list(ids) for g, ids in patients.groupby(group).groups.items()}
-    return {name: sorted(str(s) for g in gids for s in members[g]) for name, gids in parts.items()}
+    return pd.DataFrame({"patient_id": pd.Series(columns["patient_id"], dtype=object),
+                         "slice_number": np.asarray(columns["slice_number"], dtype=np.int64),
+                         **{lab: values[:, i] for i, lab in enumerate(LABELS)},
+                         "image_id": pd.Series(columns["image_id"], dtype=object),
+                         "position": np.asarray(columns["position"], dtype=np.float64)})
 
 
 def default_rsna_cache_dir(root: str | os.PathLike) -> Path:
-    """``$ICHLIB_CACHE/rsna/<hash>`` (default ``~/.cache/ichlib/rsna/<hash>``) for a root.
-
-    The base folder is the same as :func:`ichlib.dataset.default_cache_dir` (not imported,
-    to keep this module free of torch).
-    """
-    env = os.environ.get("ICHLIB_CACHE")
-    base = Path(env) if env else Path.home() / ".cache" / "ichlib"
-    return base / "rsna" / _digest(Path(root).resolve())
+    """``<cache>/rsna/<hash of root>`` under :func:`~ichlib.io.cachedir.default_cache_dir`."""
+    return default_cache_dir() / "rsna" / _digest(Path(root).resolve())
 
 
 # --- internals -------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """From CT-ICH folders to fixed-length model inputs ``[S, C, H, W]``, with an on-disk cache.
 
 The pipeline per scan: HU volume -> in-plane resize (antialiased) -> pick ``S`` slices
-(:func:`~ichlib.sampling.uniform_indices`) -> window into ``C`` channels. HU are resampled
+(:func:`~ichlib.preprocess.sampling.uniform_indices`) -> window into ``C`` channels. HU are resampled
 *before* windowing, the way a scanner reconstructing at lower resolution would average
 them, which also makes the cache independent of the windows: it stores resized HU once per
 scan (float16, atomic ``.npy``), so later epochs never decode NIfTI again.
@@ -9,25 +9,21 @@ scan (float16, atomic ``.npy``), so later epochs never decode NIfTI again.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ichlib.atomic import atomic_path
-from ichlib.ctich import CtIchData
 from ichlib.errors import ConfigError, DataError
-from ichlib.resize import resize_slices
-from ichlib.sampling import uniform_indices
-from ichlib.volumes import load_mask, load_volume
-from ichlib.windowing import multi_window, resolve_windows
-
-CACHE_VERSION = 1
+from ichlib.io.load import load_mask, load_volume
+from ichlib.io.tables import CtIchData
+from ichlib.preprocess.cache import VolumeCache
+from ichlib.preprocess.resize import resample_volume, resize_slices
+from ichlib.preprocess.sampling import uniform_indices
+from ichlib.preprocess.windowing import multi_window, resolve_windows
 
 Augment = Callable[[torch.Tensor, np.random.Generator], torch.Tensor]
 
@@ -37,7 +33,7 @@ class PreprocessConfig:
     """Every setting that turns a scan into model input. Stored in checkpoints.
 
     Attributes:
-        windows: Window names (see :data:`~ichlib.windowing.WINDOWS`), one channel each.
+        windows: Window names (see :data:`~ichlib.preprocess.windowing.WINDOWS`), one channel each.
         img_size: Output height and width.
         seq_len: Number of slices ``S`` sampled per scan.
     """
@@ -74,9 +70,6 @@ class PreprocessConfig:
         return cls(windows=tuple(d["windows"]), img_size=int(d["img_size"]), seq_len=int(d["seq_len"]))
 
 
-def resample_volume(hu: np.ndarray, img_size: int) -> np.ndarray:
-    """Resize a HU volume ``[N, H, W]`` in-plane to ``img_size``; returns float32 numpy."""
-    return resize_slices(hu, img_size).numpy()
 
 
 def to_model_input(resized_hu: np.ndarray | torch.Tensor, windows: Sequence[str]) -> torch.Tensor:
@@ -99,50 +92,8 @@ def prepare_scan(hu: np.ndarray, config: PreprocessConfig,
     return to_model_input(resized[lookup], config.windows), np.asarray(indices)
 
 
-class VolumeCache:
-    """Resized HU volumes on disk, one float16 ``.npy`` per (scan file, size).
-
-    The key hashes the scan's resolved path, size and modification time, the image size
-    and :data:`CACHE_VERSION`, so an edited scan is rebuilt. Files are written atomically;
-    several processes building the same entry at once each write a whole file and the
-    last rename wins, so readers never see half a file.
-
-    Args:
-        cache_dir: Folder for the cache; created when needed.
-        img_size: In-plane size of the cached volumes.
-    """
-
-    def __init__(self, cache_dir: str | os.PathLike, img_size: int) -> None:
-        self.cache_dir = Path(cache_dir)
-        self.img_size = int(img_size)
-
-    def path_for(self, scan_path: Path) -> Path:
-        """Cache file for ``scan_path`` (whether or not it exists yet)."""
-        stat = scan_path.stat()
-        key = f"{scan_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.img_size}|{CACHE_VERSION}"
-        digest = hashlib.sha1(key.encode()).hexdigest()[:16]
-        return self.cache_dir / f"{scan_path.name.split('.')[0]}-{self.img_size}-{digest}.npy"
-
-    def get(self, scan_path: str | os.PathLike) -> np.ndarray:
-        """Return the resized HU volume ``[N, img_size, img_size]`` (memory-mapped float16)."""
-        scan_path = Path(scan_path)
-        cached = self.path_for(scan_path)
-        if cached.exists():
-            try:
-                return np.load(cached, mmap_mode="r")
-            except (ValueError, OSError):
-                cached.unlink(missing_ok=True)  # unreadable entry: rebuild it
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        resized = resample_volume(load_volume(scan_path).hu, self.img_size).astype(np.float16)
-        with atomic_path(cached, suffix=".npy") as tmp:
-            np.save(tmp, resized)
-        return np.load(cached, mmap_mode="r")
 
 
-def default_cache_dir() -> Path:
-    """``$ICHLIB_CACHE`` if set, else ``~/.cache/ichlib``."""
-    env = os.environ.get("ICHLIB_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "ichlib"
 
 
 @dataclass
@@ -160,7 +111,7 @@ class ScanDataset(Dataset):
     The default DataLoader collate turns these into ``x [B, S, C, H, W]`` etc.
 
     Attributes:
-        data: The validated folder from :func:`~ichlib.ctich.read_ct_ich`.
+        data: The validated folder from :func:`~ichlib.io.ctich.read_ct_ich`.
         patient_ids: Which patients this dataset serves (e.g. one split).
         config: Windows, image size and ``S``.
         cache_dir: Where resized volumes are cached; None reads and resizes the NIfTI on

@@ -35,3 +35,8 @@ def resize_slices(slices: np.ndarray | torch.Tensor, size: int | tuple[int, int]
         shrink = x.shape[-2] > out_hw[0] or x.shape[-1] > out_hw[1]
         x = F.interpolate(x, size=out_hw, mode="bilinear", align_corners=False, antialias=shrink)
     return x.squeeze(1) if squeeze else x
+
+
+def resample_volume(hu: np.ndarray, img_size: int) -> np.ndarray:
+    """Resize a HU volume ``[N, H, W]`` in-plane to ``img_size``; returns float32 numpy."""
+    return resize_slices(hu, img_size).numpy()

@@ -69,3 +69,27 @@ def check_disjoint(parts: dict[str, Sequence[str]]) -> None:
             if pid in seen:
                 raise ConfigError(f"patient {pid} is in both {seen[pid]!r} and {name!r}")
             seen[pid] = name
+
+
+def rsna_group_split(patients: pd.DataFrame, group: str = "patient_id_dicom",
+                     val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0,
+                     stratify: str = "any") -> dict[str, list[str]]:
+    """Split series into train, validation and test so that no person is in two parts.
+
+    Groups (by default DICOM PatientID) are split with :func:`ichlib.preprocess.splits.patient_split`,
+    stratified by the OR of ``stratify`` over each group's series; then every series goes
+    where its group went.
+
+    Returns:
+        ``{"train": [...], "val": [...], "test": [...]}`` of sorted series ids.
+
+    Raises:
+        ConfigError: If ``patients`` has no ``group`` column.
+    """
+    if group not in patients.columns:
+        raise ConfigError(f"patients table has no {group!r} column to group by")
+    groups = patients.groupby(group)[stratify].max().astype(int).to_frame()
+    groups.index = groups.index.astype(str)
+    parts = patient_split(groups, val_fraction, test_fraction, seed, stratify)
+    members = {str(g): list(ids) for g, ids in patients.groupby(group).groups.items()}
+    return {name: sorted(str(s) for g in gids for s in members[g]) for name, gids in parts.items()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ichlib.errors import ConfigError
@@ -83,3 +84,33 @@ def multi_window(hu: ArrayLike, windows: Sequence[str | tuple[float, float]] | s
     if isinstance(hu, torch.Tensor):
         return torch.stack(channels, dim=-3)
     return np.stack(channels, axis=-3)
+
+
+def lesion_contrast(hu: np.ndarray, lesion: np.ndarray, reference: np.ndarray,
+                    windows: Sequence[str | tuple[float, float]]) -> pd.DataFrame:
+    """Lesion-to-reference contrast in each window.
+
+    For each window, the mean windowed intensity inside ``lesion`` minus the mean inside
+    ``reference`` (e.g. brain without lesion), and the contrast-to-noise ratio: that
+    difference divided by the reference's standard deviation.
+
+    Args:
+        hu: HU values ``[..., H, W]``.
+        lesion: Boolean mask of the lesion, same shape.
+        reference: Boolean mask of the reference tissue, same shape.
+        windows: Window names or ``(centre, width)`` pairs.
+
+    Returns:
+        Table indexed by window with columns ``lesion``, ``reference``, ``contrast``, ``cnr``.
+    """
+    if not lesion.any() or not reference.any():
+        raise ValueError("lesion and reference masks must both be non-empty")
+    names = [w if isinstance(w, str) else f"{w[0]:g}/{w[1]:g}" for w in windows]
+    rows = []
+    for (center, width) in resolve_windows(windows):
+        w = window(hu, center, width)
+        les, ref = float(w[lesion].mean()), float(w[reference].mean())
+        sd = float(w[reference].std())
+        rows.append({"lesion": les, "reference": ref, "contrast": les - ref,
+                     "cnr": (les - ref) / sd if sd > 0 else float("nan")})
+    return pd.DataFrame(rows, index=pd.Index(names, name="window")).round(3)

@@ -10,14 +10,11 @@ one logistic regression per label maps the feature to a probability, fitted on t
 training patients only; it may learn a negative slope if training says so. The same
 feature per slice, with its own per-label regressions fitted on training slices, gives
 slice-level predictions. Thresholds come from validation; metrics from the test patients
-the model is tested on, with :func:`ichlib.metrics.score_predictions`.
+the model is tested on, with :func:`ichlib.training.metrics.score_predictions`.
 
-Intracranial tissue is found per slice as the voxels with 0-100 HU inside the skull (the
-filled outline of bone >= 250 HU), less a rim of :data:`BONE_RIM_PX` pixel along the bone:
-after resizing, pixels that straddle bone and brain average to 50-90 HU and would pass
-for blood (on the synthetic phantom at 128 px this rim alone moves the ``any`` AUC of the
-feature from about 0.72 to 0.97). Where no slice of a scan has a closed skull outline,
-every 0-100 HU voxel counts, scalp included.
+Intracranial tissue and the blood band come from :mod:`ichlib.preprocess.hu`
+(:func:`~ichlib.preprocess.hu.intracranial_mask`, :data:`~ichlib.preprocess.hu.BLOOD_HU`), the
+same definitions the intensity map of :mod:`ichlib.explain.localization` uses.
 """
 
 from __future__ import annotations
@@ -25,45 +22,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
 from sklearn.linear_model import LogisticRegression
 
-from ichlib.dataset import ScanDataset
 from ichlib.labels import LABELS
-from ichlib.metrics import choose_thresholds, flatten_slices, score_predictions
-from ichlib.sampling import uniform_indices
-
-#: HU band counted as hyperdense (acute blood).
-HYPERDENSE_HU: tuple[float, float] = (50.0, 90.0)
-#: HU band counted as intracranial tissue (CSF, brain, blood).
-TISSUE_HU: tuple[float, float] = (0.0, 100.0)
-#: Voxels at or above this HU are bone.
-BONE_HU = 250.0
-#: Pixels next to bone left out of the intracranial mask (partial volume with bone).
-BONE_RIM_PX = 1
+from ichlib.preprocess.dataset import ScanDataset
+from ichlib.preprocess.hu import BLOOD_HU, in_band, intracranial_mask
+from ichlib.preprocess.sampling import uniform_indices
+from ichlib.training.metrics import choose_thresholds, flatten_slices, score_predictions
 
 DESCRIPTION = ("fraction of intracranial 0-100 HU voxels in 50-90 HU, mapped to a probability "
                "per label by a one-feature logistic regression fitted on the training patients")
-
-
-def intracranial_mask(hu: np.ndarray) -> np.ndarray:
-    """Intracranial tissue voxels of a HU volume ``[N, H, W]`` (bool, same shape).
-
-    Per slice: 0-100 HU voxels inside the filled outline of the skull (>= 250 HU), except
-    those within :data:`BONE_RIM_PX` pixels (8-connected) of bone. If no slice has a closed
-    outline, every 0-100 HU voxel of the volume is returned.
-    """
-    hu = np.asarray(hu, dtype=np.float32)
-    tissue = (hu >= TISSUE_HU[0]) & (hu <= TISSUE_HU[1])
-    bone = hu >= BONE_HU
-    inside = np.zeros_like(bone)
-    near_bone = np.ones((3, 3), dtype=bool)
-    for k in range(hu.shape[0]):
-        if bone[k].any():
-            rim = ndimage.binary_dilation(bone[k], structure=near_bone, iterations=BONE_RIM_PX)
-            inside[k] = ndimage.binary_fill_holes(bone[k]) & ~rim
-    brain = tissue & inside
-    return brain if brain.any() else tissue
 
 
 def hyperdense_fraction(hu: np.ndarray) -> tuple[float, np.ndarray]:
@@ -75,7 +43,7 @@ def hyperdense_fraction(hu: np.ndarray) -> tuple[float, np.ndarray]:
     """
     hu = np.asarray(hu, dtype=np.float32)
     brain = intracranial_mask(hu)
-    dense = brain & (hu >= HYPERDENSE_HU[0]) & (hu <= HYPERDENSE_HU[1])
+    dense = brain & in_band(hu, BLOOD_HU)
     per_slice_brain = brain.sum(axis=(1, 2))
     per_slice = dense.sum(axis=(1, 2)) / np.maximum(per_slice_brain, 1)
     total = float(dense.sum() / max(int(per_slice_brain.sum()), 1))
@@ -137,11 +105,11 @@ def run_intensity_baseline(train: ScanDataset, val: ScanDataset, test: ScanDatas
     """Fit on ``train``, choose thresholds on ``val``, and score on ``test``.
 
     Slice-level predictions are scored at the slices the model sees at evaluation
-    (:func:`~ichlib.sampling.uniform_indices` with the datasets' ``seq_len``).
+    (:func:`~ichlib.preprocess.sampling.uniform_indices` with the datasets' ``seq_len``).
 
     Returns:
         ``{"name", "description", "thresholds", "val": {"patient", "slice"},
-        "test": {"patient", "slice"}}`` with :func:`~ichlib.metrics.score_predictions`
+        "test": {"patient", "slice"}}`` with :func:`~ichlib.training.metrics.score_predictions`
         reports, plus the test predictions under ``"test_probabilities"``.
     """
     parts = {}

@@ -3,7 +3,7 @@
 ``torchrun`` starts one process per GPU (or per CPU worker) and tells each its place in
 the environment variables ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``. :func:`session`
 reads them, joins the process group (NCCL on CUDA, gloo on the CPU) and returns a
-:class:`DistContext`, which :func:`ichlib.train.fit` uses for everything that differs
+:class:`DistContext`, which :func:`ichlib.training.fit.fit` uses for everything that differs
 from a single process. Without ``torchrun`` (or with one process) the context is
 inactive and every method is a no-op, so single-process runs are unchanged.
 
@@ -46,6 +46,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampl
 from tqdm.auto import tqdm
 
 from ichlib.errors import ConfigError, IchlibError
+from ichlib.training.loaders import make_loader
 
 T = TypeVar("T")
 
@@ -127,7 +128,7 @@ def group_timeout() -> datetime.timedelta:
 
 @dataclass
 class DistContext:
-    """What :func:`ichlib.train.fit` needs to know and do when several processes train.
+    """What :func:`ichlib.training.fit.fit` needs to know and do when several processes train.
 
     The default instance is one inactive process: every method then returns its input
     unchanged or does nothing.
@@ -359,13 +360,11 @@ def session(device: torch.device, batch_size: int) -> Iterator[DistContext]:
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """The order in which one process trains on ``n`` scans in ``epoch``.
 
-    It is read from :func:`ichlib.train.make_loader` (``shuffle=True``) over the indices,
-    through ``tqdm`` as :func:`ichlib.train.train_one_epoch` reads it: tqdm opens one
+    It is read from :func:`ichlib.training.loaders.make_loader` (``shuffle=True``) over the indices,
+    through ``tqdm`` as :func:`ichlib.training.engine.train_one_epoch` reads it: tqdm opens one
     iterator when it is created, and every iterator of a DataLoader draws from the
     loader's generator, so the permutation depends on how the loader is read.
     """
-    from ichlib.train import make_loader  # ichlib.train imports this module
-
     loader = make_loader(range(n), max(n, 1), shuffle=True, seed=seed, epoch=epoch)
     return [int(i) for batch in tqdm(loader, disable=True) for i in batch]
 

@@ -24,20 +24,24 @@ checkpoint format do not change.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from torch import nn
 
-from ichlib.augment import ScanAugment
-from ichlib.dataset import ScanDataset, to_model_input
+from ichlib.device import autocast
 from ichlib.errors import ConfigError, IchlibError
 from ichlib.model import CNNBiLSTM
-from ichlib.sampling import uniform_indices
+from ichlib.preprocess.augment import ScanAugment
+from ichlib.preprocess.dataset import ScanDataset, to_model_input
+from ichlib.preprocess.sampling import uniform_indices
+from ichlib.training.engine import EarlyStopping, make_optimizer, optimizer_step
+from ichlib.training.log import QUIET, RunLog
 
 
 @dataclass
@@ -124,8 +128,6 @@ class SliceStage:
     def __init__(self, model: CNNBiLSTM, train: ScanDataset, config: SliceStageConfig,
                  steps_per_epoch: int, device: torch.device, amp_dtype: torch.dtype | None = None,
                  augment: ScanAugment | None = None, pos_weight: torch.Tensor | None = None) -> None:
-        from ichlib.train import make_optimizer
-
         if steps_per_epoch < 1:
             raise ConfigError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
         self.model, self.train, self.config = model, train, config
@@ -138,7 +140,7 @@ class SliceStage:
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
             self.optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.1)
 
-    def train_epoch(self, epoch: int, progress: bool = False) -> dict[str, float]:
+    def train_epoch(self, epoch: int, log: RunLog = QUIET) -> dict[str, float]:
         """Train for one epoch (0-based ``epoch``).
 
         Returns:
@@ -148,15 +150,12 @@ class SliceStage:
         Raises:
             IchlibError: On a non-finite loss.
         """
-        from ichlib.train import autocast
-
         model = self.model
         model.train()
         rng = np.random.default_rng([self.config.seed, 1, epoch])
         sampler = SliceSampler(self.labels, self.config.positive_fraction, rng)
         start, total = time.perf_counter(), 0.0
-        for _ in tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch + 1} slices", leave=False,
-                      disable=not progress):
+        for _ in log.bar(range(self.steps_per_epoch), desc=f"epoch {epoch + 1} slices"):
             addresses = sampler.draw(self.config.batch_size)
             x = self.batch(addresses, rng)
             y = torch.from_numpy(np.stack([self.labels[pid][k] for pid, k in addresses]))
@@ -165,19 +164,13 @@ class SliceStage:
                 embeddings = model.embed(x)
             logits = model.slice_head(model.dropout(embeddings.float()))
             loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=self.weight)
-            if not torch.isfinite(loss):
-                raise IchlibError(f"non-finite loss in stage 1 at epoch {epoch + 1}; lower the lr "
-                                  "or turn amp off")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
+            optimizer_step(loss, self.optimizer, scheduler=self.scheduler,
+                           where=f"in stage 1 at epoch {epoch + 1}")
             total += loss.item()
         seconds = time.perf_counter() - start
         mean = total / self.steps_per_epoch
         return {"loss": mean, "slice_loss": mean, "seconds": seconds,
                 "slices_per_s": self.steps_per_epoch * self.config.batch_size / seconds if seconds > 0 else 0.0}
-
 
     def batch(self, addresses: Sequence[tuple[str, int]], rng: np.random.Generator) -> torch.Tensor:
         """Windowed (and augmented) slices ``[N, C, H, W]`` at ``(patient, index)`` addresses."""
@@ -237,7 +230,7 @@ class SequenceStageResult:
 
 def embed_scans(model: CNNBiLSTM, dataset: ScanDataset, device: torch.device,
                 amp_dtype: torch.dtype | None = None, chunk: int = 64,
-                progress: bool = False) -> dict[str, torch.Tensor]:
+                log: RunLog = QUIET) -> dict[str, torch.Tensor]:
     """Embed every slice of every scan of ``dataset`` with the model's CNN (eval mode).
 
     Args:
@@ -246,19 +239,17 @@ def embed_scans(model: CNNBiLSTM, dataset: ScanDataset, device: torch.device,
         device: Where the CNN runs.
         amp_dtype: Autocast dtype for the CNN (None: float32).
         chunk: Slices per forward pass.
-        progress: Show a progress bar.
+        log: Where the progress bar goes.
 
     Returns:
         ``{patient_id: float32 [N_slices, F]}`` on the CPU, slices in scan order.
     """
-    from ichlib.train import autocast
-
     was_training = model.training
     model.eval()
     out: dict[str, torch.Tensor] = {}
     try:
         with torch.inference_mode():
-            for pid in tqdm(dataset.patient_ids, desc="embed", leave=False, disable=not progress):
+            for pid in log.bar(dataset.patient_ids, desc="embed"):
                 volume = dataset.resized_volume(pid)
                 parts = []
                 for start in range(0, volume.shape[0], chunk):
@@ -285,8 +276,13 @@ def sample_sequences(embeddings: Mapping[str, torch.Tensor], patient_ids: Sequen
     return torch.stack(rows)
 
 
-def sequence_parameters(model: CNNBiLSTM) -> list[torch.nn.Parameter]:
-    """The parameters stage 2 trains: the LSTM's LayerNorm, the BiLSTM and the scan head."""
+def sequence_parameters(model: CNNBiLSTM, reset: bool = False) -> list[torch.nn.Parameter]:
+    """The parameters stage 2 trains: the LSTM's LayerNorm, the BiLSTM and the scan head
+    (re-initialised first when ``reset``)."""
+    if reset:
+        for module in (model.lstm_norm, model.lstm, *model.scan_head):
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
     return [*model.lstm_norm.parameters(), *model.lstm.parameters(), *model.scan_head.parameters()]
 
 
@@ -295,7 +291,7 @@ def train_sequence_stage(model: CNNBiLSTM, embeddings: Mapping[str, torch.Tensor
                          val_ids: Sequence[str], seq_len: int,
                          config: SequenceStageConfig | None = None, device: torch.device | None = None,
                          pos_weight: torch.Tensor | None = None,
-                         progress: bool = False) -> SequenceStageResult:
+                         log: RunLog = QUIET) -> SequenceStageResult:
     """Train the sequence half of ``model`` in place on cached embeddings (stage 2).
 
     The CNN and the slice head are not touched. Each epoch draws one jittered sequence of
@@ -312,33 +308,16 @@ def train_sequence_stage(model: CNNBiLSTM, embeddings: Mapping[str, torch.Tensor
         config: Stage settings (defaults if None).
         device: Where to train (the model's device if None).
         pos_weight: Optional ``[6]`` weight of positives in the BCE.
-        progress: Print a line every 25 epochs.
-
-    Returns:
-        :class:`SequenceStageResult`.
+        log: Prints a line every 25 epochs.
 
     Raises:
         ConfigError: If a split is empty or a patient has no embedding.
         IchlibError: On a non-finite loss.
     """
-    from ichlib.train import EarlyStopping
-
     config = config or SequenceStageConfig()
     device = device or next(model.parameters()).device
-    if not train_ids or not val_ids:
-        raise ConfigError("stage 2 needs training and validation patients")
-    missing = [pid for pid in [*train_ids, *val_ids] if pid not in embeddings]
-    if missing:
-        raise ConfigError(f"no cached embedding for patient(s) {', '.join(missing[:5])}")
-    if config.reset:
-        for module in (model.lstm_norm, model.lstm, *model.scan_head):
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
-    params = sequence_parameters(model)
-    frozen = [p for p in model.parameters() if all(p is not q for q in params)]
-    saved_flags = [p.requires_grad for p in frozen]
-    for p in frozen:
-        p.requires_grad_(False)
+    _check_stage_inputs(embeddings, train_ids, val_ids)
+    params = sequence_parameters(model, reset=config.reset)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * -(-len(train_ids) // config.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
@@ -351,24 +330,18 @@ def train_sequence_stage(model: CNNBiLSTM, embeddings: Mapping[str, torch.Tensor
     tracker = EarlyStopping("scan_loss", config.patience)
     best_state = None
     start = time.perf_counter()
-    try:
+    with _frozen_except(model, params):
         for epoch in range(config.epochs):
+            order = [train_ids[j] for j in rng.permutation(len(train_ids))]
+            batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
             model.train()
-            order = rng.permutation(len(train_ids))
-            total, n = 0.0, 0
-            for i in range(0, len(order), config.batch_size):
-                ids = [train_ids[j] for j in order[i:i + config.batch_size]]
+            train_loss = 0.0
+            for ids in batches:
                 x = sample_sequences(embeddings, ids, seq_len, True, rng).to(device)
                 target = torch.stack([y[pid] for pid in ids]).to(device)
                 loss = F.binary_cross_entropy_with_logits(model.sequence_logits(x), target, pos_weight=weight)
-                if not torch.isfinite(loss):
-                    raise IchlibError(f"non-finite loss in stage 2 at epoch {epoch + 1}; lower its lr")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                total += loss.item() * len(ids)
-                n += len(ids)
+                optimizer_step(loss, optimizer, scheduler=scheduler, where=f"in stage 2 at epoch {epoch + 1}")
+                train_loss += loss.item() * len(ids) / len(order)
             model.eval()
             with torch.inference_mode():
                 val_loss = F.binary_cross_entropy_with_logits(model.sequence_logits(val_x), val_y,
@@ -376,16 +349,13 @@ def train_sequence_stage(model: CNNBiLSTM, embeddings: Mapping[str, torch.Tensor
             improved = tracker.update(val_loss, epoch + 1)
             if improved:
                 best_state = [p.detach().clone() for p in params]
-            history.append({"epoch": epoch + 1, "train_scan_loss": total / n, "val_scan_loss": val_loss,
+            history.append({"epoch": epoch + 1, "train_scan_loss": train_loss, "val_scan_loss": val_loss,
                             "best": improved})
-            if progress and ((epoch + 1) % 25 == 0 or epoch == 0):
-                print(f"stage 2 epoch {epoch + 1}/{config.epochs}  train scan loss {total / n:.4f}  "
-                      f"val scan loss {val_loss:.4f}  (best {tracker.best_score:.4f} at {tracker.best_epoch})", flush=True)
+            if (epoch + 1) % 25 == 0 or epoch == 0:
+                log.info(f"stage 2 epoch {epoch + 1}/{config.epochs}  train scan loss {train_loss:.4f}  "
+                         f"val scan loss {val_loss:.4f}  (best {tracker.best_score:.4f} at {tracker.best_epoch})")
             if tracker.stopped:
                 break
-    finally:
-        for p, flag in zip(frozen, saved_flags, strict=True):
-            p.requires_grad_(flag)
     with torch.no_grad():
         for p, best in zip(params, best_state, strict=True):
             p.copy_(best)
@@ -393,3 +363,26 @@ def train_sequence_stage(model: CNNBiLSTM, embeddings: Mapping[str, torch.Tensor
     return SequenceStageResult(history=history, best_epoch=tracker.best_epoch,
                                best_val_scan_loss=tracker.best_score,
                                seconds=time.perf_counter() - start)
+
+
+def _check_stage_inputs(embeddings: Mapping[str, torch.Tensor], train_ids: Sequence[str],
+                        val_ids: Sequence[str]) -> None:
+    if not train_ids or not val_ids:
+        raise ConfigError("stage 2 needs training and validation patients")
+    missing = [pid for pid in [*train_ids, *val_ids] if pid not in embeddings]
+    if missing:
+        raise ConfigError(f"no cached embedding for patient(s) {', '.join(missing[:5])}")
+
+
+@contextlib.contextmanager
+def _frozen_except(model: nn.Module, trainable: Sequence[nn.Parameter]) -> Iterator[None]:
+    """Every parameter of ``model`` but ``trainable`` has ``requires_grad=False`` inside."""
+    frozen = [p for p in model.parameters() if all(p is not q for q in trainable)]
+    flags = [p.requires_grad for p in frozen]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(frozen, flags, strict=True):
+            p.requires_grad_(flag)

@@ -23,9 +23,12 @@ from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from torch import nn
 
-from ichlib.cam import ScanCAM
-from ichlib.labels import label_index
+from ichlib.explain.cam import ScanCAM
+from ichlib.explain.report import explain_scan, save_cam_nifti
+from ichlib.io.atomic import atomic_path
+from ichlib.labels import LABELS, label_index
 
 CMAP = "turbo"
 MASK_COLOR = "lime"
@@ -79,7 +82,7 @@ def plot_cam_montage(x: torch.Tensor | np.ndarray, result: ScanCAM, top_k: int =
 
     Args:
         x: The model input ``[S, C, H, W]`` the maps were computed on.
-        result: From :func:`~ichlib.cam.scan_grad_cam`.
+        result: From :func:`~ichlib.explain.cam.scan_grad_cam`.
         top_k: Number of slices shown.
         masks: Optional boolean masks ``[S, H, W]`` of the sampled slices, outlined in green.
         slice_labels: Optional ``[S, 6]`` labels of the sampled slices, for the importance panel.
@@ -133,7 +136,7 @@ def plot_slice_importance(result: ScanCAM, slice_labels: np.ndarray | None = Non
     """Per-slice importance along the scan, with the slices positive for the label shaded.
 
     Args:
-        result: From :func:`~ichlib.cam.scan_grad_cam`.
+        result: From :func:`~ichlib.explain.cam.scan_grad_cam`.
         slice_labels: Labels of the sampled slices: ``[S, 6]`` (columns as LABELS; the
             result's label column is used) or ``[S]`` booleans. Positive slices are shaded.
         title: Axes title (default: the label and its probability).
@@ -153,7 +156,7 @@ def plot_localization(table: pd.DataFrame, *, title: str | None = None,
     """Bars of a localisation table: one group per metric, one bar per method.
 
     Args:
-        table: From :func:`~ichlib.localization.localization_table` (index: method).
+        table: From :func:`~ichlib.explain.localization.localization_table` (index: method).
         title: Figure title (default: the number of positive scans scored).
         path: Save the figure here as PNG.
 
@@ -276,9 +279,56 @@ def _as_2d(a, name: str) -> np.ndarray:
 
 def _save(fig: Figure, path: str | os.PathLike | None) -> Figure:
     if path is not None:
-        from ichlib.atomic import atomic_path
 
         path = Path(path)
         with atomic_path(path, suffix=".png") as tmp:
             fig.savefig(tmp, dpi=110, format="png")
     return fig
+
+
+def write_cam_report(model: nn.Module, config, scan_path: str | os.PathLike,
+                     out_dir: str | os.PathLike, top_k: int = 6, save_nifti: bool = True,
+                     label: str | None = None) -> list[Path]:
+    """Explain one scan: a PNG of its most important slices, and optionally a NIfTI of the maps.
+
+    The scan is preprocessed with :func:`~ichlib.preprocess.dataset.prepare_scan`, and Grad-CAM is
+    computed for the patient-level ``label`` (default: the label with the highest
+    predicted probability), normalised across the scan.
+
+    Files (``STEM`` is the scan's file name without ``.nii``/``.nii.gz``):
+
+    - ``STEM_cam_LABEL.png``: the ``top_k`` slices with the highest importance, map over
+      the windowed slice; all six probabilities in the title; importance along the scan.
+    - ``STEM_cam_LABEL.nii.gz`` (if ``save_nifti``): float32 maps in [0, 1], same shape
+      and affine as the scan; maps are upsampled to the scan's in-plane size and put at
+      the sampled slices, zeros elsewhere.
+
+    Args:
+        model: Trained model (its device is used).
+        config: The :class:`~ichlib.preprocess.dataset.PreprocessConfig` the model was trained with.
+        scan_path: A NIfTI CT volume.
+        out_dir: Output folder (created if needed).
+        top_k: Number of slices in the figure.
+        save_nifti: Also write the map volume.
+        label: Label to explain; None for the most probable one.
+
+    Returns:
+        The paths written, PNG first.
+    """
+    scan_path, out_dir = Path(scan_path), Path(out_dir)
+    explained = explain_scan(model, config, scan_path, label)
+    result = explained.cam
+    name = scan_path.name
+    stem = name[:-7] if name.endswith(".nii.gz") else name[:-4] if name.endswith(".nii") else name
+    probs = ", ".join(f"{n} {p:.2f}" for n, p in zip(LABELS, result.probabilities, strict=True))
+    title = f"{name}: Grad-CAM for '{result.label}' (p = {result.probability:.2f})\n{probs}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = out_dir / f"{stem}_cam_{result.label}.png"
+    fig = plot_cam_montage(explained.x, result, top_k=top_k, title=title, path=png)
+    plt.close(fig)
+    written = [png]
+    if save_nifti:
+        target = out_dir / f"{stem}_cam_{result.label}.nii.gz"
+        written.append(save_cam_nifti(target, explained.map_volume(), scan_path,
+                                      spacing=explained.volume.spacing))
+    return written

@@ -9,7 +9,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ichlib.atomic import atomic_path
+from ichlib.io.atomic import atomic_path
 
 #: One colour per subtype, used consistently in every figure.
 SUBTYPE_COLORS: dict[str, str] = {

@@ -10,7 +10,7 @@ import pandas as pd
 from sklearn.metrics import roc_curve
 
 from ichlib.labels import LABELS
-from ichlib.plots import SUBTYPE_COLORS
+from ichlib.viz.figures import SUBTYPE_COLORS
 
 
 def plot_history(histories: Mapping[str, pd.DataFrame], note: str = "") -> plt.Figure:

@@ -1,0 +1,134 @@
+"""The tables every dataset reader fills: one row per slice, one per patient (or series), file
+paths, and the problems found; plus label counts and co-occurrence over them.
+
+CT-ICH (:mod:`ichlib.io.ctich`) and RSNA 2019 (:mod:`ichlib.io.rsna`) both return a
+:class:`CtIchData`, so everything downstream reads one shape.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ichlib.errors import DataError
+from ichlib.labels import LABELS, SUBTYPES
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a dataset folder.
+
+    Attributes:
+        path: The file at fault.
+        problem: What is wrong.
+        patient_id: The patient it affects, or None if it affects the whole folder.
+    """
+
+    path: str
+    problem: str
+    patient_id: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}"
+
+
+@dataclass
+class CtIchData:
+    """A validated CT-ICH folder.
+
+    Attributes:
+        root: The dataset folder.
+        slices: One row per slice: ``patient_id``, ``slice_number`` (1-based), the six
+            :data:`~ichlib.labels.LABELS` as 0/1 ints, and ``fracture``.
+        patients: Indexed by ``patient_id``: ``n_slices`` and the six labels, each the OR
+            over the patient's slices (``any`` = not No_Hemorrhage on some slice).
+        scans: Scan path per patient.
+        masks: Mask path per patient (None when the folder has no mask for it).
+        problems: Problems found; the affected patients are not in the tables.
+    """
+
+    root: Path
+    slices: pd.DataFrame
+    patients: pd.DataFrame
+    scans: dict[str, Path]
+    masks: dict[str, Path | None]
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def patient_ids(self) -> list[str]:
+        """The usable patients, sorted."""
+        return list(self.patients.index)
+
+    def drop(self, patient_ids) -> None:
+        """Remove patients from every table in place (e.g. after a failed deep check)."""
+        drop = set(patient_ids)
+        if not drop:
+            return
+        keep = [pid for pid in self.patient_ids if pid not in drop]
+        self.patients = self.patients.loc[keep]
+        self.slices = self.slices[self.slices["patient_id"].isin(keep)].reset_index(drop=True)
+        self.scans = {pid: self.scans[pid] for pid in keep}
+        self.masks = {pid: self.masks[pid] for pid in keep}
+
+    def slice_labels(self, patient_id: str) -> np.ndarray:
+        """Slice labels ``[n_slices, 6]`` (float32) in slice order, columns as LABELS."""
+        rows = self.slices[self.slices["patient_id"] == patient_id]
+        return rows[list(LABELS)].to_numpy(dtype=np.float32)
+
+    def scan_labels(self, patient_id: str) -> np.ndarray:
+        """Patient-level labels ``[6]`` (float32), columns as LABELS."""
+        return self.patients.loc[patient_id, list(LABELS)].to_numpy(dtype=np.float32)
+
+
+def dataset_root(root: str | os.PathLike, on_error: str) -> Path:
+    """Check the ``on_error`` mode and that ``root`` is a folder; shared by the readers.
+
+    Raises:
+        ValueError: On an unknown ``on_error``.
+        DataError: If ``root`` is missing or not a folder.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError("on_error must be 'raise' or 'skip'")
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(root, "dataset folder not found" if not root.exists() else "not a folder")
+    return root
+
+
+def problem_listing(problems: list[Problem], limit: int = 50) -> str:
+    """``"N problem(s) found:"`` and one line per problem (at most ``limit``)."""
+    listing = "\n  ".join(str(p) for p in problems[:limit])
+    more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
+    return f"{len(problems)} problem(s) found:\n  {listing}{more}"
+
+
+def label_counts(data: CtIchData) -> pd.DataFrame:
+    """Positives per label at patient and slice level.
+
+    Returns:
+        Table indexed by label with columns ``patients``, ``patients_%``, ``slices``,
+        ``slices_%``.
+    """
+    pats, slices = data.patients, data.slices
+    return pd.DataFrame({
+        "patients": [int(pats[lab].sum()) for lab in LABELS],
+        "patients_%": [100.0 * pats[lab].mean() for lab in LABELS],
+        "slices": [int(slices[lab].sum()) for lab in LABELS],
+        "slices_%": [100.0 * slices[lab].mean() for lab in LABELS],
+    }, index=pd.Index(LABELS, name="label")).round(1)
+
+
+def cooccurrence(data: CtIchData, level: str = "patients") -> pd.DataFrame:
+    """How often two subtypes occur together: a ``5 x 5`` count matrix.
+
+    Args:
+        data: The dataset.
+        level: ``"patients"`` or ``"slices"``.
+    """
+    table = data.patients if level == "patients" else data.slices
+    x = table[list(SUBTYPES)].to_numpy(dtype=int)
+    return pd.DataFrame(x.T @ x, index=list(SUBTYPES), columns=list(SUBTYPES))

@@ -1,0 +1,29 @@
+"""Training and evaluating the CNN + BiLSTM: the loop's parts, the run, metrics, baselines,
+two-stage training and distributed training under ``torchrun``."""
+
+from ichlib._lazy import lazy_exports
+
+_NAMES = {
+    "run_intensity_baseline": ".baseline",
+    "TrainConfig": ".config",
+    "PreparedData": ".data",
+    "prepare_data": ".data",
+    "EarlyStopping": ".engine",
+    "EvalResult": ".engine",
+    "evaluate": ".engine",
+    "optimizer_step": ".engine",
+    "train_one_epoch": ".engine",
+    "final_evaluation": ".evaluation",
+    "FitResult": ".fit",
+    "fit": ".fit",
+    "make_loader": ".loaders",
+    "RunLog": ".log",
+    "results_table": ".metrics",
+    "score_predictions": ".metrics",
+    "EndToEnd": ".strategies",
+    "TwoStage": ".strategies",
+    "build_criterion": ".strategies",
+    "build_model": ".strategies",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _NAMES)
+__all__ = sorted(_NAMES)

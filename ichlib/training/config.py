@@ -1,0 +1,149 @@
+"""Everything that defines a training run, in one dataclass that every checkpoint stores."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ichlib.errors import ConfigError
+from ichlib.losses import AUXILIARY_LOSS_WEIGHT
+from ichlib.model import BACKBONES
+from ichlib.preprocess.dataset import PreprocessConfig
+from ichlib.training.engine import MONITORS
+
+#: Config fields that may differ when resuming (they do not change what is computed).
+RESUME_FREE = frozenset({"data_dir", "out_dir", "cache_dir", "num_workers", "device", "progress",
+                          "n_boot"})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Stored in every checkpoint.
+
+    Attributes:
+        data_dir: CT-ICH folder.
+        out_dir: Run folder for checkpoints, history and metrics.
+        epochs: Training epochs.
+        batch_size: Scans per optimizer step. Under ``torchrun`` this is the global batch,
+            split evenly over the processes (see :mod:`ichlib.distributed`).
+        img_size: In-plane size of the model input.
+        seq_len: Slices ``S`` sampled per scan.
+        aux_weight: ``λ``, weight of the slice-level loss (:data:`AUXILIARY_LOSS_WEIGHT`).
+        backbone: ``resnet18``, ``resnet34`` or ``resnet50``.
+        windows: CT windows, one input channel each.
+        seed: Seed of the split, the initialisation, the shuffling and the augmentation.
+        lr: AdamW learning rate (peak of the cosine schedule).
+        weight_decay: AdamW weight decay.
+        val_fraction: Share of patients for validation (model selection, thresholds).
+        test_fraction: Share of patients held out for the final test.
+        patience: Stop after this many epochs without validation improvement (None: never).
+        monitor: Validation quantity that picks the best epoch: ``"scan_loss"`` (the
+            patient-level BCE; the same criterion for every ``λ``, and smooth on a small
+            validation set), ``"loss"`` (the total loss) or ``"mean_auc"`` (mean ROC AUC
+            over the labels defined in validation; falls back to ``scan_loss`` when none is)
+            or ``"slice_loss"`` (the slice-head BCE; what ``two_stage`` uses for stage 1).
+        num_workers: DataLoader worker processes (0 loads in the training process, which
+            is fastest on a 2-core machine with the cache built).
+        cache_dir: Resized-volume cache; None uses :func:`ichlib.io.cachedir.default_cache_dir`
+            (``$ICHLIB_CACHE`` or ``~/.cache/ichlib``), shared by all runs: entries are keyed
+            by scan file and image size, so two runs on the same data build it once.
+        amp: ``"auto"`` (bf16 autocast on CPUs with native bf16 — AMX or AVX512-BF16 —
+            bf16 or fp16 on CUDA, else fp32), ``"bf16"``, ``"fp16"`` (CUDA), or ``"off"``.
+        channels_last: Run the CNN in channels-last memory format.
+        deterministic: Ask PyTorch for deterministic kernels (CPU runs are reproducible
+            anyway; on CUDA a few kernels have no deterministic version and only warn).
+        pos_weight: Weight positives by ``n_neg / n_pos`` from the training labels.
+        skip_bad: Leave out patients whose files are broken (listed in metrics.json)
+            instead of stopping.
+        augment: Flip/rotate/shift/intensity augmentation of training scans.
+        lstm_hidden: Hidden size of each LSTM direction.
+        dropout: Dropout before the heads.
+        pretrained: Start from torchvision ImageNet weights (must be in the torch hub cache
+            when offline).
+        max_train_batches: Stop each training epoch after this many batches (smoke runs).
+        n_boot: Bootstrap replicates for the test CIs.
+        device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ...
+        progress: Show progress bars (also off when ``TQDM_DISABLE`` is set) and print one
+            line per epoch.
+        two_stage: Train in two stages (:mod:`ichlib.two_stage`): for ``epochs``, the CNN
+            and slice head on single slices, half of them with blood (``aux_weight`` and
+            ``monitor`` do not apply; the validation slice loss picks the epoch); then the
+            BiLSTM and scan head on cached embeddings of the frozen CNN.
+        sequence_epochs: Epochs of that second stage (it stops early after 40 epochs
+            without a lower validation scan loss).
+    """
+
+    data_dir: str
+    out_dir: str
+    epochs: int = 10
+    batch_size: int = 4
+    img_size: int = 256
+    seq_len: int = 16
+    aux_weight: float = AUXILIARY_LOSS_WEIGHT
+    backbone: str = "resnet18"
+    windows: tuple[str, ...] = ("brain",)
+    seed: int = 0
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    patience: int | None = None
+    monitor: str = "scan_loss"
+    num_workers: int = 0
+    cache_dir: str | None = None
+    amp: str = "auto"
+    channels_last: bool = True
+    deterministic: bool = False
+    pos_weight: bool = False
+    skip_bad: bool = False
+    augment: bool = True
+    lstm_hidden: int = 256
+    dropout: float = 0.3
+    pretrained: bool = False
+    max_train_batches: int | None = None
+    n_boot: int = 1000
+    device: str = "auto"
+    progress: bool = True
+    two_stage: bool = False
+    sequence_epochs: int = 150
+
+    def __post_init__(self) -> None:
+        self.data_dir = str(self.data_dir)
+        self.out_dir = str(self.out_dir)
+        self.cache_dir = None if self.cache_dir is None else str(self.cache_dir)
+        self.windows = PreprocessConfig(windows=self.windows).windows
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("epochs and batch_size must be >= 1")
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        if self.monitor not in MONITORS:
+            raise ConfigError(f"unknown monitor {self.monitor!r}; choose one of {', '.join(MONITORS)}")
+        if not 0.0 <= self.aux_weight <= 1.0:
+            raise ConfigError(f"aux_weight (λ) must be in [0, 1], got {self.aux_weight}")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            raise ConfigError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"patience must be >= 1 or None, got {self.patience}")
+        if self.sequence_epochs < 1:
+            raise ConfigError(f"sequence_epochs must be >= 1, got {self.sequence_epochs}")
+        PreprocessConfig(windows=self.windows, img_size=self.img_size, seq_len=self.seq_len)
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        """The preprocessing part of the config."""
+        return PreprocessConfig(windows=self.windows, img_size=self.img_size, seq_len=self.seq_len)
+
+    def to_dict(self) -> dict:
+        """Plain dict (lists, str, numbers, None): safe for checkpoints and JSON."""
+        d = dataclasses.asdict(self)
+        d["windows"] = list(self.windows)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
+        return cls(**{**d, "windows": tuple(d.get("windows", ("brain",)))})

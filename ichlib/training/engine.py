@@ -1,0 +1,273 @@
+"""The training loop's parts, in the shape of torchvision's classification reference:
+seeds and determinism, loaders, the optimizer and its one step function, early stopping,
+:func:`train_one_epoch` and :func:`evaluate`."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import random
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ichlib.device import autocast
+from ichlib.errors import ConfigError, IchlibError
+from ichlib.losses import ScanSliceLoss
+from ichlib.model import CNNBiLSTM
+from ichlib.training.distributed import LOCAL, LOSS_WEIGHT_KEY, DistContext
+from ichlib.training.log import QUIET, RunLog
+from ichlib.training.metrics import flatten_slices
+
+#: What the validation monitor can be, and whether lower is better.
+MONITORS: dict[str, bool] = {"scan_loss": True, "loss": True, "slice_loss": True, "mean_auc": False}
+
+
+@dataclass
+class EvalResult:
+    """Predictions of :func:`evaluate` on one split, in loader order.
+
+    Attributes:
+        patient_ids: ``[N]``.
+        scan_probs: ``[N, 6]`` patient-level probabilities; columns as LABELS.
+        scan_labels: ``[N, 6]``.
+        slice_probs: ``[N, S, 6]`` slice-head probabilities at the sampled slices.
+        slice_labels: ``[N, S, 6]``.
+        slice_indices: ``[N, S]`` 0-based slice indices (SliceNumber - 1).
+        loss, scan_loss, slice_loss: Mean losses over scans.
+    """
+
+    patient_ids: list[str]
+    scan_probs: np.ndarray
+    scan_labels: np.ndarray
+    slice_probs: np.ndarray
+    slice_labels: np.ndarray
+    slice_indices: np.ndarray
+    loss: float
+    scan_loss: float
+    slice_loss: float
+
+    def slice_rows(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Flattened slice-level ``(labels, probs, patient per row)``, each slice once."""
+        return flatten_slices(self.slice_labels, self.slice_probs, self.patient_ids, self.slice_indices)
+
+
+@dataclass
+class EarlyStopping:
+    """Tracks the best validation score, and stops after ``patience`` epochs without a better one.
+
+    Attributes:
+        monitor: A key of :data:`MONITORS` (losses: lower is better; AUC: higher).
+        patience: Epochs without strict improvement before stopping; None never stops.
+        best_score, best_epoch: The best so far (epochs counted from 1).
+        since_best: Epochs since the best one.
+        stopped: Whether training should stop.
+    """
+
+    monitor: str = "scan_loss"
+    patience: int | None = None
+    best_score: float | None = None
+    best_epoch: int | None = None
+    since_best: int = 0
+    stopped: bool = False
+
+    def update(self, score: float | None, epoch: int) -> bool:
+        """Record the score of ``epoch``; returns True if it is the new best."""
+        lower_is_better = MONITORS[self.monitor]
+        improved = score is not None and (self.best_score is None or (
+            score < self.best_score if lower_is_better else score > self.best_score))
+        if improved:
+            self.best_score, self.best_epoch, self.since_best = float(score), int(epoch), 0
+        else:
+            self.since_best += 1
+        if self.patience is not None and self.since_best >= self.patience:
+            self.stopped = True
+        return improved
+
+    def state_dict(self) -> dict:
+        """Plain-dict state (for checkpoints and metrics.json)."""
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Inverse of :meth:`state_dict`."""
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, numpy's global generator and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def deterministic_mode(enabled: bool = True) -> Iterator[None]:
+    """Use deterministic kernels inside the block and restore the previous settings after."""
+    if not enabled:
+        yield
+        return
+    previous = (torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = previous[2:]
+
+
+def train_one_epoch(model: CNNBiLSTM, criterion: ScanSliceLoss, optimizer: torch.optim.Optimizer,
+                    loader: DataLoader, device: torch.device, epoch: int,
+                    lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                    amp_dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None,
+                    max_batches: int | None = None, log: RunLog = QUIET,
+                    dist: DistContext = LOCAL) -> dict[str, float]:
+    """Train for one pass over ``loader``; the scheduler steps after every batch.
+
+    Under ``torchrun`` (``dist`` active) ``model`` is the DDP-wrapped model, each batch
+    carries loss weights (:class:`ichlib.training.distributed.ShardedEpochSampler`) and the
+    returned statistics are over all processes.
+
+    Returns:
+        Mean ``loss``, ``scan_loss``, ``slice_loss`` over scans, plus ``seconds`` and
+        ``slices_per_s`` (training throughput).
+
+    Raises:
+        IchlibError: On a non-finite loss (naming the epoch and batch).
+    """
+    model.train()
+    totals = np.zeros(3)
+    n_scans = n_slices = 0
+    start = time.perf_counter()
+    n_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
+    bar = log.bar(loader, total=n_batches, desc=f"epoch {epoch + 1} train")
+    for i, batch in enumerate(bar):
+        if i >= n_batches:
+            break
+        x = batch["x"].to(device, non_blocking=True)
+        scan_y = batch["scan_labels"].to(device, non_blocking=True)
+        slice_y = batch["slice_labels"].to(device, non_blocking=True)
+        with autocast(device, amp_dtype):
+            output = model(x)
+        parts = criterion(output, scan_y, slice_y)
+        weights = batch.get(LOSS_WEIGHT_KEY)  # distributed: this rank's share of the global batch
+        loss = parts.total if weights is None else parts.total * weights.sum().to(parts.total)
+        optimizer_step(loss, optimizer, scaler, lr_scheduler,
+                       where=f"at epoch {epoch + 1}, batch {i + 1} (patients "
+                             f"{', '.join(batch['patient_id'])})")
+        b = x.shape[0] if weights is None else int((weights > 0).sum())  # padding does not count
+        totals += b * np.array([parts.total.item(), parts.scan.item(), parts.slice.item()])
+        n_scans += b
+        n_slices += b * x.shape[1]
+        bar.set_postfix(loss=f"{totals[0] / n_scans:.4f}")
+    seconds = time.perf_counter() - start
+    totals, n_scans, n_slices = dist.sum_epoch(totals, n_scans, n_slices)
+    mean = totals / max(n_scans, 1)
+    return {"loss": float(mean[0]), "scan_loss": float(mean[1]), "slice_loss": float(mean[2]),
+            "seconds": seconds, "slices_per_s": n_slices / seconds if seconds > 0 else float("nan")}
+
+
+def evaluate(model: CNNBiLSTM, criterion: ScanSliceLoss, loader: DataLoader, device: torch.device,
+             amp_dtype: torch.dtype | None = None, log: RunLog = QUIET,
+             desc: str = "eval", dist: DistContext = LOCAL) -> EvalResult:
+    """Predict every scan of ``loader`` under ``torch.inference_mode()``.
+
+    Under ``torchrun`` (``dist`` active) ``loader`` is this rank's share
+    (:meth:`~ichlib.training.distributed.DistContext.eval_loader`); the result is gathered from
+    all ranks and equals a single-process evaluation of the whole split.
+
+    Returns:
+        :class:`EvalResult` with probabilities per patient and per sampled slice, and the
+        mean losses.
+    """
+    model.eval()
+    ids: list[str] = []
+    arrays: dict[str, list[np.ndarray]] = {k: [] for k in ("sp", "sy", "lp", "ly", "li")}
+    totals = np.zeros(3)
+    batch_totals: list[np.ndarray] = []
+    with torch.inference_mode():
+        for batch in log.bar(loader, desc=desc):
+            x = batch["x"].to(device, non_blocking=True)
+            scan_y = batch["scan_labels"].to(device)
+            slice_y = batch["slice_labels"].to(device)
+            with autocast(device, amp_dtype):
+                output = model(x)
+            parts = criterion(output, scan_y, slice_y)
+            batch_totals.append(x.shape[0] * np.array([parts.total.item(), parts.scan.item(),
+                                                       parts.slice.item()]))
+            ids += list(batch["patient_id"])
+            arrays["sp"].append(torch.sigmoid(output.scan_logits.float()).cpu().numpy())
+            arrays["lp"].append(torch.sigmoid(output.slice_logits.float()).cpu().numpy())
+            arrays["sy"].append(batch["scan_labels"].numpy())
+            arrays["ly"].append(batch["slice_labels"].numpy())
+            arrays["li"].append(batch["slice_indices"].numpy())
+    ids, arrays, batch_totals = dist.gather_batches(ids, arrays, batch_totals)
+    for batch_total in batch_totals:  # in loader order, as one process adds them
+        totals += batch_total
+    if not ids:
+        raise ConfigError(f"nothing to evaluate: the {desc} loader is empty")
+    mean = totals / len(ids)
+    cat = {k: np.concatenate(v) for k, v in arrays.items()}
+    return EvalResult(patient_ids=ids, scan_probs=cat["sp"], scan_labels=cat["sy"],
+                      slice_probs=cat["lp"], slice_labels=cat["ly"], slice_indices=cat["li"],
+                      loss=float(mean[0]), scan_loss=float(mean[1]), slice_loss=float(mean[2]))
+
+
+
+
+
+
+def make_optimizer(model: torch.nn.Module | Iterable[torch.nn.Parameter], lr: float = 1e-3,
+                   weight_decay: float = 1e-4) -> torch.optim.AdamW:
+    """AdamW over a model's parameters (or a list of parameters), fused where PyTorch
+    supports it (the same update as the per-parameter loop, in one kernel)."""
+    params = list(model.parameters() if isinstance(model, torch.nn.Module) else model)
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # device or PyTorch without a fused kernel
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler | None = None,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, *,
+                   where: str = "") -> None:
+    """One optimizer step, the same in every training loop of ichlib.
+
+    Refuses a non-finite loss before anything changes, then zeroes the gradients, runs the
+    backward pass (scaled when ``scaler`` is enabled, for fp16), steps the optimizer and
+    the scheduler.
+
+    Raises:
+        IchlibError: On a NaN or infinite loss, saying ``where`` it happened.
+    """
+    if not torch.isfinite(loss.detach()).all():
+        place = f" {where}" if where else ""
+        raise IchlibError(f"non-finite training loss{place}; lower the learning rate or turn amp off")
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+
+
+def steps_per_epoch(n_train: int, batch_size: int, max_train_batches: int | None = None) -> int:
+    """Optimizer steps in one epoch."""
+    steps = math.ceil(n_train / batch_size)
+    return steps if max_train_batches is None else min(steps, max_train_batches)

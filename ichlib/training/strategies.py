@@ -1,0 +1,264 @@
+"""What one epoch of training does, and what the run ends with: end to end, or in two stages.
+
+:func:`ichlib.training.fit.fit` runs the same loop for both (train an epoch, validate, keep
+the best, save); a strategy supplies the parts that differ:
+
+- :class:`EndToEnd`, the design: each step runs the CNN and the BiLSTM on ``B`` scans of
+  ``S`` slices and optimises ``(1 - λ) scan BCE + λ slice BCE``; the best epoch (by the
+  validation ``monitor``) is ``best.pt``.
+- :class:`TwoStage`, as the top RSNA 2019 solutions trained: the epochs train the CNN and
+  slice head on single slices (:class:`~ichlib.training.two_stage.SliceStage`), selected by
+  the validation slice loss (``stage1.pt``); then the BiLSTM and scan head are trained on
+  cached embeddings of the frozen CNN, which gives ``best.pt``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ichlib.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from ichlib.errors import ConfigError
+from ichlib.losses import ScanSliceLoss, pos_weight_from_labels
+from ichlib.model import CNNBiLSTM
+from ichlib.preprocess.augment import ScanAugment
+from ichlib.preprocess.dataset import ScanDataset
+from ichlib.training.config import TrainConfig
+from ichlib.training.data import PreparedData
+from ichlib.training.distributed import DistContext
+from ichlib.training.engine import (
+    EvalResult,
+    evaluate,
+    make_optimizer,
+    steps_per_epoch,
+    train_one_epoch,
+)
+from ichlib.training.loaders import make_loader
+from ichlib.training.log import RunLog
+from ichlib.training.metrics import choose_thresholds
+from ichlib.training.two_stage import (
+    SequenceStageConfig,
+    SliceStage,
+    SliceStageConfig,
+    embed_scans,
+    train_sequence_stage,
+)
+
+#: Keys of last.pt that a weights-only checkpoint (best.pt) does not carry.
+TRAINING_STATE = frozenset({"optimizer", "lr_scheduler", "scaler", "early_stopping", "rng"})
+
+
+def build_model(config: TrainConfig) -> CNNBiLSTM:
+    """The model described by ``config`` (on the CPU, float32)."""
+    return CNNBiLSTM(backbone=config.backbone, in_channels=len(config.windows),
+                     lstm_hidden=config.lstm_hidden, dropout=config.dropout,
+                     pretrained=config.pretrained)
+
+
+def build_criterion(config: TrainConfig, prepared: PreparedData) -> ScanSliceLoss:
+    """The loss with ``λ = config.aux_weight``; with ``pos_weight``, positives weighted by the
+    training prevalence (per label, scan and slice level separately)."""
+    if not config.pos_weight:
+        return ScanSliceLoss(config.aux_weight)
+    data, ids = prepared.data, prepared.split["train"]
+    scan_y = np.stack([data.scan_labels(pid) for pid in ids])
+    slice_y = np.concatenate([data.slice_labels(pid) for pid in ids])
+    return ScanSliceLoss(config.aux_weight, pos_weight_from_labels(scan_y), pos_weight_from_labels(slice_y))
+
+
+class Strategy:
+    """What :func:`~ichlib.training.fit.fit` asks of a way to train (see the module docstring).
+
+    Attributes:
+        monitor: The validation quantity that picks the best epoch.
+        epoch_best: File name of the best epoch's checkpoint.
+        optimizer, scheduler, scaler: Training state saved in ``last.pt``.
+    """
+
+    name = ""
+    epoch_best = "best.pt"
+
+    def __init__(self, config: TrainConfig, prepared: PreparedData, model: CNNBiLSTM,
+                 criterion: ScanSliceLoss, device: torch.device, amp_dtype: torch.dtype | None,
+                 dist: DistContext, log: RunLog) -> None:
+        self.config, self.prepared, self.model, self.criterion = config, prepared, model, criterion
+        self.device, self.amp_dtype, self.dist = device, amp_dtype, dist
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    @classmethod
+    def check_processes(cls, dist: DistContext) -> None:
+        """Refuse a process layout this strategy cannot train on (before any work starts)."""
+
+    def train_epoch(self, epoch: int, log: RunLog) -> dict[str, float]:
+        """Train one epoch; returns its statistics (``loss``, ``seconds``, ``slices_per_s``...)."""
+        raise NotImplementedError
+
+    def history_row(self, row: dict, val: EvalResult) -> dict:
+        """The epoch's history row, adjusted to what this strategy trains."""
+        return row
+
+    def epoch_line(self, epoch: int, stats: dict, val: EvalResult, row: dict) -> str:
+        """One printed line per epoch."""
+        raise NotImplementedError
+
+    def finish(self, out: Path, log: RunLog) -> tuple[Path, dict]:
+        """The checkpoint the run ends with, and what to add to metrics.json's ``training``."""
+        best = out / self.epoch_best
+        return (best if best.exists() else out / "last.pt"), {}
+
+
+class EndToEnd(Strategy):
+    """The CNN and the BiLSTM trained together, AdamW with a per-step cosine schedule."""
+
+    name = "end to end"
+
+    def __init__(self, config: TrainConfig, prepared: PreparedData, model: CNNBiLSTM,
+                 criterion: ScanSliceLoss, device: torch.device, amp_dtype: torch.dtype | None,
+                 dist: DistContext, log: RunLog) -> None:
+        super().__init__(config, prepared, model, criterion, device, amp_dtype, dist, log)
+        self.net = dist.wrap(model)  # DDP under torchrun; checkpoints keep the unwrapped model
+        self.optimizer = make_optimizer(model, config.lr, config.weight_decay)
+        steps = steps_per_epoch(len(prepared.train), config.batch_size, config.max_train_batches)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer,
+                                                                    T_max=max(1, config.epochs * steps))
+        self.monitor = _effective_monitor(config, prepared, log)
+
+    def describe(self) -> str:
+        """How this strategy trains, for the start line."""
+        return f"λ = {self.config.aux_weight}"
+
+    def train_epoch(self, epoch: int, log: RunLog) -> dict[str, float]:
+        """One pass over the training scans (this rank's share under ``torchrun``)."""
+        config, dist, pin = self.config, self.dist, self.device.type == "cuda"
+        if dist.enabled:
+            loader = dist.train_loader(self.prepared.train, config.batch_size, config.seed, epoch,
+                                       config.num_workers, pin_memory=pin)
+            dist.seed_epoch(config.seed, epoch)
+        else:
+            loader = make_loader(self.prepared.train, config.batch_size, shuffle=True, seed=config.seed,
+                                 epoch=epoch, num_workers=config.num_workers, pin_memory=pin)
+        return train_one_epoch(self.net, self.criterion, self.optimizer, loader, self.device, epoch,
+                               self.scheduler, self.amp_dtype, self.scaler, config.max_train_batches,
+                               log, dist)
+
+    def epoch_line(self, epoch: int, stats: dict, val: EvalResult, row: dict) -> str:
+        auc = row["val_mean_auc"]
+        return (f"epoch {epoch + 1}/{self.config.epochs}  train loss {stats['loss']:.4f}  val loss "
+                f"{val.loss:.4f} (scan {val.scan_loss:.4f})  val mean AUC "
+                f"{'n/a' if auc is None else f'{auc:.3f}'}  {stats['slices_per_s']:.1f} slices/s")
+
+
+class TwoStage(Strategy):
+    """Stage 1, the CNN as a slice classifier, for the epochs; then stage 2, the BiLSTM on
+    cached embeddings (see the module docstring). One process only."""
+
+    name = "two stages"
+    epoch_best = "stage1.pt"
+
+    def __init__(self, config: TrainConfig, prepared: PreparedData, model: CNNBiLSTM,
+                 criterion: ScanSliceLoss, device: torch.device, amp_dtype: torch.dtype | None,
+                 dist: DistContext, log: RunLog) -> None:
+        self.check_processes(dist)
+        super().__init__(config, prepared, model, criterion, device, amp_dtype, dist, log)
+        self.stage = _slice_stage(config, prepared, model, device, amp_dtype)
+        self.optimizer, self.scheduler = self.stage.optimizer, self.stage.scheduler
+        self.monitor = "slice_loss"  # stage 1 is chosen for its embeddings
+
+    @classmethod
+    def check_processes(cls, dist: DistContext) -> None:
+        if dist.enabled:
+            raise ConfigError("two-stage training runs in one process; start it without torchrun")
+
+    def describe(self) -> str:
+        return "two stages"
+
+    def train_epoch(self, epoch: int, log: RunLog) -> dict[str, float]:
+        return self.stage.train_epoch(epoch, log)
+
+    def history_row(self, row: dict, val: EvalResult) -> dict:
+        """Stage 1 optimises the slice loss; the scan head is untrained, so its numbers go."""
+        return {**row, "val_loss": val.slice_loss, "val_scan_loss": None, "val_mean_auc": None,
+                "val_weighted_log_loss": None}
+
+    def epoch_line(self, epoch: int, stats: dict, val: EvalResult, row: dict) -> str:
+        return (f"stage 1 epoch {epoch + 1}/{self.config.epochs}  train slice loss "
+                f"{stats['slice_loss']:.4f}  val slice loss {val.slice_loss:.4f}  "
+                f"{stats['slices_per_s']:.1f} slices/s")
+
+    def finish(self, out: Path, log: RunLog) -> tuple[Path, dict]:
+        """Stage 2 from the best stage-1 epoch; writes and returns ``best.pt``."""
+        stage1, _ = super().finish(out, log)
+        best = out / "best.pt"
+        return best, {"sequence_stage": run_sequence_stage(self.config, self.prepared, stage1, best,
+                                                           self.device, self.amp_dtype, log)}
+
+
+def run_sequence_stage(config: TrainConfig, prepared: PreparedData, stage1_path: Path, best_path: Path,
+                       device: torch.device, amp_dtype: torch.dtype | None, log: RunLog) -> dict:
+    """Stage 2 of ``two_stage``: embed with the stage-1 CNN, train the sequence half, save.
+
+    Writes ``best_path``: the stage-1 checkpoint with the new sequence weights and
+    thresholds chosen on validation.
+
+    Returns:
+        A summary for metrics.json: epochs run, best epoch, seconds (embedding and
+        training) and the per-epoch losses.
+    """
+    ckpt = load_checkpoint(stage1_path)
+    model, _ = model_from_checkpoint(ckpt, device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    start = time.perf_counter()
+    ids = prepared.split["train"] + prepared.split["val"]
+    everyone = ScanDataset(prepared.data, ids, config.preprocess, prepared.cache_dir)
+    embeddings = embed_scans(model, everyone, device, amp_dtype, log=log)
+    embed_seconds = time.perf_counter() - start
+    criterion = build_criterion(config, prepared)
+    stage = SequenceStageConfig(epochs=config.sequence_epochs, batch_size=max(config.batch_size, 8),
+                                seed=config.seed)
+    result = train_sequence_stage(
+        model, embeddings, {pid: prepared.data.scan_labels(pid) for pid in ids}, prepared.split["train"],
+        prepared.split["val"], config.seq_len, stage, device, pos_weight=criterion.scan_pos_weight, log=log)
+    val_loader = make_loader(prepared.val, config.batch_size, num_workers=config.num_workers)
+    val = evaluate(model, criterion.to(device), val_loader, device, amp_dtype, log, desc="val")
+    thresholds, _ = choose_thresholds(val.scan_labels, val.scan_probs)
+    save_checkpoint(best_path, {**{k: v for k, v in ckpt.items() if k not in TRAINING_STATE},
+                                "model": model.state_dict(), "thresholds": thresholds,
+                                "stage": "two-stage", "best_score": result.best_val_scan_loss})
+    log.info(f"Stage 2: embedded {len(ids)} scans in {embed_seconds:.1f} s, trained the BiLSTM for "
+             f"{len(result.history)} epochs in {result.seconds:.1f} s (best epoch {result.best_epoch}, "
+             f"val scan loss {result.best_val_scan_loss:.4f})")
+    return {"epochs_run": len(result.history), "best_epoch": result.best_epoch,
+            "best_val_scan_loss": result.best_val_scan_loss, "embed_seconds": embed_seconds,
+            "train_seconds": result.seconds, "history": result.history}
+
+
+def _slice_stage(config: TrainConfig, prepared: PreparedData, model: CNNBiLSTM, device: torch.device,
+                 amp_dtype: torch.dtype | None) -> SliceStage:
+    """Stage 1 with the end-to-end budget: ``n_train x S`` slices per epoch."""
+    stage = SliceStageConfig(epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay,
+                             seed=config.seed)
+    steps = max(1, math.ceil(len(prepared.train) * config.seq_len / stage.batch_size))
+    if config.max_train_batches is not None:
+        steps = min(steps, config.max_train_batches)
+    weight = None
+    if config.pos_weight:
+        slice_y = np.concatenate([prepared.data.slice_labels(pid) for pid in prepared.split["train"]])
+        weight = pos_weight_from_labels(slice_y)
+    return SliceStage(model, prepared.train, stage, steps, device, amp_dtype,
+                      ScanAugment() if config.augment else None, weight)
+
+
+def _effective_monitor(config: TrainConfig, prepared: PreparedData, log: RunLog) -> str:
+    if config.monitor != "mean_auc":
+        return config.monitor
+    y = np.stack([prepared.data.scan_labels(pid) for pid in prepared.split["val"]])
+    if not ((y > 0.5).any(axis=0) & (y <= 0.5).any(axis=0)).any():
+        log.info("No label has both classes in validation, so mean AUC is undefined; "
+                 "monitoring scan_loss instead.")
+        return "scan_loss"
+    return "mean_auc"

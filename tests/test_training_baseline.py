@@ -1,0 +1,67 @@
+"""The intensity baseline: its feature by hand, and its evaluation on the model's patients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ichlib.io.ctich import read_ct_ich
+from ichlib.labels import LABELS
+from ichlib.preprocess.dataset import PreprocessConfig, ScanDataset
+from ichlib.preprocess.hu import intracranial_mask
+from ichlib.training.baseline import IntensityBaseline, hyperdense_fraction, run_intensity_baseline
+from tests.conftest import labels_with
+
+
+def head(n: int = 2, size: int = 48, blob: int = 0) -> np.ndarray:
+    """Air, a 40 HU scalp ring, a 1000 HU skull ring, 30 HU brain; a 70 HU square on slice 0."""
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot(yy - size / 2, xx - size / 2)
+    hu = np.full((n, size, size), -1000.0, dtype=np.float32)
+    hu[:, r < 22] = 40.0    # scalp
+    hu[:, r < 20] = 1000.0  # skull
+    hu[:, r < 17] = 30.0    # brain
+    if blob:
+        hu[0, 20:20 + blob, 20:20 + blob] = 70.0
+    return hu
+
+
+def test_hyperdense_fraction_by_hand():
+    hu = head(blob=4)
+    total, per_slice = hyperdense_fraction(hu)
+    n_brain = int(intracranial_mask(hu)[1].sum())
+    assert per_slice[0] == pytest.approx(16 / n_brain)
+    assert per_slice[1] == 0.0
+    assert total == pytest.approx(16 / (2 * n_brain))
+    hu[1] = -1000.0  # a slice with no head at all
+    assert hyperdense_fraction(hu)[1][1] == 0.0
+
+
+def test_logistic_mapping_is_monotone_and_handles_one_class_labels():
+    feature = np.linspace(0, 0.1, 20)
+    labels = np.zeros((20, 6))
+    labels[10:, 0] = 1           # any: more blood, more positive
+    labels[:, 5] = 1             # subdural: positive everywhere in training
+    model = IntensityBaseline().fit(feature, labels)
+    p = model.predict_proba(np.array([0.0, 0.05, 0.1]))
+    assert p.shape == (3, 6)
+    assert p[0, 0] < p[1, 0] < p[2, 0]
+    assert p[0, 4] == pytest.approx(0.5 / 21)      # no positives: smoothed prevalence
+    assert p[0, 5] == pytest.approx(20.5 / 21)
+
+
+def test_baseline_is_scored_on_the_given_test_patients(make_ct_ich):
+    labels = {49 + i: labels_with(6, (i % 5) if i % 2 else None, 1, 4) for i in range(8)}
+    data = read_ct_ich(make_ct_ich(labels, size=32))
+    config = PreprocessConfig(img_size=16, seq_len=4)
+    ids = data.patient_ids
+    train, val, test = (ScanDataset(data, part, config) for part in (ids[:4], ids[4:6], ids[6:]))
+    result = run_intensity_baseline(train, val, test, n_boot=20)
+    assert set(result["test_probabilities"]) == set(ids[6:])
+    report = result["test"]["patient"]
+    assert report["n"] == 2 and set(report["labels"]) == set(LABELS)
+    assert result["test"]["slice"]["level"] == "slice" and result["test"]["slice"]["n"] == 2 * 4
+    assert set(result["thresholds"]) == set(LABELS)
+    # Bright blood squares on positive slices: the feature separates any-positive scans.
+    val_any = result["val"]["patient"]["labels"]["any"]
+    assert val_any["auc"] in (None, 1.0)

@@ -1,0 +1,421 @@
+"""Distributed training: torchrun with 2 gloo processes on the CPU against one process.
+
+The torchrun runs are real: ``python -m torch.distributed.run --standalone
+--nproc_per_node=2`` starts two workers. One run (module fixture) trains with this file as
+the worker script and feeds three tests; another runs ``ichlib train`` and kills a worker.
+For the weights of 2 x 2 scans to equal 1 x 4, BatchNorm uses its running statistics
+(:class:`FixedBatchNorm2d`) and dropout is off: both otherwise depend on how a batch is
+split, which DDP cannot hide. The optimizer is SGD with momentum: AdamW divides each
+gradient by its running RMS, which turns the float rounding of near-zero gradients (summed
+in another order over 2 ranks) into weight differences of about 1e-5 after a few steps;
+SGD keeps the comparison at float precision and still checks gradients and optimizer state.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import ichlib
+import ichlib.training.fit
+import ichlib.training.strategies
+from ichlib.checkpoint import load_checkpoint
+from ichlib.cli import main
+from ichlib.errors import ConfigError, IchlibError
+from ichlib.losses import LossParts
+from ichlib.training.config import TrainConfig
+from ichlib.training.data import prepare_data
+from ichlib.training.distributed import (
+    LOSS_WEIGHT_KEY,
+    DistContext,
+    DistEnv,
+    ShardedEpochSampler,
+    WeightedItems,
+    backend_for,
+    detect_env,
+    epoch_order,
+    eval_batches,
+    group_timeout,
+    merge_batches,
+    peer_failure,
+    process_device,
+    session,
+    split_batches,
+)
+from ichlib.training.engine import train_one_epoch
+from ichlib.training.evaluation import final_evaluation
+from ichlib.training.fit import fit
+from ichlib.training.loaders import make_loader
+
+# 15 patients and fractions 0.35: 5 train, 5 val, 5 test. With a global batch of 4 the
+# last training step has 1 scan (rank 1 gets only padding) and evaluation has 2 batches.
+N_PATIENTS = 15
+
+
+# --- the worker side (this file is also torchrun's script) --------------------------------
+
+class FixedBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm that always normalises with its running statistics (γ, β still train)."""
+
+    def train(self, mode: bool = True) -> FixedBatchNorm2d:
+        return super().train(False)
+
+
+def fixed_bn_model(config: TrainConfig) -> nn.Module:
+    """``ichlib.training.strategies.build_model`` with every BatchNorm2d in the fixed mode."""
+    model = BUILD_MODEL(config)
+    for module in model.modules():
+        if type(module) is nn.BatchNorm2d:
+            module.__class__ = FixedBatchNorm2d
+    return model
+
+
+def sgd(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """SGD with momentum in place of ``ichlib.training.engine.make_optimizer``'s AdamW."""
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+
+
+BUILD_MODEL = ichlib.training.strategies.build_model
+MAKE_OPTIMIZER = ichlib.training.strategies.make_optimizer
+
+
+def comparable(on: bool) -> None:
+    """Switch training to fixed BatchNorm and SGD (on) or back to its own (off)."""
+    ichlib.training.fit.build_model = fixed_bn_model if on else BUILD_MODEL
+    ichlib.training.strategies.make_optimizer = sgd if on else MAKE_OPTIMIZER
+
+
+def tiny_config(data: Path, out: Path, cache: Path, **changes) -> TrainConfig:
+    settings = {"epochs": 2, "batch_size": 4, "img_size": 32, "seq_len": 4, "lstm_hidden": 16,
+                "dropout": 0.0, "val_fraction": 0.35, "test_fraction": 0.35, "n_boot": 10,
+                "amp": "off", "device": "cpu", "deterministic": True, "progress": True,
+                "cache_dir": str(cache)}
+    return TrainConfig(data_dir=str(data), out_dir=str(out), **{**settings, **changes})
+
+
+def _worker(data: str, out: str, cache: str) -> None:
+    torch.set_num_threads(1)
+    comparable(True)
+    fit(tiny_config(Path(data), Path(out), Path(cache)))
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+def _env(**extra: str) -> dict[str, str]:
+    root = str(Path(ichlib.__file__).parent.parent)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    return {**env, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "ICHLIB_DIST_TIMEOUT": "60",
+            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])), **extra}
+
+
+def _torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    from tests.conftest import labels_with, write_ct_ich
+
+    return write_ct_ich(tmp_path_factory.mktemp("ddp") / "ds",
+                        {49 + i: labels_with(6, (i % 5) if i % 2 else None, 1, 4)
+                         for i in range(N_PATIENTS)}, size=32)
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tiny_data, tmp_path_factory) -> dict:
+    """``fit`` under torchrun with 2 processes (fixed BatchNorm, SGD), on a cold cache."""
+    root = tmp_path_factory.mktemp("two")
+    start = time.perf_counter()
+    done = subprocess.run(_torchrun(__file__, str(tiny_data), str(root / "run"), str(root / "cache")),
+                          env=_env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return {"out": root / "run", "cache": root / "cache", "stdout": done.stdout,
+            "seconds": time.perf_counter() - start}
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tiny_data, tmp_path_factory) -> Path:
+    """The same run in this process, one thread."""
+    root = tmp_path_factory.mktemp("one")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    comparable(True)
+    try:
+        fit(tiny_config(tiny_data, root / "run", root / "cache", progress=False))
+    finally:
+        comparable(False)
+        torch.set_num_threads(threads)
+    return root / "run"
+
+
+# --- the environment ---------------------------------------------------------------------
+
+def test_detect_env_reads_torchrun_variables():
+    assert detect_env({}) == DistEnv(0, 0, 1)
+    assert detect_env({"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4"}) == DistEnv(3, 1, 4)
+    with pytest.raises(ConfigError, match="RANK=4, LOCAL_RANK=0, WORLD_SIZE=4"):
+        detect_env({"RANK": "4", "LOCAL_RANK": "0", "WORLD_SIZE": "4"})
+    with pytest.raises(ConfigError, match="integers"):
+        detect_env({"WORLD_SIZE": "two"})
+
+
+def test_backend_device_and_timeout(monkeypatch):
+    assert backend_for(torch.device("cuda", 0)) == "nccl" and backend_for(torch.device("cpu")) == "gloo"
+    two = DistEnv(rank=1, local_rank=1, world_size=2)
+    assert process_device(torch.device("cuda"), two) == torch.device("cuda", 1)
+    assert process_device(torch.device("cpu"), two) == torch.device("cpu")
+    monkeypatch.setenv("ICHLIB_DIST_TIMEOUT", "90")
+    assert group_timeout() == datetime.timedelta(seconds=90)
+    monkeypatch.setenv("ICHLIB_DIST_TIMEOUT", "soon")
+    with pytest.raises(ConfigError, match="ICHLIB_DIST_TIMEOUT"):
+        group_timeout()
+
+
+def test_one_process_session_is_inactive(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    with session(torch.device("cpu"), batch_size=3) as ctx:
+        assert not ctx.enabled and ctx.is_main
+        assert ctx.from_main(lambda: 7) == 7
+        values = np.array([1.5, 2.0])
+        assert ctx.all_sum(values) is values
+        assert ctx.describe(3) == {"world_size": 1, "backend": "none", "global_batch_size": 3,
+                                   "per_process_batch_size": 3, "lr_scaling": "none"}
+
+
+def test_global_batch_must_split_over_the_processes():
+    ctx = DistContext(env=DistEnv(0, 0, 4), backend="gloo")
+    with pytest.raises(ConfigError, match="multiple of the 4 processes; try 4"):
+        ctx.check_batch_size(6)
+    ctx.check_batch_size(8)
+
+
+def test_a_lost_peer_becomes_a_clear_error():
+    lost = peer_failure(RuntimeError("[gloo/transport/tcp/pair.cc:545] Read error: Connection reset by peer"))
+    assert isinstance(lost, IchlibError)
+    assert "lost contact with another training process" in str(lost) and "--resume" in str(lost)
+    assert peer_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+
+
+# --- data order and sharding ---------------------------------------------------------------
+
+class Recorder(nn.Module):
+    """Stands in for the model: remembers which items it was given, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(()))
+        self.seen: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen += x[:, 0, 0, 0, 0].long().tolist()
+        return self.weight * x.mean()
+
+
+def _index_items(n: int) -> list[dict]:
+    return [{"x": torch.full((1, 1, 1, 1), float(i)), "scan_labels": torch.zeros(6),
+             "slice_labels": torch.zeros(1, 6), "patient_id": str(i)} for i in range(n)]
+
+
+@pytest.mark.parametrize("n", [1, 5, 8])
+def test_epoch_order_is_the_order_one_process_trains_in(n):
+    def criterion(output, scan_y, slice_y):
+        return LossParts(total=output, scan=output, slice=output)
+
+    for epoch in (0, 3):
+        model = Recorder()
+        loader = make_loader(_index_items(n), batch_size=3, shuffle=True, seed=11, epoch=epoch)
+        train_one_epoch(model, criterion, torch.optim.SGD(model.parameters(), lr=0.0), loader,
+                        torch.device("cpu"), epoch)
+        assert model.seen == epoch_order(n, 11, epoch)
+    assert sorted(epoch_order(n, 11, 0)) == list(range(n))
+
+
+@pytest.mark.parametrize(("n", "batch", "world"), [(5, 4, 2), (8, 4, 2), (7, 6, 3), (9, 4, 4)])
+def test_sharded_steps_are_the_single_process_batches(n, batch, world):
+    order = epoch_order(n, 2, 1)
+    steps = [order[s:s + batch] for s in range(0, n, batch)]
+    shares = []
+    for rank in range(world):
+        sampler = ShardedEpochSampler(list(range(n)), batch, seed=2, num_replicas=world, rank=rank)
+        sampler.set_epoch(1)
+        items = list(sampler)
+        shares.append([items[k:k + batch // world] for k in range(0, len(items), batch // world)])
+    assert all(len(s) == len(steps) for s in shares)  # every rank takes every step
+    for k, step in enumerate(steps):
+        real = [(i, w) for share in shares for i, w in share[k] if w > 0]
+        assert sorted(i for i, _ in real) == sorted(step)  # each scan once, padding weighs 0
+        # DDP averages the ranks' weighted means: sum of weights / world = 1 per step.
+        assert sum(w for _, w in real) / world == pytest.approx(1.0)
+        assert {w for _, w in real} == {world / len(step)}
+
+
+def test_weighted_items_add_the_loss_weight():
+    items = WeightedItems([{"x": 0}, {"x": 1}])
+    assert len(items) == 2 and items[(1, 0.5)] == {"x": 1, LOSS_WEIGHT_KEY: 0.5}
+
+
+def test_evaluation_batches_are_dealt_and_merged_back_in_order():
+    n, batch, world = 11, 3, 2
+    assert eval_batches(n, batch, 0, world) == [[0, 1, 2], [6, 7, 8]]
+    assert eval_batches(n, batch, 1, world) == [[3, 4, 5], [9, 10]]
+    assert eval_batches(2, 3, 1, 2) == []  # a rank may have nothing to evaluate
+    items = []
+    for rank in range(world):
+        batches = eval_batches(n, batch, rank, world)
+        ids = [f"p{i}" for b in batches for i in b]
+        arrays = {"sp": [np.array(b, dtype=float) for b in batches]}
+        totals = [np.full(3, float(len(b))) for b in batches]
+        items += split_batches(ids, arrays, totals, rank, world)
+    ids, arrays, totals = merge_batches(items[::-1], ["sp"])
+    assert ids == [f"p{i}" for i in range(n)]
+    assert np.concatenate(arrays["sp"]).tolist() == list(range(n))
+    assert [t[0] for t in totals] == [3, 3, 3, 2]
+    with pytest.raises(IchlibError, match="once each"):
+        merge_batches(items + items[:1], ["sp"])
+
+
+# --- torchrun: 2 processes against 1 --------------------------------------------------------
+
+@pytest.mark.slow
+def test_torchrun_two_processes_write_one_set_of_artefacts(two_process_run):
+    out = two_process_run["out"]
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "history.csv", "last.pt", "metrics.json"]
+    history = pd.read_csv(out / "history.csv")
+    assert list(history["epoch"]) == [1, 2]
+    metrics = json.loads((out / "metrics.json").read_text())
+    layout = {"world_size": 2, "backend": "gloo", "global_batch_size": 4, "per_process_batch_size": 2,
+              "lr_scaling": "none"}
+    assert {k: metrics["training"][k] for k in layout} == layout
+    last = load_checkpoint(out / "last.pt")
+    assert last["distributed"] == layout and last["epoch"] == 2
+    assert not any(key.startswith("module.") for key in last["model"])  # no DDP prefix
+    # Rank 0 alone reports: each line once.
+    stdout = two_process_run["stdout"]
+    assert stdout.count("epoch 2/2") == 1
+    assert stdout.count("batch 4 scans per step (global) = 2 per process x 2 processes (gloo)") == 1
+    # Both ranks built the cold cache together: one whole entry per scan, no temporary files.
+    cache = sorted(two_process_run["cache"].iterdir())
+    assert len(cache) == N_PATIENTS and all(p.suffix == ".npy" for p in cache)
+    assert all(np.load(p).shape == (6, 32, 32) for p in cache)
+
+
+@pytest.mark.slow
+def test_two_processes_of_batch_2_give_the_weights_of_one_process_of_batch_4(two_process_run,
+                                                                              one_process_run):
+    two = load_checkpoint(two_process_run["out"] / "last.pt")
+    one = load_checkpoint(one_process_run / "last.pt")
+    assert one["distributed"]["world_size"] == 1 and two["distributed"]["world_size"] == 2
+    assert two["model"].keys() == one["model"].keys()
+    deltas = {k: (two["model"][k].double() - v.double()).abs().max().item()
+              for k, v in one["model"].items() if v.is_floating_point()}
+    largest = max(v.abs().max().item() for v in one["model"].values() if v.is_floating_point())
+    momentum = max((two["optimizer"]["state"][k]["momentum_buffer"].double() - v["momentum_buffer"].double())
+                   .abs().max().item() for k, v in one["optimizer"]["state"].items())
+    print(f"\nmax |weight(2 x 2) - weight(1 x 4)| = {max(deltas.values()):.3g} over {len(deltas)} "
+          f"tensors (largest |weight| {largest:.3g}); max |momentum difference| = {momentum:.3g}")
+    assert max(deltas.values()) < 1e-6, sorted(deltas.items(), key=lambda kv: -kv[1])[:3]
+    assert momentum < 1e-5
+    assert two["lr_scheduler"]["last_epoch"] == one["lr_scheduler"]["last_epoch"] == 4  # 2 steps x 2
+    h2 = pd.read_csv(two_process_run["out"] / "history.csv")
+    h1 = pd.read_csv(one_process_run / "history.csv")
+    for column in ("train_loss", "train_scan_loss", "val_loss", "val_scan_loss"):
+        np.testing.assert_allclose(h2[column], h1[column], rtol=1e-5, err_msg=column)
+
+
+@pytest.mark.slow
+def test_gathered_evaluation_equals_one_process_exactly(two_process_run, tiny_data, one_thread):
+    """The 2-rank final evaluation in metrics.json against this process evaluating best.pt."""
+    out = two_process_run["out"]
+    config = tiny_config(tiny_data, out, two_process_run["cache"], progress=False)
+    prepared = prepare_data(config)
+    single = final_evaluation(config, prepared, out / "best.pt", torch.device("cpu"), "real")
+    gathered = json.loads((out / "metrics.json").read_text())
+    expected = json.loads(json.dumps(ichlib.training.evaluation.json_safe(single)))
+    for split in ("val", "test"):
+        assert gathered[split] == expected[split], split
+    test_ids = prepared.split["test"]
+    assert list(gathered["test"]["probabilities"]) == test_ids  # loader order, each patient once
+    assert gathered["test"]["patient"]["n"] == len(test_ids) == 5
+    assert gathered["val"]["patient"]["n"] == len(prepared.split["val"]) == 5
+    assert gathered["thresholds"] == expected["thresholds"]
+
+
+# --- killing a worker ---------------------------------------------------------------------------
+
+def _worker_pid(launcher: int, rank: int) -> int | None:
+    """The pid of torchrun's child with ``RANK=rank`` (read from /proc)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == launcher and f"RANK={rank}".encode() in environ:
+            return int(entry.name)
+    return None
+
+
+@pytest.mark.slow
+def test_killing_a_worker_stops_the_run_then_one_process_resumes(tiny_data, tmp_path, capsys):
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    args = ["train", "--data", str(tiny_data), "--out", str(run), "--epochs", "2", "--batch-size", "4",
+            "--img-size", "32", "--seq-len", "4", "--n-boot", "5", "--amp", "off", "--device", "cpu",
+            "--deterministic", "--cache-dir", str(cache)]
+    proc = subprocess.Popen(_torchrun("-m", "ichlib", *args), env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "last.pt").exists():  # rank 0 wrote epoch 1
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "epoch 1 did not finish in time"
+            time.sleep(0.01)
+        victim = _worker_pid(proc.pid, rank=1)
+        assert victim is not None, "no worker with RANK=1 under torchrun"
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        output, _ = proc.communicate(timeout=60)  # ends, does not hang
+        ended = time.monotonic() - killed
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    with capsys.disabled():
+        print(f"\ntorchrun exited ({proc.returncode}) {ended:.1f} s after the SIGKILL of rank 1")
+    assert proc.returncode != 0 and ended < 60
+    assert "SIGKILL" in output, output  # torchrun names the worker that died
+    assert not (run / "metrics.json").exists(), "the run finished before the kill"
+    assert not [p for p in run.iterdir() if ".tmp" in p.name]
+    interrupted = load_checkpoint(run / "last.pt")
+    assert interrupted["distributed"]["world_size"] == 2
+    assert interrupted["epoch"] == 1
+
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0  # one process, no torchrun
+    out = capsys.readouterr().out
+    assert f"Resuming {run} after epoch 1 of 2" in out
+    assert "2 processes" not in out and "4 per process x 1 process" in out
+    history = pd.read_csv(run / "history.csv")
+    assert list(history["epoch"]) == [1, 2]
+    assert history["train_loss"].iloc[0] == pytest.approx(interrupted["history"][0]["train_loss"], rel=1e-12)
+    final = load_checkpoint(run / "last.pt")
+    assert final["epoch"] == 2 and final["distributed"]["world_size"] == 1
+    assert json.loads((run / "metrics.json").read_text())["training"]["epochs_run"] == 2
+
+
+if __name__ == "__main__":  # torchrun's worker script for the two_process_run fixture
+    _worker(*sys.argv[1:4])

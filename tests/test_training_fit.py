@@ -1,0 +1,265 @@
+"""Training: the run folder, resuming, overfitting four scans, broken data, the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ichlib.checkpoint import load_checkpoint
+from ichlib.cli import main
+from ichlib.device import resolve_amp
+from ichlib.errors import ConfigError, DataError
+from ichlib.io.ctich import read_ct_ich
+from ichlib.labels import LABELS
+from ichlib.losses import ScanSliceLoss
+from ichlib.model import CNNBiLSTM
+from ichlib.preprocess.dataset import PreprocessConfig, ScanDataset
+from ichlib.preprocess.splits import patient_split
+from ichlib.training.config import TrainConfig
+from ichlib.training.data import prepare_data
+from ichlib.training.engine import EarlyStopping, make_optimizer, train_one_epoch
+from ichlib.training.fit import fit
+from ichlib.training.loaders import make_loader
+from tests.conftest import labels_with, write_ct_ich
+
+# Numbers that go through amp="auto": CI runs these again under ICHLIB_AMP=bf16.
+pytestmark = pytest.mark.amp
+
+
+def tiny_labels(n: int = 8) -> dict[int, np.ndarray]:
+    """Half the patients negative; the others with one subtype on slices 2-4."""
+    return {49 + i: labels_with(6, (i % 5) if i % 2 else None, 1, 4) for i in range(n)}
+
+
+def tiny_config(data: Path, out: Path, **changes) -> TrainConfig:
+    settings = {"epochs": 2, "batch_size": 4, "img_size": 32, "seq_len": 4, "lstm_hidden": 16,
+                "val_fraction": 0.25, "test_fraction": 0.25, "n_boot": 20, "progress": False,
+                "deterministic": True, "cache_dir": str(out.parent / "cache")}
+    return TrainConfig(data_dir=str(data), out_dir=str(out), **{**settings, **changes})
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return write_ct_ich(tmp_path_factory.mktemp("tiny") / "ds", tiny_labels(), size=32)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_data, tmp_path_factory):
+    """Two uninterrupted epochs, deterministic."""
+    return fit(tiny_config(tiny_data, tmp_path_factory.mktemp("ref") / "run"))
+
+
+def test_fit_writes_the_run_folder(reference_run, tiny_data):
+    run = reference_run
+    for path in (run.best_path, run.last_path, run.history_path, run.metrics_path):
+        assert path.exists(), path
+    history = pd.read_csv(run.history_path)
+    assert list(history["epoch"]) == [1, 2]
+    assert {"train_loss", "train_scan_loss", "train_slice_loss", "val_loss", "val_mean_auc", "lr"} <= set(history)
+
+    metrics = json.loads(run.metrics_path.read_text())
+    assert metrics["data"] == "real" and metrics["labels"] == list(LABELS)
+    expected_split = patient_split(read_ct_ich(tiny_data).patients, 0.25, 0.25, seed=0)
+    assert metrics["split"] == expected_split == run.split
+    test_ids = set(metrics["split"]["test"])
+    assert test_ids.isdisjoint(metrics["split"]["train"]) and test_ids.isdisjoint(metrics["split"]["val"])
+    test = metrics["test"]
+    assert set(test["patient"]["labels"]) == set(LABELS)
+    assert set(test["probabilities"]) == test_ids
+    assert test["slice"]["level"] == "slice" and test["slice"]["n_patients"] == len(test_ids)
+    assert set(metrics["thresholds"]) == set(LABELS)
+    for entry in test["patient"]["labels"].values():
+        assert entry["threshold"] is not None and "sensitivity" in entry
+    # The baseline is scored on the same test patients.
+    assert set(metrics["baseline"]["test_probabilities"]) == test_ids
+    assert metrics["training"]["best_epoch"] in (1, 2) and metrics["training"]["epochs_run"] == 2
+    timing = metrics["training"]           # end to end: the epochs are all the training time
+    assert timing["total_seconds"] == timing["epoch_seconds"] > 0
+    assert "sequence_stage" not in timing
+    assert metrics["config"]["img_size"] == 32
+
+    best = load_checkpoint(run.best_path)
+    last = load_checkpoint(run.last_path)
+    assert "optimizer" not in best and {"optimizer", "lr_scheduler", "rng", "early_stopping"} <= set(last)
+    assert best["preprocess"] == PreprocessConfig(("brain",), 32, 4).to_dict()
+    assert last["epoch"] == 2 and last["data"] == "real" and len(last["history"]) == 2
+    assert set(best["thresholds"]) == set(LABELS)
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(reference_run, tiny_data, tmp_path):
+    config = tiny_config(tiny_data, tmp_path / "run")
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_first_epoch(epochs_done: int, row: dict) -> None:
+        if epochs_done == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit(config, on_epoch_end=stop_after_first_epoch)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
+    resumed = fit(config, resume=True)
+
+    expected = load_checkpoint(reference_run.last_path)
+    got = load_checkpoint(resumed.last_path)
+    assert got["epoch"] == 2
+    for key, value in expected["model"].items():
+        assert torch.equal(got["model"][key], value), key
+    pd.testing.assert_frame_equal(
+        resumed.history.drop(columns=["train_seconds", "train_slices_per_s"]),
+        reference_run.history.drop(columns=["train_seconds", "train_slices_per_s"]))
+    assert resumed.metrics["test"]["patient"] == reference_run.metrics["test"]["patient"]
+
+
+def test_resume_refuses_other_settings(reference_run, tiny_data, tmp_path):
+    shutil.copy(reference_run.last_path, tmp_path / "last.pt")
+    config = tiny_config(tiny_data, tmp_path, lr=0.01)
+    with pytest.raises(ConfigError, match="lr: saved 0.001, now 0.01"):
+        fit(config, resume=True)
+
+
+def test_four_scans_can_be_overfitted(tiny_data):
+    torch.manual_seed(0)
+    data = read_ct_ich(tiny_data)
+    ids = [pid for pid in data.patient_ids if data.scan_labels(pid)[0] == 1][:2]
+    ids += [pid for pid in data.patient_ids if data.scan_labels(pid)[0] == 0][:2]
+    dataset = ScanDataset(data, ids, PreprocessConfig(img_size=32, seq_len=4))
+    model = CNNBiLSTM(lstm_hidden=16, dropout=0.0)
+    optimizer = make_optimizer(model, lr=1e-3)
+    loader = make_loader(dataset, batch_size=4)
+    criterion = ScanSliceLoss(0.5)
+    losses = [train_one_epoch(model, criterion, optimizer, loader, torch.device("cpu"), epoch)["loss"]
+              for epoch in range(20)]
+    assert losses[-1] < 0.3 * losses[0], losses
+
+
+def test_broken_scans_stop_the_run_or_are_skipped(tiny_data, tmp_path):
+    data = tmp_path / "ds"
+    shutil.copytree(tiny_data, data)
+    truncated = data / "ct_scans" / "052.nii"
+    truncated.write_bytes(truncated.read_bytes()[:-500])  # found from the header
+    nan_scan = data / "ct_scans" / "053.nii"               # found when the voxels are read
+    img = nib.load(nan_scan)
+    voxels = np.asarray(img.dataobj, dtype=np.float32)
+    voxels[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(voxels, img.affine), nan_scan)
+
+    with pytest.raises(DataError, match="052.nii.*truncated") as info:
+        prepare_data(tiny_config(data, tmp_path / "run"))
+    assert "skip" in str(info.value)
+    truncated.unlink()
+    shutil.copy(tiny_data / "ct_scans" / "052.nii", truncated)
+    with pytest.raises(DataError, match="053.nii.*NaN") as info:
+        prepare_data(tiny_config(data, tmp_path / "run"))
+    assert "skip" in str(info.value)
+
+    truncated.write_bytes(truncated.read_bytes()[:-500])
+    prepared = prepare_data(tiny_config(data, tmp_path / "run", skip_bad=True))
+    assert sorted(s["patient_id"] for s in prepared.skipped) == ["052", "053"]
+    assert all(s["path"].endswith(("052.nii", "053.nii")) for s in prepared.skipped)
+    used = sum(prepared.split.values(), [])
+    assert "052" not in used and "053" not in used and len(used) == 6
+
+
+def test_early_stopping():
+    tracker = EarlyStopping("scan_loss", patience=2)
+    assert [tracker.update(s, e) for e, s in enumerate([0.9, 0.7, 0.8, 0.7], start=1)] == \
+        [True, True, False, False]
+    assert tracker.stopped and tracker.best_epoch == 2 and tracker.best_score == 0.7
+    auc = EarlyStopping("mean_auc")
+    assert auc.update(0.6, 1) and auc.update(0.7, 2) and not auc.update(0.65, 3) and not auc.stopped
+
+
+def test_config_validation_and_round_trip(tmp_path):
+    config = TrainConfig(data_dir=tmp_path, out_dir=tmp_path / "run", windows="brain,subdural")
+    assert config.windows == ("brain", "subdural")
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    json.dumps(config.to_dict())
+    for bad in ({"monitor": "accuracy"}, {"amp": "fp8"}, {"aux_weight": 2.0}, {"windows": ("lung",)},
+                {"backbone": "vgg"}, {"seq_len": 0}, {"patience": 0}):
+        with pytest.raises(ConfigError):
+            TrainConfig(data_dir=tmp_path, out_dir=tmp_path, **bad)
+
+
+def test_amp_resolution(monkeypatch):
+    monkeypatch.delenv("ICHLIB_AMP", raising=False)
+    cpu = torch.device("cpu")
+    assert resolve_amp("off", cpu) is None
+    assert resolve_amp("bf16", cpu) is torch.bfloat16
+    with pytest.raises(ConfigError, match="CUDA"):
+        resolve_amp("fp16", cpu)
+    monkeypatch.setattr("ichlib.device.bf16_pays_on_cpu", lambda: True)
+    assert resolve_amp("auto", cpu) is torch.bfloat16
+    monkeypatch.setattr("ichlib.device.bf16_pays_on_cpu", lambda: False)
+    assert resolve_amp("auto", cpu) is None
+
+
+def test_auto_picks_bf16_only_with_amx(monkeypatch):
+    # AVX512-BF16 alone trains slower in bf16 than in float32 (benchmarks/RESULTS.md).
+    monkeypatch.delenv("ICHLIB_AMP", raising=False)
+    monkeypatch.setattr("ichlib.device.cpu_has_amx", lambda: False)
+    monkeypatch.setattr("ichlib.device.cpu_has_native_bf16", lambda: True)
+    assert resolve_amp("auto", torch.device("cpu")) is None
+    monkeypatch.setattr("ichlib.device.cpu_has_amx", lambda: True)
+    assert resolve_amp("auto", torch.device("cpu")) is torch.bfloat16
+
+
+def test_ichlib_amp_overrides_auto_only(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr("ichlib.device.bf16_pays_on_cpu", lambda: False)
+    monkeypatch.setenv("ICHLIB_AMP", "bf16")
+    assert resolve_amp("auto", cpu) is torch.bfloat16
+    assert resolve_amp("off", cpu) is None               # an explicit choice wins
+    monkeypatch.setenv("ICHLIB_AMP", "off")
+    monkeypatch.setattr("ichlib.device.bf16_pays_on_cpu", lambda: True)
+    assert resolve_amp("auto", cpu) is None
+    monkeypatch.setenv("ICHLIB_AMP", "bf17")
+    with pytest.raises(ConfigError, match="ICHLIB_AMP"):
+        resolve_amp("auto", cpu)
+
+
+def test_cli_train_end_to_end(tmp_path, capsys):
+    data = write_ct_ich(tmp_path / "ds", tiny_labels(9), size=32)
+    (data / "synthetic.json").write_text('{"synthetic": true}')
+    broken = data / "ct_scans" / "057.nii"
+    broken.write_bytes(b"junk")
+    run = tmp_path / "run"
+    status = main(["train", "--data", str(data), "--out", str(run), "--epochs", "1",
+                   "--batch-size", "4", "--img-size", "32", "--seq-len", "4", "--n-boot", "20",
+                   "--cache-dir", str(tmp_path / "cache"), "--skip-bad", "--amp", "off"])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    for name in ("best.pt", "last.pt", "history.csv", "metrics.json"):
+        assert (run / name).exists(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["data"] == "synthetic" and "SYNTHETIC" in metrics["note"]
+    assert [s["patient_id"] for s in metrics["skipped"]] == ["057"]
+    assert load_checkpoint(run / "best.pt")["data"] == "synthetic"
+    assert "SYNTHETIC" in out and "subdural" in out and "057" in err
+
+
+def test_forced_bf16_training_is_reported_and_scored_in_float32(tiny_data, tmp_path, monkeypatch):
+    # ICHLIB_AMP=bf16 runs the bf16 path on any CPU (emulated where the CPU lacks it); the
+    # test split is still scored in float32, so metrics.json does not depend on the CPU.
+    from ichlib.checkpoint import model_from_checkpoint
+    from ichlib.predict import predict_scan
+
+    monkeypatch.setenv("ICHLIB_AMP", "bf16")
+    run = fit(tiny_config(tiny_data, tmp_path / "run", epochs=1))
+    assert "bfloat16" in run.metrics["training"]["device"]
+    assert run.metrics["evaluation_precision"] == "float32"
+    assert np.isfinite(run.history["train_loss"]).all()
+    model, preprocess = model_from_checkpoint(load_checkpoint(run.best_path))
+    for pid, expected in run.metrics["test"]["probabilities"].items():
+        got = predict_scan(model, preprocess, tiny_data / "ct_scans" / f"{pid}.nii", amp="off")
+        # float16 cache against the NIfTI read: far below bf16's rounding (about 4e-3 here)
+        np.testing.assert_allclose([got.probabilities[k] for k in LABELS],
+                                   [expected[k] for k in LABELS], atol=2e-3)

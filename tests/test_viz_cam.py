@@ -1,0 +1,173 @@
+"""Grad-CAM figures and the per-scan report (PNG + NIfTI aligned with the scan)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from ichlib.explain.cam import ScanCAM
+from ichlib.io.load import load_volume  # noqa: E402
+from ichlib.labels import LABELS  # noqa: E402
+from ichlib.preprocess.dataset import PreprocessConfig  # noqa: E402
+from ichlib.viz.cam import (
+    plot_cam_montage,
+    plot_cam_slice,
+    plot_localization,
+    plot_slice_importance,
+    write_cam_report,  # noqa: E402
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def fake_result(s: int = 8, size: int = 24) -> tuple[torch.Tensor, ScanCAM, np.ndarray]:
+    """A hand-made scan: a blob on slices 3-4 with maps that peak there."""
+    yy, xx = np.mgrid[:size, :size]
+    blob = np.hypot(yy - 8, xx - 15) < 3
+    x = torch.full((s, 1, size, size), 0.4)
+    masks = np.zeros((s, size, size), bool)
+    masks[3:5] = blob
+    x[3:5, 0][torch.from_numpy(masks[3:5])] = 0.95
+    bump = np.exp(-((yy - 8) ** 2 + (xx - 15) ** 2) / 18.0).astype(np.float32)
+    weight = np.array([0.05, 0.1, 0.3, 1.0, 0.8, 0.2, 0.1, 0.05], np.float32)[:s]
+    maps = weight[:, None, None] * bump
+    result = ScanCAM(maps=maps, importance=maps.mean(axis=(1, 2)), raw=maps[:, ::4, ::4],
+                     label="subdural", probability=0.87,
+                     probabilities=np.linspace(0.1, 0.9, 6).astype(np.float32),
+                     slice_indices=np.arange(s) * 3)
+    return x, result, masks
+
+
+def test_plot_cam_slice_three_panels_and_png(tmp_path):
+    x, result, masks = fake_result()
+    path = tmp_path / "slice.png"
+    fig = plot_cam_slice(x[3, 0], result.maps[3], masks[3], title="slice 10", path=path)
+    assert isinstance(fig, Figure)
+    titles = [ax.get_title() for ax in fig.axes[:3]]
+    assert titles[0] == "windowed slice" and titles[1] == "Grad-CAM" and "mask" in titles[2]
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    plot_cam_slice(x[0].numpy(), result.maps[0])            # [1, H, W] image, no mask
+    with pytest.raises(ValueError):
+        plot_cam_slice(x[:2, 0], result.maps[0])
+
+
+def test_montage_shows_the_most_important_slices_first(tmp_path):
+    x, result, masks = fake_result()
+    path = tmp_path / "montage.png"
+    fig = plot_cam_montage(x, result, top_k=4, masks=masks, slice_labels=masks.any(axis=(1, 2)),
+                           path=path)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title().startswith("slice")]
+    # importance order: positions 3, 4, 2, 5 -> SliceNumber = 3 * pos + 1
+    assert [t.split()[1] for t in titles] == ["10", "13", "7", "16"]
+    assert titles[0].endswith("importance 100%")
+    assert "subdural" in fig._suptitle.get_text() and "0.87" in fig._suptitle.get_text()
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    small = plot_cam_montage(x, result, top_k=20, show_importance=False, title="all")
+    assert sum(ax.get_title().startswith("slice") for ax in small.axes) == 8
+    with pytest.raises(ValueError):
+        plot_cam_montage(x[:3], result)
+
+
+def test_importance_plot_shades_the_labelled_slices(tmp_path):
+    _, result, masks = fake_result()
+    labels = np.zeros((8, len(LABELS)), np.float32)
+    labels[3:5, LABELS.index("subdural")] = 1
+    labels[7, LABELS.index("epidural")] = 1                  # another label: not shaded
+    fig = plot_slice_importance(result, labels, path=tmp_path / "imp.png")
+    ax = fig.axes[0]
+    shaded = [p for p in ax.patches if isinstance(p, Rectangle)]
+    assert len(shaded) == 1                                   # one run: slices 3-4
+    x0 = shaded[0].get_x()
+    x1 = x0 + shaded[0].get_width()                           # half-way to the neighbours
+    assert x0 == pytest.approx(10 - 1.5) and x1 == pytest.approx(13 + 1.5)
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), result.importance)
+    np.testing.assert_array_equal(ax.lines[0].get_xdata(), result.slice_indices + 1)
+    assert (tmp_path / "imp.png").exists()
+    plot_slice_importance(result)                             # no labels at all
+    with pytest.raises(ValueError):
+        plot_slice_importance(result, labels[:5])
+
+
+def test_plot_localization_draws_one_bar_per_method_and_metric(tmp_path):
+    import pandas as pd
+
+    table = pd.DataFrame({"n_scans": [4, 4], "energy": [0.3, 0.1], "pointing": [0.5, 0.25],
+                          "pointing_scan": [0.75, 0.5], "energy[epidural]": [0.9, 0.2]},
+                         index=pd.Index(["trained", "randomized"], name="method"))
+    fig = plot_localization(table, path=tmp_path / "loc.png")
+    ax = fig.axes[0]
+    heights = sorted(round(p.get_height(), 6) for p in ax.patches if isinstance(p, Rectangle))
+    assert heights == sorted([0.3, 0.1, 0.5, 0.25, 0.75, 0.5])   # subtype columns left out
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["trained", "randomized"]
+    assert "n = 4" in ax.get_title()
+    assert (tmp_path / "loc.png").read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.parametrize("table", ["no rows", "nothing scored"])
+def test_plot_localization_says_so_when_nothing_was_scored(table, tmp_path):
+    import pandas as pd
+
+    from ichlib.explain.localization import RECORD_COLUMNS, localization_table
+
+    if table == "no rows":
+        table = localization_table(pd.DataFrame(columns=list(RECORD_COLUMNS)))
+    else:
+        table = pd.DataFrame({"n_scans": [0], "energy": [np.nan], "pointing": [np.nan],
+                              "pointing_scan": [np.nan]}, index=["trained"])
+    fig = plot_localization(table, path=tmp_path / "loc.png")
+    ax = fig.axes[0]
+    assert not [p for p in ax.patches if isinstance(p, Rectangle)]
+    assert "nothing to localise" in " ".join(t.get_text() for t in ax.texts)
+    assert "n = 0" in ax.get_title()
+    assert (tmp_path / "loc.png").exists()
+
+
+def test_write_cam_report_png_and_aligned_nifti(make_ct_ich, tmp_path):
+    from ichlib.model import CNNBiLSTM
+
+    root = make_ct_ich({60: np.eye(7, 5, -2, dtype=int)}, size=48)
+    scan = root / "ct_scans" / "060.nii"
+    torch.manual_seed(0)
+    model = CNNBiLSTM("resnet18", in_channels=2, lstm_hidden=8).train()
+    config = PreprocessConfig(windows=("brain", "subdural"), img_size=64, seq_len=4)
+    open_before = plt.get_fignums()
+
+    paths = write_cam_report(model, config, scan, tmp_path / "out", top_k=3)
+
+    assert model.training                                     # state restored
+    assert plt.get_fignums() == open_before                   # no figure left open
+    png, nifti = paths
+    assert png.name.startswith("060_cam_") and png.suffix == ".png"
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    assert nifti.name.endswith(".nii.gz")
+    source, written = nib.load(scan), nib.load(nifti)
+    np.testing.assert_allclose(written.affine, source.affine)
+    assert written.shape == source.shape
+    maps = np.transpose(np.asarray(written.dataobj, dtype=np.float32), (2, 1, 0))
+    assert maps.shape == load_volume(scan).hu.shape == (7, 48, 48)
+    sampled = [0, 2, 4, 6]                                    # uniform_indices(7, 4)
+    assert maps.min() >= 0 and maps.max() == pytest.approx(1.0, abs=1e-3)
+    assert not maps[[1, 3, 5]].any()                          # not sampled: zeros
+    assert any(maps[k].any() for k in sampled)
+
+    only_png = write_cam_report(model, config, scan, tmp_path / "png", save_nifti=False,
+                                label="epidural")
+    assert [p.name for p in only_png] == ["060_cam_epidural.png"]
