@@ -28,11 +28,12 @@ SHELL := /bin/bash
 # starts a private kernel on 127.0.0.1, so make run hides that one line (everything else passes).
 KERNEL_NOISE := running over TCP without encryption
 
-.PHONY: run test test-bf16 env data check lint strip clean help bench bench-gpu
+.PHONY: run test test-fast test-bf16 env data check lint strip clean help bench bench-gpu
 
 help:
 	@echo "make run    execute notebooks/0*.ipynb headless on \$$DATA (default: synthetic phantom)"
 	@echo "make test   run the test suite"
+	@echo "make test-fast  the tests not marked slow (a quick loop; make test runs them all)"
 	@echo "make test-bf16  the amp-dependent tests again on the bf16 path (ICHLIB_AMP=bf16)"
 	@echo "make data   generate the synthetic phantom into data/synthetic if absent"
 	@echo "make check  ichlib check \$$DATA"
@@ -100,11 +101,17 @@ test: env
 
 # The tests whose numbers go through amp="auto", forced onto the bf16 path (emulated on CPUs
 # without bf16), so every machine exercises what an AMX CPU runs by default.
+# The quick loop while developing: everything but the tests marked slow (notebooks, torchrun,
+# kill-and-resume, benchmarks), which make test and CI still run.
+test-fast: env
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
 test-bf16: env
 	ICHLIB_AMP=bf16 $(PY) -m pytest -m amp $(PYTEST_ARGS)
 
 lint: env
 	$(PY) -m ruff check ichlib tests benchmarks
+	$(PY) -m pytest -q tests/test_architecture.py   # import cycles, layer contracts, function length
 
 strip: env
 	$(PY) -m jupyter nbconvert --clear-output --inplace $(NOTEBOOKS)

@@ -88,11 +88,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
                               f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r})") from exc
     except Exception as exc:  # anything else torch.load can raise on junk
         raise CheckpointError(path, f"could not load the checkpoint ({type(exc).__name__}: {exc})") from exc
-    validate_checkpoint(ckpt, path)
+    _validate_checkpoint(ckpt, path)
     return ckpt
 
 
-def validate_checkpoint(ckpt: object, path: str | os.PathLike | None = None) -> None:
+def _validate_checkpoint(ckpt: object, path: str | os.PathLike | None = None) -> None:
     """Check format, version, labels and required keys of a loaded checkpoint.
 
     Raises:

@@ -81,7 +81,7 @@ class CNNBiLSTM(nn.Module):
             "lstm_hidden": int(lstm_hidden), "lstm_layers": int(lstm_layers),
             "dropout": float(dropout),
         }
-        self.encoder, self.feature_dim = build_encoder(backbone, in_channels, pretrained)
+        self.encoder, self.feature_dim = _build_encoder(backbone, in_channels, pretrained)
         self.dropout = nn.Dropout(dropout)
         self.slice_head = nn.Linear(self.feature_dim, n_labels)
         self.lstm_norm = nn.LayerNorm(self.feature_dim)
@@ -145,7 +145,7 @@ class CNNBiLSTM(nn.Module):
         return not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last)
 
 
-def build_encoder(backbone: str, in_channels: int = 1,
+def _build_encoder(backbone: str, in_channels: int = 1,
                   pretrained: bool = False) -> tuple[torchvision.models.ResNet, int]:
     """A torchvision ResNet trunk with ``fc`` replaced by identity.
 
@@ -161,7 +161,7 @@ def build_encoder(backbone: str, in_channels: int = 1,
     constructor, weights_name, feature_dim = BACKBONES[backbone]
     trunk = constructor(weights=None)
     if pretrained:
-        trunk.load_state_dict(imagenet_state_dict(backbone))
+        trunk.load_state_dict(_imagenet_state_dict(backbone))
     old = trunk.conv1
     conv1 = nn.Conv2d(in_channels, old.out_channels, kernel_size=old.kernel_size, stride=old.stride,
                       padding=old.padding, bias=False)
@@ -187,7 +187,7 @@ def adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     return mean.repeat(1, in_channels, 1, 1) * (weight.shape[1] / in_channels)
 
 
-def imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
+def _imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
     """torchvision's ImageNet weights for ``backbone``, from the torch hub cache or the web.
 
     Raises:

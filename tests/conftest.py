@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from ichlib.io.nifti import save_mask, save_volume
 from ichlib.labels import CT_ICH_COLUMNS, CT_ICH_CSV_COLUMNS
+from ichlib.training.config import TrainConfig
 
 
 def write_ct_ich(root: Path, labels: dict[int, np.ndarray], size: int = 32, seed: int = 0,
@@ -98,3 +101,57 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# --- toy models and settings shared by several test modules -------------------------------
+
+class ToyOutput(NamedTuple):
+    """What a CNN + BiLSTM returns (the fields of :class:`ichlib.model.ModelOutput`)."""
+
+    scan_logits: torch.Tensor
+    slice_logits: torch.Tensor
+
+
+class ToyBiLSTM(nn.Module):
+    """The CNNBiLSTM contract in miniature: encoder, target_layer, BiLSTM, two heads.
+
+    Args:
+        f: Feature channels (and embedding size).
+        hidden: LSTM hidden size per direction.
+        downsamplings: Stride-2 blocks; the target layer is the last, so 32x32 slices give
+            16x16 maps with 1 and 8x8 with 2.
+        batchnorm: A BatchNorm after the first convolution (train/eval mode then matters).
+        dropout: Dropout before the heads.
+    """
+
+    def __init__(self, f: int = 8, hidden: int = 8, downsamplings: int = 1, batchnorm: bool = False,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        first = [nn.Conv2d(1, f, 3, padding=1), *([nn.BatchNorm2d(f)] if batchnorm else []), nn.ReLU()]
+        blocks = [nn.Sequential(nn.Conv2d(f, f, 3, stride=2, padding=1), nn.ReLU())
+                  for _ in range(downsamplings)]
+        self.encoder = nn.Sequential(*first, *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self._target = len(first) + downsamplings - 1
+        self.dropout = nn.Dropout(dropout)
+        self.slice_head = nn.Linear(f, 6)
+        self.lstm = nn.LSTM(f, hidden, batch_first=True, bidirectional=True)
+        self.scan_head = nn.Linear(2 * hidden, 6)
+
+    @property
+    def target_layer(self) -> nn.Module:
+        return self.encoder[self._target]
+
+    def forward(self, x: torch.Tensor) -> ToyOutput:
+        b, s = x.shape[:2]
+        e = self.encoder(x.flatten(0, 1)).view(b, s, -1)
+        _, (h, _) = self.lstm(e)
+        return ToyOutput(self.scan_head(self.dropout(torch.cat([h[-2], h[-1]], 1))),
+                         self.slice_head(self.dropout(e)))
+
+
+def tiny_train_config(data: Path, out: Path, **changes) -> TrainConfig:
+    """A TrainConfig small enough for a test: 32 px, S = 4, a 16-unit LSTM, deterministic."""
+    settings = {"epochs": 2, "batch_size": 4, "img_size": 32, "seq_len": 4, "lstm_hidden": 16,
+                "val_fraction": 0.25, "test_fraction": 0.25, "n_boot": 20, "progress": False,
+                "deterministic": True, "cache_dir": str(out.parent / "cache")}
+    return TrainConfig(data_dir=str(data), out_dir=str(out), **{**settings, **changes})

@@ -32,7 +32,7 @@ from ichlib.io.nifti import save_volume
 from ichlib.labels import LABELS
 from ichlib.training.config import TrainConfig
 from ichlib.training.fit import fit
-from tests.conftest import labels_with, write_ct_ich
+from tests.conftest import labels_with, tiny_train_config, write_ct_ich
 
 
 def leftovers(folder: Path) -> list[Path]:
@@ -422,17 +422,16 @@ def test_check_lists_all_three_problems(mixed_folder, capsys):
     assert sorted(p.patient_id for p in report.problems) == sorted(BROKEN)
 
 
-def tiny_train_config(data: Path, out: Path, **changes) -> TrainConfig:
-    settings = {"epochs": 1, "batch_size": 2, "img_size": 16, "seq_len": 2, "lstm_hidden": 8,
-                "val_fraction": 1 / 3, "test_fraction": 1 / 3, "n_boot": 5, "progress": False,
-                "deterministic": True, "amp": "off", "device": "cpu",
-                "cache_dir": str(out.parent / "cache")}
-    return TrainConfig(data_dir=str(data), out_dir=str(out), **{**settings, **changes})
+def _tiny_config(data: Path, out: Path, **changes) -> TrainConfig:
+    return tiny_train_config(data, out, **{"epochs": 1, "batch_size": 2, "img_size": 16, "seq_len": 2,
+                                           "lstm_hidden": 8, "val_fraction": 1 / 3,
+                                           "test_fraction": 1 / 3, "n_boot": 5, "amp": "off",
+                                           "device": "cpu", **changes})
 
 
 def test_training_without_skip_lists_every_broken_patient(mixed_folder, tmp_path):
     with pytest.raises(DataError) as info:
-        fit(tiny_train_config(mixed_folder, tmp_path / "run"))
+        fit(_tiny_config(mixed_folder, tmp_path / "run"))
     message = str(info.value)
     # The label problem and the truncated header are found first; the run stops there,
     # before writing anything, and says how to go on.
@@ -446,7 +445,7 @@ def test_training_without_skip_lists_every_broken_patient(mixed_folder, tmp_path
 @pytest.fixture(scope="module")
 def skipped_run(mixed_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("skip") / "run"
-    return fit(tiny_train_config(mixed_folder, out, skip_bad=True))
+    return fit(_tiny_config(mixed_folder, out, skip_bad=True))
 
 
 def test_training_with_skip_bad_leaves_them_out_and_says_which(skipped_run):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -203,7 +205,9 @@ def _env() -> dict[str, str]:
             "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
+    """The end-to-end resume test: killed mid-epoch, resumed, equal to an uninterrupted run."""
     # 16 patients: 12 train scans = 6 batches, about a second per epoch at 32 px.
     data = write_ct_ich(tmp_path / "ds", {49 + i: labels_with(6, (i % 5) if i % 2 else None, 1, 4)
                                           for i in range(16)}, size=32)
@@ -250,4 +254,9 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
     for key, moments in expected["optimizer"]["state"].items():
         for name, value in moments.items():
             assert torch.equal(got["optimizer"]["state"][key][name], value), (key, name)
+    timing = ["train_seconds", "train_slices_per_s"]
+    pd.testing.assert_frame_equal(pd.read_csv(run / "history.csv").drop(columns=timing),
+                                  pd.read_csv(tmp_path / "reference" / "history.csv").drop(columns=timing))
+    metrics = [json.loads((folder / "metrics.json").read_text()) for folder in (run, tmp_path / "reference")]
+    assert metrics[0]["test"] == metrics[1]["test"] and metrics[0]["baseline"] == metrics[1]["baseline"]
     assert not leftovers(run)

@@ -21,8 +21,8 @@ from ichlib.explain.cam import (
     scan_grad_cam,
     upsample_maps,
 )
-from ichlib.explain.report import maps_to_volume
 from ichlib.labels import LABELS, label_index
+from tests.conftest import ToyBiLSTM
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -75,32 +75,6 @@ def plain_cnn() -> nn.Sequential:
         nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(),
         nn.Sequential(nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.ReLU()),
         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 16), nn.Tanh(), nn.Linear(16, 6))
-
-
-class ToyBiLSTM(nn.Module):
-    """The CNNBiLSTM contract in miniature: encoder, target_layer, BiLSTM, two heads."""
-
-    def __init__(self, f: int = 8, hidden: int = 8) -> None:
-        super().__init__()
-        self.encoder = nn.Sequential(
-            nn.Conv2d(1, f, 3, padding=1), nn.BatchNorm2d(f), nn.ReLU(),
-            nn.Sequential(nn.Conv2d(f, f, 3, stride=2, padding=1), nn.ReLU()),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.dropout = nn.Dropout(0.5)
-        self.slice_head = nn.Linear(f, 6)
-        self.lstm = nn.LSTM(f, hidden, batch_first=True, bidirectional=True)
-        self.scan_head = nn.Linear(2 * hidden, 6)
-
-    @property
-    def target_layer(self) -> nn.Module:
-        return self.encoder[3]
-
-    def forward(self, x: torch.Tensor) -> Out:
-        b, s = x.shape[:2]
-        e = self.encoder(x.flatten(0, 1)).view(b, s, -1)
-        _, (h, _) = self.lstm(e)
-        return Out(self.scan_head(self.dropout(torch.cat([h[-2], h[-1]], 1))),
-                   self.slice_head(self.dropout(e)))
 
 
 def scan_input(s: int = 4, size: int = 16, seed: int = 0) -> torch.Tensor:
@@ -158,7 +132,7 @@ def test_same_maps_as_gradcam_on_a_plain_cnn():
 
 def test_maps_through_the_bilstm_match_autograd_by_hand():
     torch.manual_seed(2)
-    model = ToyBiLSTM().eval()
+    model = ToyBiLSTM(batchnorm=True, dropout=0.5).eval()
     x = scan_input(s=5)
     label = "intraventricular"
     result = scan_grad_cam(model, x, label)
@@ -209,7 +183,7 @@ def test_slice_target_explains_only_its_slice():
 
 def test_normalisation_modes():
     torch.manual_seed(4)
-    model = ToyBiLSTM()
+    model = ToyBiLSTM(batchnorm=True, dropout=0.5)
     x = scan_input(s=4)
     raw = scan_grad_cam(model, x, "any", normalize=None)
     scan = scan_grad_cam(model, x, "any")
@@ -249,7 +223,7 @@ def test_normalize_scan_guards_zero_and_constant():
 
 def test_train_mode_requires_grad_and_grads_are_restored():
     torch.manual_seed(6)
-    model = ToyBiLSTM().train()
+    model = ToyBiLSTM(batchnorm=True, dropout=0.5).train()
     model.encoder[1].eval()                    # a mixed state must come back as it was
     model.slice_head.weight.requires_grad_(False)
     model.scan_head.weight.grad = torch.ones_like(model.scan_head.weight)
@@ -270,7 +244,7 @@ def test_train_mode_requires_grad_and_grads_are_restored():
 
 def test_works_under_no_grad_and_inference_mode():
     torch.manual_seed(7)
-    model = ToyBiLSTM()
+    model = ToyBiLSTM(batchnorm=True, dropout=0.5)
     x = scan_input()
     expected = scan_grad_cam(model, x, "any").maps
     with torch.no_grad():
@@ -282,7 +256,7 @@ def test_works_under_no_grad_and_inference_mode():
 
 def test_targets_by_name_top_label_and_errors():
     torch.manual_seed(8)
-    model = ToyBiLSTM()
+    model = ToyBiLSTM(batchnorm=True, dropout=0.5)
     x = scan_input()
     with torch.no_grad():
         logits = model.eval()(x[None]).scan_logits[0]
@@ -319,7 +293,7 @@ def test_refuses_a_model_that_runs_the_cnn_slice_by_slice():
 
 
 def test_result_is_a_small_dataclass():
-    result = scan_grad_cam(ToyBiLSTM(), scan_input(s=3), "any")
+    result = scan_grad_cam(ToyBiLSTM(batchnorm=True, dropout=0.5), scan_input(s=3), "any")
     assert isinstance(result, ScanCAM)
     assert result.maps.dtype == np.float32 and result.importance.shape == (3,)
     assert result.raw.shape == (3, 8, 8) and result.normalize == "scan" and result.head == "scan"
@@ -331,19 +305,3 @@ def test_cuda_lstm_backward_in_eval_mode():
     result = scan_grad_cam(model, scan_input(s=4, size=64).cuda(), "any")
     assert np.isfinite(result.maps).all() and result.maps.max() == pytest.approx(1.0)
     assert torch.backends.cudnn.enabled
-
-
-# --- back into the scan -----------------------------------------------------------------
-
-def test_maps_to_volume_places_upsamples_and_takes_max_of_repeats():
-    maps = np.zeros((3, 4, 4), np.float32)
-    maps[0] = 0.5
-    maps[1] = 1.0
-    maps[2] = 0.25
-    volume = maps_to_volume(maps, np.array([0, 2, 2]), (4, 8, 8))
-    assert volume.shape == (4, 8, 8) and volume.dtype == np.float32
-    np.testing.assert_allclose(volume[0], 0.5)
-    np.testing.assert_allclose(volume[2], 1.0)
-    assert not volume[1].any() and not volume[3].any()
-    with pytest.raises(ConfigError):
-        maps_to_volume(maps, np.array([0, 2, 4]), (4, 8, 8))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 import pytest
 import torch
@@ -31,6 +29,7 @@ from ichlib.explain.localization import (
 from ichlib.labels import LABELS
 from ichlib.preprocess.dataset import PreprocessConfig
 from ichlib.preprocess.windowing import multi_window
+from tests.conftest import ToyBiLSTM
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -163,36 +162,6 @@ def test_intensity_baseline_from_windowed_input():
 
 # --- cascading randomisation ------------------------------------------------------------
 
-class Out(NamedTuple):
-    scan_logits: torch.Tensor
-    slice_logits: torch.Tensor
-
-
-class ToyBiLSTM(nn.Module):
-    """The CNNBiLSTM contract in miniature (8x8 maps from 32x32 slices)."""
-
-    def __init__(self, f: int = 8, hidden: int = 8) -> None:
-        super().__init__()
-        self.encoder = nn.Sequential(
-            nn.Conv2d(1, f, 3, padding=1), nn.ReLU(),
-            nn.Sequential(nn.Conv2d(f, f, 3, stride=2, padding=1), nn.ReLU()),
-            nn.Sequential(nn.Conv2d(f, f, 3, stride=2, padding=1), nn.ReLU()),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.slice_head = nn.Linear(f, 6)
-        self.lstm = nn.LSTM(f, hidden, batch_first=True, bidirectional=True)
-        self.scan_head = nn.Linear(2 * hidden, 6)
-
-    @property
-    def target_layer(self) -> nn.Module:
-        return self.encoder[3]
-
-    def forward(self, x: torch.Tensor) -> Out:
-        b, s = x.shape[:2]
-        e = self.encoder(x.flatten(0, 1)).view(b, s, -1)
-        _, (h, _) = self.lstm(e)
-        return Out(self.scan_head(torch.cat([h[-2], h[-1]], 1)), self.slice_head(e))
-
-
 def test_randomization_stages_of_the_real_model():
     from ichlib.model import CNNBiLSTM
 
@@ -207,7 +176,7 @@ def test_randomization_stages_of_the_real_model():
 
 def test_cascading_randomization_goes_top_down_and_leaves_the_original():
     torch.manual_seed(0)
-    model = ToyBiLSTM().eval()
+    model = ToyBiLSTM(downsamplings=2).eval()
     original = {k: v.clone() for k, v in model.state_dict().items()}
     stages = randomization_stages(model)
     assert stages == ["scan_head", "lstm", "slice_head", "encoder.3.0", "encoder.2.0", "encoder.0"]
@@ -256,7 +225,7 @@ def trained_toy() -> nn.Module:
     torch.set_num_threads(1)
     torch.manual_seed(1)
     rng = np.random.default_rng(1)
-    model = ToyBiLSTM()
+    model = ToyBiLSTM(downsamplings=2)
     opt = torch.optim.Adam(model.parameters(), lr=5e-3)
     bce = nn.functional.binary_cross_entropy_with_logits
     for _ in range(150):
@@ -377,3 +346,4 @@ def test_collect_localization_on_a_small_ct_ich_folder(small_ct_ich, trained_toy
     # (sigma = 2 px smoothing keeps about 0.6 x 0.6 of a 4x4 square's mass inside it)
     assert table.loc[METHOD_INTENSITY, "energy"] > 0.3
     assert table.loc[METHOD_INTENSITY, "energy"] > table.loc[METHOD_RANDOMIZED, "energy"]
+

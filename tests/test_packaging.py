@@ -1,5 +1,6 @@
 """The repository as a new user gets it: packaging, environment files, no data in git."""
 
+import importlib
 import json
 import re
 import subprocess
@@ -81,12 +82,22 @@ def test_gitignore_keeps_generated_files_out():
         assert pattern in ignore.splitlines(), pattern
 
 
-def test_every_public_name_resolves():
-    import ichlib
+@pytest.mark.parametrize("package", ["ichlib", "ichlib.io", "ichlib.io.dicom", "ichlib.preprocess",
+                                     "ichlib.training", "ichlib.explain", "ichlib.viz", "ichlib.synthetic"])
+def test_every_public_name_resolves(package):
+    module = importlib.import_module(package)
+    for name in module.__all__:
+        assert getattr(module, name) is not None, name
+    assert set(module.__all__) <= set(dir(module))
+    with pytest.raises(AttributeError, match="no attribute"):
+        module.no_such_name  # noqa: B018
 
-    for name in ichlib.__all__:
-        assert getattr(ichlib, name) is not None, name
-    assert "CNNBiLSTM" in dir(ichlib)
+
+def test_importing_ichlib_loads_no_heavy_library():
+    code = ("import sys, ichlib; heavy = [m for m in ('torch', 'pandas', 'pydicom', 'sklearn', "
+            "'matplotlib') if m in sys.modules]; print(heavy)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
 def test_makefile_phantom_size_matches_the_notebooks_default():

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from ichlib.synthetic import phantom
 from ichlib.errors import ConfigError, DataError
 from ichlib.io.load import load_mask, load_volume, read_header
 from ichlib.io.nifti import save_volume
 from ichlib.labels import CT_ICH_COLUMNS, SUBTYPES
+from ichlib.synthetic import phantom
 from ichlib.synthetic.phantom import (
     TISSUE,
     make_phantom,

@@ -98,11 +98,11 @@ def comparable(on: bool) -> None:
 
 
 def tiny_config(data: Path, out: Path, cache: Path, **changes) -> TrainConfig:
-    settings = {"epochs": 2, "batch_size": 4, "img_size": 32, "seq_len": 4, "lstm_hidden": 16,
-                "dropout": 0.0, "val_fraction": 0.35, "test_fraction": 0.35, "n_boot": 10,
-                "amp": "off", "device": "cpu", "deterministic": True, "progress": True,
-                "cache_dir": str(cache)}
-    return TrainConfig(data_dir=str(data), out_dir=str(out), **{**settings, **changes})
+    from tests.conftest import tiny_train_config
+
+    return tiny_train_config(data, out, **{"dropout": 0.0, "val_fraction": 0.35, "test_fraction": 0.35,
+                                           "n_boot": 10, "amp": "off", "device": "cpu", "progress": True,
+                                           "cache_dir": str(cache), **changes})
 
 
 def _worker(data: str, out: str, cache: str) -> None:

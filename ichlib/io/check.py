@@ -101,10 +101,10 @@ def check_dataset(root: str | os.PathLike, deep: bool = True, format: str = "aut
     except DataError as exc:
         return CheckReport(root, None, [Problem(exc.path or str(root), exc.problem)])
     files = (lambda pid: [(data.scans[pid], load_volume), (data.masks[pid], load_mask)]) if deep else None
-    return deep_check(root, data, files)
+    return _deep_check(root, data, files)
 
 
-def deep_check(root: Path, data: CtIchData,
+def _deep_check(root: Path, data: CtIchData,
                files: Callable[[str], list[tuple[Path, Callable]]] | None) -> CheckReport:
     """Read every listed file of every patient; report failures and drop those patients.
 
@@ -150,4 +150,4 @@ def check_rsna(root: str | os.PathLike, deep: bool = True, cache_dir: str | os.P
     except DataError as exc:
         return CheckReport(root, None, [Problem(exc.path or str(root), exc.problem)])
     files = (lambda uid: [(data.scans[uid], partial(load_dicom_series, non_dicom="raise"))]) if deep else None
-    return deep_check(root, data, files)
+    return _deep_check(root, data, files)

@@ -24,11 +24,10 @@ from ichlib.io.tables import CtIchData, Problem, dataset_root, problem_listing
 from ichlib.labels import CT_ICH_COLUMNS, LABELS, SUBTYPES
 
 LABEL_CSV = "hemorrhage_diagnosis_raw_ct.csv"
-DEMOGRAPHICS_CSV = "Patient_demographics.csv"
 _REQUIRED_COLUMNS = ("PatientNumber", "SliceNumber", *CT_ICH_COLUMNS.values(), "No_Hemorrhage")
 
 
-def patient_id_of(number: int | str) -> str:
+def _patient_id_of(number: int | str) -> str:
     """Format a patient number as CT-ICH's 3-digit file stem (``49 -> "049"``)."""
     return f"{int(number):03d}"
 
@@ -61,7 +60,7 @@ def read_label_table(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, list[Pr
                                 "are not a patient number and a 1-based slice number"))
     good = ~(ids.isna() | (ids % 1 != 0) | numbers.isna() | (numbers % 1 != 0) | (numbers < 1))
     table = pd.DataFrame({
-        "patient_id": [patient_id_of(i) if ok else "" for i, ok in zip(ids.fillna(0), good)],
+        "patient_id": [_patient_id_of(i) if ok else "" for i, ok in zip(ids.fillna(0), good)],
         "slice_number": numbers.fillna(0).astype(int),
     })
     values = {}
@@ -228,7 +227,7 @@ def _index_files(folder: Path) -> dict[str, Path]:
         name = path.name
         stem = name[:-7] if name.endswith(".nii.gz") else name[:-4] if name.endswith(".nii") else None
         if stem is not None and stem.isdigit():
-            found.setdefault(patient_id_of(stem), path)
+            found.setdefault(_patient_id_of(stem), path)
     return found
 
 

@@ -179,7 +179,7 @@ def read_rsna_labels(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, dict[st
     return labels, bad, problems
 
 
-def read_rsna_headers(image_dir: str | os.PathLike, cache_dir: str | os.PathLike,
+def _read_rsna_headers(image_dir: str | os.PathLike, cache_dir: str | os.PathLike,
                       workers: int | None = None) -> tuple[list[SliceHeader], list[Problem]]:
     """The header of every ``*.dcm`` file in ``image_dir``, through a cache.
 
@@ -243,7 +243,7 @@ def read_rsna(root: str | os.PathLike, on_error: str = "raise", cache_dir: str |
         cache_dir: Folder for the header cache and manifests (default:
             ``$ICHLIB_CACHE/rsna/<hash of root>`` or ``~/.cache/ichlib/rsna/...``).
         image_dir: The DICOM folder (default: the first of :data:`RSNA_IMAGE_DIRS` found).
-        workers: Processes for reading uncached headers (see :func:`read_rsna_headers`).
+        workers: Processes for reading uncached headers (see :func:`_read_rsna_headers`).
         max_gap_ratio: Largest gap allowed, in median spacings; None allows any.
 
     Raises:
@@ -253,10 +253,10 @@ def read_rsna(root: str | os.PathLike, on_error: str = "raise", cache_dir: str |
     root = dataset_root(root, on_error)
     csv_path = next((root / n for n in RSNA_LABEL_CSVS if (root / n).is_file()), root / RSNA_LABEL_CSVS[0])
     image_dir = Path(image_dir) if image_dir is not None else _find_image_dir(root)
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_rsna_cache_dir(root)
+    cache_dir = Path(cache_dir) if cache_dir is not None else _default_rsna_cache_dir(root)
 
     labels, bad, problems = read_rsna_labels(csv_path)
-    headers, header_problems = read_rsna_headers(image_dir, cache_dir, workers)
+    headers, header_problems = _read_rsna_headers(image_dir, cache_dir, workers)
     problems += header_problems
 
     label_ids = set(labels.index) | set(bad)
@@ -347,7 +347,7 @@ def _slice_frame(columns: dict[str, list], blocks: list[np.ndarray]) -> pd.DataF
                          "position": np.asarray(columns["position"], dtype=np.float64)})
 
 
-def default_rsna_cache_dir(root: str | os.PathLike) -> Path:
+def _default_rsna_cache_dir(root: str | os.PathLike) -> Path:
     """``<cache>/rsna/<hash of root>`` under :func:`~ichlib.io.cachedir.default_cache_dir`."""
     return default_cache_dir() / "rsna" / _digest(Path(root).resolve())
 

@@ -57,7 +57,7 @@ class ScanAugment:
         offset = rng.uniform(-self.max_offset, self.max_offset)
 
         s, c, h, w = x.shape
-        theta = affine_matrix(angle, float(shift_x), float(shift_y), flip, h, w)
+        theta = _affine_matrix(angle, float(shift_x), float(shift_y), flip, h, w)
         grid = F.affine_grid(theta.expand(s, 2, 3), [s, c, h, w], align_corners=False)
         out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         return (out * scale + offset).clamp_(0.0, 1.0)
@@ -79,7 +79,7 @@ class ScanAugment:
             shift_x, shift_y = rng.uniform(-self.max_shift, self.max_shift, size=2)
             scales.append(rng.uniform(1.0 - self.max_scale, 1.0 + self.max_scale))
             offsets.append(rng.uniform(-self.max_offset, self.max_offset))
-            thetas.append(affine_matrix(angle, float(shift_x), float(shift_y), flip, h, w))
+            thetas.append(_affine_matrix(angle, float(shift_x), float(shift_y), flip, h, w))
         grid = F.affine_grid(torch.cat(thetas), [n, c, h, w], align_corners=False)
         out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         scale = torch.tensor(scales, dtype=torch.float32).view(n, 1, 1, 1)
@@ -87,7 +87,7 @@ class ScanAugment:
         return (out * scale + offset).clamp_(0.0, 1.0)
 
 
-def affine_matrix(angle: float, shift_x: float, shift_y: float, flip: bool,
+def _affine_matrix(angle: float, shift_x: float, shift_y: float, flip: bool,
                   height: int, width: int) -> torch.Tensor:
     """The ``[1, 2, 3]`` sampling matrix for ``F.affine_grid`` (output -> input coordinates).
 

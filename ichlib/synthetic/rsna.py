@@ -65,7 +65,7 @@ _SLICE_MM = 5.0
 _PYDICOM3 = int(pydicom.__version__.split(".")[0]) >= 3
 
 
-def encode_hu(hu: np.ndarray, encoding: str) -> np.ndarray:
+def _encode_hu(hu: np.ndarray, encoding: str) -> np.ndarray:
     """Stored values for HU under one of :data:`ENCODINGS` (rounded, clipped to the range).
 
     Pixels outside the inscribed circle that hold air get the encoding's ``outside`` value
@@ -303,7 +303,7 @@ def _write_series(task: tuple) -> dict:
     labels = []
     sops = plan.sop_uids[:n]
     for k in rng.permutation(n):            # files are written in random order
-        stored = encode_hu(ph.hu[k], plan.encoding)
+        stored = _encode_hu(ph.hu[k], plan.encoding)
         ds = ct_dataset(
             stored, sop_uid=sops[k], series_uid=plan.series_uid, study_uid=plan.study_uid,
             patient_id=plan.patient_id, position=(x0, y0, z0 + k * dz), orientation=orientation,

@@ -87,7 +87,7 @@ class IntensityBaseline:
         return out
 
 
-def scan_features(dataset: ScanDataset) -> tuple[np.ndarray, list[np.ndarray]]:
+def _scan_features(dataset: ScanDataset) -> tuple[np.ndarray, list[np.ndarray]]:
     """Hyperdense fraction per patient ``[P]`` and per slice (one ``[N_p]`` array each).
 
     Reads the same cached resized volumes as the model (:meth:`ScanDataset.resized_volume`).
@@ -114,7 +114,7 @@ def run_intensity_baseline(train: ScanDataset, val: ScanDataset, test: ScanDatas
     """
     parts = {}
     for name, ds in (("train", train), ("val", val), ("test", test)):
-        totals, per_slice = scan_features(ds)
+        totals, per_slice = _scan_features(ds)
         idx = [uniform_indices(len(f), ds.config.seq_len) for f in per_slice]
         parts[name] = {
             "scan_x": totals,

@@ -60,7 +60,7 @@ def prepare_data(config: TrainConfig, dist: DistContext = LOCAL, log: RunLog = Q
     data.drop(failed)
     if not data.patient_ids:
         raise DataError(data.root, "no usable patients")
-    split = split_patients(data, config)
+    split = _split_patients(data, config)
     augment = ScanAugment() if config.augment else None
     preprocess = config.preprocess
     return PreparedData(
@@ -72,7 +72,7 @@ def prepare_data(config: TrainConfig, dist: DistContext = LOCAL, log: RunLog = Q
     )
 
 
-def split_patients(data: CtIchData, config: TrainConfig) -> dict[str, list[str]]:
+def _split_patients(data: CtIchData, config: TrainConfig) -> dict[str, list[str]]:
     """Train / validation / test by patient (RSNA: by person, so no one is in two parts).
 
     Raises:

@@ -140,7 +140,7 @@ def fit(config: TrainConfig, resume: bool = False, log: RunLog | None = None,
     return _write_results(out, metrics, history, prepared, dist)
 
 
-def describe_batch(layout: dict, lr: float) -> str:
+def _describe_batch(layout: dict, lr: float) -> str:
     """One line on the batch over processes (from :meth:`DistContext.describe`) and the lr."""
     world = layout["world_size"]
     return (f"batch {layout['global_batch_size']} scans per step (global) = "
@@ -198,7 +198,7 @@ def _start_line(config: TrainConfig, prepared: PreparedData, data_kind: str, str
     return (f"Training {config.backbone} + BiLSTM on {describe_amp(config)}: {n['train']} train / "
             f"{n['val']} val / {n['test']} test patients, {data_kind.upper()} data, "
             f"{config.img_size} px, S = {config.seq_len}, {strategy.describe()}\n"
-            + describe_batch(strategy.dist.describe(config.batch_size), config.lr))
+            + _describe_batch(strategy.dist.describe(config.batch_size), config.lr))
 
 
 def _eval_loader(prepared: PreparedData, config: TrainConfig, device: torch.device,

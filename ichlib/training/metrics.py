@@ -85,7 +85,7 @@ def bootstrap_auc(y_true: np.ndarray, y_score: np.ndarray, groups: Sequence | No
     return out
 
 
-def label_log_loss(y_true: np.ndarray, y_prob: np.ndarray) -> float:
+def _label_log_loss(y_true: np.ndarray, y_prob: np.ndarray) -> float:
     """Mean binary log loss of one label, probabilities clipped at :data:`PROB_CLIP`."""
     y = np.asarray(y_true, dtype=np.float64).ravel()
     p = np.clip(np.asarray(y_prob, dtype=np.float64).ravel(), PROB_CLIP, 1.0 - PROB_CLIP)
@@ -110,7 +110,7 @@ def weighted_log_loss(y_true: np.ndarray, y_prob: np.ndarray,
     if y.shape[1] != len(LABELS):
         raise ConfigError(f"expected {len(LABELS)} label columns ({', '.join(LABELS)}), got {y.shape[1]}")
     w = np.array([weights[label] for label in LABELS], dtype=np.float64)
-    per_label = np.array([label_log_loss(y[:, j], p[:, j]) for j in range(len(LABELS))])
+    per_label = np.array([_label_log_loss(y[:, j], p[:, j]) for j in range(len(LABELS))])
     return float((w * per_label).sum() / w.sum())
 
 
@@ -198,7 +198,7 @@ def score_predictions(y_true: np.ndarray, y_prob: np.ndarray,
         entry = {
             "n_pos": int((y[:, j] > 0.5).sum()), "n_neg": int((y[:, j] <= 0.5).sum()),
             "auc": auc, "auc_ci": auc_ci, "note": reason,
-            "log_loss": label_log_loss(y[:, j], p[:, j]) if y.shape[0] else None,
+            "log_loss": _label_log_loss(y[:, j], p[:, j]) if y.shape[0] else None,
             "threshold": None, "sensitivity": None, "specificity": None,
         }
         if thresholds is not None:

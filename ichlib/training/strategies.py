@@ -193,11 +193,11 @@ class TwoStage(Strategy):
         """Stage 2 from the best stage-1 epoch; writes and returns ``best.pt``."""
         stage1, _ = super().finish(out, log)
         best = out / "best.pt"
-        return best, {"sequence_stage": run_sequence_stage(self.config, self.prepared, stage1, best,
+        return best, {"sequence_stage": _run_sequence_stage(self.config, self.prepared, stage1, best,
                                                            self.device, self.amp_dtype, log)}
 
 
-def run_sequence_stage(config: TrainConfig, prepared: PreparedData, stage1_path: Path, best_path: Path,
+def _run_sequence_stage(config: TrainConfig, prepared: PreparedData, stage1_path: Path, best_path: Path,
                        device: torch.device, amp_dtype: torch.dtype | None, log: RunLog) -> dict:
     """Stage 2 of ``two_stage``: embed with the stage-1 CNN, train the sequence half, save.
 

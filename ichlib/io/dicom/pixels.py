@@ -64,7 +64,7 @@ def dataset_to_hu(ds: pydicom.Dataset, path: str | os.PathLike | None = None) ->
         raise DataError(where, f"decoded pixel array has shape {raw.shape}, the header says "
                                f"{header.rows}x{header.columns}")
     signed = header.pixel_representation == 1 or header.has_12bit_bug
-    stored = stored_values(raw, header.bits_stored, signed)
+    stored = _stored_values(raw, header.bits_stored, signed)
     hu = _modality_lut(stored, ds).astype(np.float32)
     hu[_padding_mask(ds, stored, header.bits_stored, signed)] = AIR_HU
     hu[hu < OUTSIDE_FOV_HU] = AIR_HU
@@ -79,7 +79,7 @@ def has_12bit_bug(ds: pydicom.Dataset) -> bool:
     unsigned, 12 bits with that intercept give 0..4095 HU: no air, which a head CT always
     has, so the header cannot be right. The values are 12-bit two's complement: air
     (-1000 HU) is stored as 3096 and the -2000 HU outside the field of view as 2096. The
-    fix (:func:`stored_values` with ``signed=True``) maps stored ``v >= 2048`` to
+    fix (:func:`_stored_values` with ``signed=True``) maps stored ``v >= 2048`` to
     ``v - 4096`` *before* the rescale.
 
     The fix widely shared during the competition instead added 1000 and wrapped at 4096,
@@ -91,7 +91,7 @@ def has_12bit_bug(ds: pydicom.Dataset) -> bool:
                          float(ds.get("RescaleIntercept", 0) or 0))
 
 
-def stored_values(raw: np.ndarray, bits_stored: int, signed: bool) -> np.ndarray:
+def _stored_values(raw: np.ndarray, bits_stored: int, signed: bool) -> np.ndarray:
     """Stored pixel values as int32: the low ``bits_stored`` bits, two's complement if signed.
 
     Works the same whether the decoder left the unused high bits as they were in the file
@@ -128,10 +128,10 @@ def _padding_mask(ds: pydicom.Dataset, stored: np.ndarray, bits: int, signed: bo
     pad = ds.get("PixelPaddingValue")
     if pad is None or isinstance(pad, (bytes, list)) or pad == "":
         return np.zeros(stored.shape, dtype=bool)
-    lo = int(stored_values(np.array([int(pad)]), bits, signed)[0])
+    lo = int(_stored_values(np.array([int(pad)]), bits, signed)[0])
     limit = ds.get("PixelPaddingRangeLimit")
     if limit is None or isinstance(limit, (bytes, list)) or limit == "":
         return stored == lo
-    hi = int(stored_values(np.array([int(limit)]), bits, signed)[0])
+    hi = int(_stored_values(np.array([int(limit)]), bits, signed)[0])
     lo, hi = min(lo, hi), max(lo, hi)
     return (stored >= lo) & (stored <= hi)
