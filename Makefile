@@ -10,7 +10,7 @@ DATA   ?= data/synthetic
 RUNS   ?= runs
 FIGURES ?= figures
 SMOKE  ?= False
-# The course phantom has 200 patients (ichlib.paths.COURSE_PATIENTS; CT-ICH has 75).
+# The course phantom has 200 patients (ichlib.course.COURSE_PATIENTS; CT-ICH has 75).
 SYNTH_PATIENTS ?= 200
 # Notebook 04 at the design's 256 px / 10 epochs takes over an hour on 2 CPU cores; the course
 # run trains at 128 px for 3 epochs (three runs, about 10 min). Override: make run NB04_PARAMS=

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / "runs" / "bench"
 #: Prefix of the worker's result line on stdout.
 MARKER = "BENCH-RESULT "
-SYNTHETIC_NOTE = ("SYNTHETIC phantom scans written by ichlib.phantom; the figures measure "
+SYNTHETIC_NOTE = ("SYNTHETIC phantom scans written by ichlib.synthetic; the figures measure "
                   "speed and numerical agreement, not diagnostic accuracy.")
 
 
