@@ -65,7 +65,14 @@ _LAZY = {
 }
 
 
+#: Submodules reachable as attributes after ``import ichlib`` (``ichlib.course.setup``).
+_SUBMODULES = ("io", "preprocess", "model", "losses", "checkpoint", "predict", "device", "training",
+               "explain", "viz", "synthetic", "course", "labels", "errors")
+
+
 def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return import_module(f"ichlib.{name}")
     if name in _LAZY:
         value = getattr(import_module(_LAZY[name]), name)
         globals()[name] = value
@@ -74,7 +81,7 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
 
 
 __all__ = ["__version__", *_LAZY]

@@ -1,4 +1,8 @@
-"""Where the course keeps its data, figures and runs, independent of the working directory."""
+"""The notebooks' setup: where the course keeps its data, figures and runs (independent of the
+working directory), the phantom when no data is given, and figures saved and shown once.
+
+Every notebook opens with ``course = ichlib.course.setup(DATA_DIR, FIGURES_DIR, RUNS_DIR, SMOKE)``.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ichlib.io.folder import is_synthetic
+from matplotlib.figure import Figure
+
+from ichlib.io.folder import is_synthetic, read_dataset
+from ichlib.io.tables import CtIchData
 from ichlib.synthetic.phantom import write_synthetic_ct_ich
+from ichlib.viz.figures import SYNTHETIC_NOTE, save_figure
 
 
 def repo_root() -> Path:
@@ -53,8 +61,6 @@ def course_paths(data_dir: str | os.PathLike | None = None,
     return CoursePaths(data.resolve(), figures.resolve(), runs.resolve())
 
 
-
-
 #: Patients in the course's synthetic phantom (``make run`` and the notebooks' default data).
 #: CT-ICH itself has 75; from-scratch training of the CNN needs more scans than that to beat
 #: the intensity baseline within the CPU budget, and a test split of 30 patients gives
@@ -73,3 +79,47 @@ def ensure_synthetic(data_dir: str | os.PathLike, n_patients: int = COURSE_PATIE
     if is_synthetic(data_dir):
         return data_dir
     return write_synthetic_ct_ich(data_dir, n_patients=n_patients, size=size, seed=seed)
+
+
+@dataclass(frozen=True)
+class Course:
+    """What a notebook needs after its parameters: folders, the data, and how to label it.
+
+    Attributes:
+        paths: The resolved folders (:class:`CoursePaths`).
+        synthetic: Whether the data folder holds the synthetic phantom.
+        note: The line every figure carries: SYNTHETIC, or what the real data is.
+        smoke: The quick pass for tests.
+    """
+
+    paths: CoursePaths
+    synthetic: bool
+    note: str
+    smoke: bool = False
+
+    def read(self, on_error: str = "raise") -> CtIchData:
+        """The dataset folder's tables (CT-ICH or RSNA layout, see :func:`ichlib.io.read_dataset`)."""
+        return read_dataset(self.paths.data, on_error=on_error)
+
+    def save(self, fig: Figure, name: str) -> None:
+        """Save ``fig`` as ``FIGURES_DIR/name.png``. Returns nothing, so a cell that ends with
+        it shows the figure once (inline, from the open figure) and no path."""
+        save_figure(fig, self.paths.figures, name)
+
+
+def setup(data_dir: str | os.PathLike | None = None, figures_dir: str | os.PathLike | None = None,
+          runs_dir: str | os.PathLike | None = None, smoke: bool = False) -> Course:
+    """Resolve a notebook's folders, make the phantom if the default data folder has none.
+
+    Args:
+        data_dir: A dataset folder; None uses ``<repo>/data/synthetic``, generating the
+            course phantom there if it is not complete (:func:`ensure_synthetic`).
+        figures_dir, runs_dir: Output folders; None uses ``<repo>/figures`` and ``<repo>/runs``.
+        smoke: The notebook's quick pass for tests.
+    """
+    paths = course_paths(data_dir, figures_dir, runs_dir)
+    if data_dir is None:
+        ensure_synthetic(paths.data)
+    synthetic = is_synthetic(paths.data)
+    note = SYNTHETIC_NOTE if synthetic else "real scans (research code, not a medical device)"
+    return Course(paths=paths, synthetic=synthetic, note=note, smoke=bool(smoke))
