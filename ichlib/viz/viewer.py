@@ -292,8 +292,11 @@ class SliceViewer:
 
     def show(self) -> None:
         """Display the widgets or the static montage, per :meth:`display_mode`."""
-        from IPython.display import Image, display
-
+        try:
+            from IPython.display import Image, display
+        except ImportError as exc:
+            raise ConfigError("show() displays in Jupyter or IPython; in a script use "
+                              "montage(), figure() or render_png()") from exc
         mode, _ = self.display_mode()
         if mode == "interactive":
             display(self.widget())
@@ -493,12 +496,14 @@ class _Controls:
         self.width = w.FloatSlider(min=WIDTH_RANGE[0], max=WIDTH_RANGE[1], step=1,
                                    description="width (HU)", layout=wide)
         no_mask, no_cam = v.mask is None, v.cam is None
-        self.mask = w.Checkbox(description="mask", disabled=no_mask, indent=False)
+        self.mask = w.Checkbox(description="mask", disabled=no_mask, indent=False,
+                               layout=w.Layout(width="110px"))
         self.mask_style = w.ToggleButtons(options=list(MASK_STYLES), disabled=no_mask,
                                           style={"button_width": "70px"})
         self.mask_opacity = w.FloatSlider(min=0, max=1, step=0.05, description="mask opacity",
                                           disabled=no_mask, layout=wide)
-        self.cam = w.Checkbox(description="Grad-CAM", disabled=no_cam, indent=False)
+        self.cam = w.Checkbox(description="Grad-CAM", disabled=no_cam, indent=False,
+                              layout=w.Layout(width="110px"))
         self.cam_opacity = w.FloatSlider(min=0, max=1, step=0.05, description="CAM opacity",
                                          disabled=no_cam, layout=wide)
         self.image = w.Image(format="png")
