@@ -28,12 +28,13 @@ SHELL := /bin/bash
 # starts a private kernel on 127.0.0.1, so make run hides that one line (everything else passes).
 KERNEL_NOISE := running over TCP without encryption
 
-.PHONY: run test test-bf16 env data check lint strip clean help bench bench-gpu
+.PHONY: run test test-bf16 test-browser env data check lint strip clean help bench bench-gpu
 
 help:
 	@echo "make run    execute notebooks/0*.ipynb headless on \$$DATA (default: synthetic phantom)"
 	@echo "make test   run the test suite"
 	@echo "make test-bf16  the amp-dependent tests again on the bf16 path (ICHLIB_AMP=bf16)"
+	@echo "make test-browser  JupyterLab in headless chromium (apt-get install chromium chromium-driver)"
 	@echo "make data   generate the synthetic phantom into data/synthetic if absent"
 	@echo "make check  ichlib check \$$DATA"
 	@echo "make lint   ruff"
@@ -102,6 +103,12 @@ test: env
 # without bf16), so every machine exercises what an AMX CPU runs by default.
 test-bf16: env
 	ICHLIB_AMP=bf16 $(PY) -m pytest -m amp $(PYTEST_ARGS)
+
+# JupyterLab driven by Debian's headless chromium through chromium-driver (never a downloaded
+# browser): executed notebooks show their figures, the slice viewer's slider changes its image.
+# Screenshots go to runs/browser/. About a minute.
+test-browser: env
+	$(PY) -m pytest -m browser tests/test_browser.py $(PYTEST_ARGS)
 
 lint: env
 	$(PY) -m ruff check ichlib tests benchmarks
