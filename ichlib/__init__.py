@@ -58,6 +58,7 @@ _LAZY = {
     # figures
     "SYNTHETIC_NOTE": "ichlib.viz", "SUBTYPE_COLORS": "ichlib.viz", "show_slice": "ichlib.viz",
     "montage": "ichlib.viz", "save_figure": "ichlib.viz", "write_cam_report": "ichlib.viz",
+    "SliceViewer": "ichlib.viz",
     # the phantom and the course
     "write_synthetic_ct_ich": "ichlib.synthetic", "write_synthetic_rsna": "ichlib.synthetic",
     "course_paths": "ichlib.course", "ensure_synthetic": "ichlib.course",

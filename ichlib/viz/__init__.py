@@ -1,4 +1,5 @@
-"""Figures, one module per topic: slices and montages, training curves and ROC, Grad-CAM."""
+"""Figures, one module per topic: slices and montages, training curves and ROC, Grad-CAM, and
+the interactive slice viewer."""
 
 from ichlib._lazy import lazy_exports
 
@@ -7,6 +8,7 @@ _NAMES = {
     "plot_cam_slice": ".cam",
     "plot_localization": ".cam",
     "plot_slice_importance": ".cam",
+    "SliceViewer": ".viewer",
     "write_cam_report": ".cam",
     "SUBTYPE_COLORS": ".figures",
     "SYNTHETIC_NOTE": ".figures",
