@@ -240,7 +240,7 @@ def test_executed_notebook_shows_its_figures_as_images(lab, browser, monkeypatch
         lab.root / "figures_in.ipynb",
         "import matplotlib.pyplot as plt\nimport numpy as np\n"
         "fig, ax = plt.subplots(figsize=(4, 3))\nax.plot(np.sin(np.linspace(0, 6, 50)))\nplt.show()",
-        "from ichlib.phantom import make_phantom\nfrom ichlib.viz import SliceViewer\n"
+        "from ichlib.synthetic import make_phantom\nfrom ichlib.viz import SliceViewer\n"
         "p = make_phantom(np.random.default_rng(0), size=64, n_slices=12, subtypes=('subdural',))\n"
         "SliceViewer(p, mask=p.mask, labels=p.slice_labels, note='SYNTHETIC phantom')")
     executed = lab.root / "figures.ipynb"
