@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from ichlib.io.folder import is_synthetic, read_dataset
 from ichlib.io.tables import CtIchData
 from ichlib.synthetic.phantom import write_synthetic_ct_ich
+from ichlib.synthetic.rsna import write_synthetic_rsna
 from ichlib.viz.figures import SYNTHETIC_NOTE, save_figure
 
 
@@ -122,4 +123,24 @@ def setup(data_dir: str | os.PathLike | None = None, figures_dir: str | os.PathL
         ensure_synthetic(paths.data)
     synthetic = is_synthetic(paths.data)
     note = SYNTHETIC_NOTE if synthetic else "real scans (research code, not a medical device)"
+    return Course(paths=paths, synthetic=synthetic, note=note, smoke=bool(smoke))
+
+
+def setup_rsna(rsna_dir: str | os.PathLike | None = None, figures_dir: str | os.PathLike | None = None,
+               runs_dir: str | os.PathLike | None = None, smoke: bool = False, n_patients: int = 6,
+               size: int = 256) -> Course:
+    """Like :func:`setup`, for a folder in the RSNA 2019 layout (notebook 06).
+
+    Args:
+        rsna_dir: An RSNA folder; None uses ``<runs>/synthetic_rsna``, writing a small
+            synthetic RSNA phantom of ``n_patients`` at ``size`` there if it has none.
+        figures_dir, runs_dir, smoke: As for :func:`setup`.
+    """
+    paths = course_paths(None, figures_dir, runs_dir)
+    data = Path(rsna_dir).resolve() if rsna_dir else paths.runs / "synthetic_rsna"
+    if rsna_dir is None and not is_synthetic(data):
+        write_synthetic_rsna(data, n_patients=n_patients, size=size, seed=0)
+    paths = CoursePaths(data, paths.figures, paths.runs)
+    synthetic = is_synthetic(data)
+    note = SYNTHETIC_NOTE if synthetic else "RSNA 2019 data (research code, not a medical device)"
     return Course(paths=paths, synthetic=synthetic, note=note, smoke=bool(smoke))

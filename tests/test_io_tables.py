@@ -16,3 +16,13 @@ def test_label_counts_and_cooccurrence_by_hand(small_ct_ich):
     assert co.loc["subdural", "intraparenchymal"] == 1 and co.loc["epidural", "epidural"] == 1
     assert co.loc["epidural", "subdural"] == 0
     assert cooccurrence(data, "slices").loc["subdural", "intraparenchymal"] == 1  # slice 3 only
+
+
+def test_largest_lesion_slice_prefers_single_subtype_slices(small_ct_ich):
+    from ichlib.io.tables import largest_lesion_slice
+
+    data = read_ct_ich(small_ct_ich)
+    # 051: subdural on slices 2-3 and IPH on 3-5, so slice 3 has both; subdural alone is slice 2
+    assert largest_lesion_slice(data, "subdural") == ("051", 2)
+    assert largest_lesion_slice(data, "epidural")[0] == "050"
+    assert largest_lesion_slice(data, "intraventricular") is None

@@ -35,19 +35,27 @@ def test_notebooks_exist():
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_and_saves_figures(notebook, tiny_phantom, runs_dir, tmp_path, monkeypatch):
+def test_notebook_runs_and_shows_its_figures(notebook, tiny_phantom, runs_dir, tmp_path, monkeypatch):
+    """Executed as make run executes it (inline backend, no MPLBACKEND=Agg): every saved figure
+    is also in the notebook as an image, and no cell echoes a file path."""
     monkeypatch.setenv("TQDM_DISABLE", "1")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.delenv("MPLBACKEND", raising=False)
     figures = tmp_path / "figures"
-    papermill.execute_notebook(
+    data = {} if notebook.name.startswith("06") else {"DATA_DIR": str(tiny_phantom)}
+    executed = papermill.execute_notebook(
         str(notebook), str(tmp_path / notebook.name), kernel_name="python3", progress_bar=False,
-        parameters={"DATA_DIR": str(tiny_phantom), "FIGURES_DIR": str(figures),
-                    "RUNS_DIR": str(runs_dir), "SMOKE": True, **EXTRA.get(notebook.name[:2], {})},
+        parameters={**data, "FIGURES_DIR": str(figures), "RUNS_DIR": str(runs_dir), "SMOKE": True,
+                    **EXTRA.get(notebook.name[:2], {})},
         cwd=str(tmp_path),
     )
     saved = sorted(p.name for p in figures.glob(f"{notebook.name[:2]}_*.png"))
     assert saved, f"{notebook.name} saved no figure under FIGURES_DIR"
     assert all((figures / name).stat().st_size > 5000 for name in saved)
+    outputs = [o for cell in executed["cells"] for o in cell.get("outputs", [])]
+    images = sum("image/png" in o.get("data", {}) for o in outputs)
+    assert images >= len(saved), f"{notebook.name}: {images} inline images for {len(saved)} saved figures"
+    echoes = [o["data"]["text/plain"] for o in outputs if "PosixPath(" in str(o.get("data", {}).get("text/plain", ""))]
+    assert not echoes, f"{notebook.name} echoes paths: {echoes}"
     if notebook.name.startswith("04"):
         from ichlib.checkpoint import load_checkpoint
 

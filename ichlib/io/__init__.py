@@ -31,6 +31,7 @@ _NAMES = {
     "Problem": ".tables",
     "cooccurrence": ".tables",
     "label_counts": ".tables",
+    "largest_lesion_slice": ".tables",
     "MAX_EXTENT": ".volume",
     "MAX_VOXELS": ".volume",
     "Volume": ".volume",

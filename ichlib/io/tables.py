@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ichlib.errors import DataError
+from ichlib.io.load import load_mask
 from ichlib.labels import LABELS, SUBTYPES
 
 
@@ -132,3 +133,26 @@ def cooccurrence(data: CtIchData, level: str = "patients") -> pd.DataFrame:
     table = data.patients if level == "patients" else data.slices
     x = table[list(SUBTYPES)].to_numpy(dtype=int)
     return pd.DataFrame(x.T @ x, index=list(SUBTYPES), columns=list(SUBTYPES))
+
+
+def largest_lesion_slice(data: CtIchData, subtype: str, max_patients: int | None = 6
+                         ) -> tuple[str, int] | None:
+    """The slice that shows ``subtype`` best: ``(patient_id, SliceNumber)`` or None.
+
+    Among slices labelled with ``subtype`` alone (CT-ICH masks mark all blood on a slice, not
+    one subtype), or with it at all when no slice has it alone, the one with the largest mask
+    area, reading the masks of at most ``max_patients`` patients.
+    """
+    rows = data.slices[data.slices[subtype] == 1]
+    alone = rows[rows[list(SUBTYPES)].sum(axis=1) == 1]
+    rows = alone if len(alone) else rows
+    best: tuple[int, str, int] | None = None
+    for pid, group in list(rows.groupby("patient_id"))[:max_patients]:
+        if data.masks.get(pid) is None:
+            continue
+        mask = load_mask(data.masks[pid])
+        for number in group["slice_number"]:
+            area = int(mask[number - 1].sum())
+            if best is None or area > best[0]:
+                best = (area, str(pid), int(number))
+    return None if best is None else best[1:]
