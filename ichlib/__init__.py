@@ -58,7 +58,10 @@ _LAZY = {
     # figures
     "SYNTHETIC_NOTE": "ichlib.viz", "SUBTYPE_COLORS": "ichlib.viz", "show_slice": "ichlib.viz",
     "montage": "ichlib.viz", "save_figure": "ichlib.viz", "write_cam_report": "ichlib.viz",
-    "SliceViewer": "ichlib.viz",
+    "SliceViewer": "ichlib.viz", "plot_history": "ichlib.viz", "plot_roc_curves": "ichlib.viz",
+    "confusion_counts": "ichlib.viz", "plot_confusion_matrices": "ichlib.viz",
+    "plot_cam_slice": "ichlib.viz", "plot_cam_montage": "ichlib.viz",
+    "plot_slice_importance": "ichlib.viz", "plot_localization": "ichlib.viz",
     # the phantom and the course
     "write_synthetic_ct_ich": "ichlib.synthetic", "write_synthetic_rsna": "ichlib.synthetic",
     "course_paths": "ichlib.course", "ensure_synthetic": "ichlib.course",

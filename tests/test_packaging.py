@@ -66,9 +66,20 @@ def test_notebooks_follow_the_fixed_opening():
         params = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
         assert len(params) == 1, f"{path.name}: needs exactly one papermill parameters cell"
         src = "".join(params[0]["source"])
-        for name in ("DATA_DIR", "FIGURES_DIR", "RUNS_DIR", "SMOKE"):
+        data = "RSNA_DIR" if path.name.startswith("06") else "DATA_DIR"
+        for name in (data, "FIGURES_DIR", "RUNS_DIR", "SMOKE"):
             assert re.search(rf"^{name}\s*=", src, re.M), f"{path.name}: parameter {name} missing"
         assert nb["metadata"]["kernelspec"]["name"] == "python3", path
+
+
+def test_notebook_cells_hold_no_functions_and_import_ichlib_only_from_the_top():
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        code = [("".join(c["source"])) for c in json.loads(path.read_text())["cells"]
+                if c["cell_type"] == "code"]
+        for src in code:
+            assert not re.search(r"^\s*(def|class) ", src, re.M), f"{path.name}: a function in a cell:\n{src}"
+            deep = re.findall(r"^\s*(?:from|import) ichlib\.\S+", src, re.M)
+            assert not deep, f"{path.name} imports ichlib submodules: {deep}"
 
 
 def test_console_script_and_module_entry_point():
