@@ -88,8 +88,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return "n/a" if value is None else f"{value:.3f}"
 
     print(f"mean subtype AUC: model {fmt(test['mean_subtype_auc'])}, baseline "
-          f"{fmt(base['mean_subtype_auc'])}; weighted log loss: model "
-          f"{fmt(test['weighted_log_loss'])}, baseline {fmt(base['weighted_log_loss'])}")
+          f"{fmt(base['mean_subtype_auc'])}; patient-level weighted log loss: model "
+          f"{fmt(test['patient_weighted_log_loss'])}, baseline {fmt(base['patient_weighted_log_loss'])}")
     print(f"wrote {result.best_path}, {result.last_path}, {result.history_path}, {result.metrics_path}")
     return 0
 

@@ -215,7 +215,8 @@ def _history_row(epoch: int, lr: float, stats: dict, val, strategy: Strategy) ->
     thresholds, _ = choose_thresholds(val.scan_labels, val.scan_probs)
     row = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v for k, v in stats.items()},
            "val_loss": val.loss, "val_scan_loss": val.scan_loss, "val_slice_loss": val.slice_loss,
-           "val_mean_auc": report["mean_auc"], "val_weighted_log_loss": report["weighted_log_loss"]}
+           "val_mean_auc": report["mean_auc"],
+           "val_patient_weighted_log_loss": report["patient_weighted_log_loss"]}
     return strategy.history_row(row, val), thresholds
 
 

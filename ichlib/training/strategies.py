@@ -182,7 +182,7 @@ class TwoStage(Strategy):
     def history_row(self, row: dict, val: EvalResult) -> dict:
         """Stage 1 optimises the slice loss; the scan head is untrained, so its numbers go."""
         return {**row, "val_loss": val.slice_loss, "val_scan_loss": None, "val_mean_auc": None,
-                "val_weighted_log_loss": None}
+                "val_patient_weighted_log_loss": None}
 
     def epoch_line(self, epoch: int, stats: dict, val: EvalResult, row: dict) -> str:
         return (f"stage 1 epoch {epoch + 1}/{self.config.epochs}  train slice loss "
