@@ -28,7 +28,12 @@ from ichlib.labels import LABELS
 from ichlib.preprocess.dataset import ScanDataset
 from ichlib.preprocess.hu import BLOOD_HU, in_band, intracranial_mask
 from ichlib.preprocess.sampling import uniform_indices
-from ichlib.training.metrics import choose_thresholds, flatten_slices, image_level_report, score_predictions
+from ichlib.training.metrics import (
+    choose_thresholds,
+    flatten_slices,
+    image_level_report,
+    score_predictions,
+)
 
 DESCRIPTION = ("fraction of intracranial 0-100 HU voxels in 50-90 HU, mapped to a probability "
                "per label by a one-feature logistic regression fitted on the training patients")

@@ -18,7 +18,12 @@ from ichlib.training.distributed import LOCAL, DistContext
 from ichlib.training.engine import evaluate
 from ichlib.training.loaders import make_loader
 from ichlib.training.log import QUIET, RunLog
-from ichlib.training.metrics import choose_thresholds, image_level_report, prevalence, score_predictions
+from ichlib.training.metrics import (
+    choose_thresholds,
+    image_level_report,
+    prevalence,
+    score_predictions,
+)
 from ichlib.training.strategies import build_criterion
 from ichlib.version import __version__
 
