@@ -92,6 +92,8 @@ def final_evaluation(config: TrainConfig, prepared: PreparedData, best_path: Pat
             "image": image,
             "probabilities": {pid: dict(zip(LABELS, map(float, row), strict=True))
                               for pid, row in zip(test.patient_ids, test.scan_probs, strict=True)},
+            "labels": {pid: dict(zip(LABELS, map(int, row), strict=True))
+                       for pid, row in zip(test.patient_ids, test.scan_labels, strict=True)},
         },
         "baseline": baseline,
     }
