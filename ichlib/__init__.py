@@ -48,7 +48,7 @@ _LAZY = {
     # training
     "TrainConfig": "ichlib.training", "fit": "ichlib.training", "train_one_epoch": "ichlib.training",
     "evaluate": "ichlib.training", "RunLog": "ichlib.training", "results_table": "ichlib.training",
-    "run_intensity_baseline": "ichlib.training",
+    "run_intensity_baseline": "ichlib.training", "cross_validate": "ichlib.training",
     # explain
     "scan_grad_cam": "ichlib.explain", "ScanCAM": "ichlib.explain", "ScanLabelTarget": "ichlib.explain",
     "SliceLabelTarget": "ichlib.explain", "explain_scan": "ichlib.explain",
