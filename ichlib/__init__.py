@@ -36,7 +36,7 @@ _LAZY = {
     # preprocess
     "WINDOWS": "ichlib.preprocess", "window": "ichlib.preprocess", "multi_window": "ichlib.preprocess",
     "resize_slices": "ichlib.preprocess", "uniform_indices": "ichlib.preprocess",
-    "patient_split": "ichlib.preprocess", "kfold_split": "ichlib.preprocess",
+    "patient_split": "ichlib.preprocess", "kfold_split": "ichlib.preprocess", "cv_split": "ichlib.preprocess",
     "rsna_group_split": "ichlib.preprocess", "PreprocessConfig": "ichlib.preprocess",
     "ScanDataset": "ichlib.preprocess", "prepare_scan": "ichlib.preprocess",
     "sampled_mask": "ichlib.preprocess", "intracranial_mask": "ichlib.preprocess",
@@ -48,7 +48,7 @@ _LAZY = {
     # training
     "TrainConfig": "ichlib.training", "fit": "ichlib.training", "train_one_epoch": "ichlib.training",
     "evaluate": "ichlib.training", "RunLog": "ichlib.training", "results_table": "ichlib.training",
-    "run_intensity_baseline": "ichlib.training",
+    "run_intensity_baseline": "ichlib.training", "cross_validate": "ichlib.training",
     # explain
     "scan_grad_cam": "ichlib.explain", "ScanCAM": "ichlib.explain", "ScanLabelTarget": "ichlib.explain",
     "SliceLabelTarget": "ichlib.explain", "explain_scan": "ichlib.explain",

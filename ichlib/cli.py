@@ -13,8 +13,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ichlib.errors import IchlibError
+
+if TYPE_CHECKING:
+    from ichlib.training.config import TrainConfig
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -58,11 +62,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
                "windows": args.windows, "seed": args.seed, "lr": args.lr, "patience": args.patience,
                "amp": args.amp, "device": args.device, "num_workers": args.num_workers,
                "cache_dir": args.cache_dir, "n_boot": args.n_boot,
-               "sequence_epochs": args.sequence_epochs}
+               "sequence_epochs": args.sequence_epochs, "folds": args.folds}
     config = TrainConfig(data_dir=args.data, out_dir=args.out, skip_bad=args.skip_bad,
                          pos_weight=args.pos_weight, deterministic=args.deterministic,
                          two_stage=args.two_stage,
                          **{k: v for k, v in options.items() if v is not None})
+    if config.folds is not None:
+        return _cross_validate(config, args.resume)
     main_process = is_main_process()  # under torchrun only rank 0 reports
     if main_process:
         print(f"Training on {describe_amp(config)}; run folder {config.out_dir}", flush=True)
@@ -88,9 +94,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return "n/a" if value is None else f"{value:.3f}"
 
     print(f"mean subtype AUC: model {fmt(test['mean_subtype_auc'])}, baseline "
-          f"{fmt(base['mean_subtype_auc'])}; weighted log loss: model "
-          f"{fmt(test['weighted_log_loss'])}, baseline {fmt(base['weighted_log_loss'])}")
+          f"{fmt(base['mean_subtype_auc'])}; patient-level weighted log loss: model "
+          f"{fmt(test['patient_weighted_log_loss'])}, baseline {fmt(base['patient_weighted_log_loss'])}")
     print(f"wrote {result.best_path}, {result.last_path}, {result.history_path}, {result.metrics_path}")
+    return 0
+
+
+def _cross_validate(config: TrainConfig, resume: bool) -> int:
+    """``ichlib train --folds K``: the folds in OUT/fold_k, the pooled results in OUT/cv_metrics.json."""
+    from ichlib.training.cv import cross_validate, format_cv_summary  # lazy: start-up time
+    from ichlib.training.fit import describe_amp  # lazy: start-up time
+
+    print(f"Cross-validating on {describe_amp(config)}; folder {config.out_dir}", flush=True)
+    result = cross_validate(config, resume=resume)
+    print("\n" + format_cv_summary(result.metrics))
+    print(f"wrote {result.metrics_path} and the fold runs {', '.join(str(d) for d in result.fold_dirs)}")
     return 0
 
 
@@ -181,7 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--two-stage", action="store_true",
                    help="train the CNN (stage 1), then the BiLSTM on its cached slice embeddings")
     p.add_argument("--sequence-epochs", type=int, help="epochs of the two-stage BiLSTM stage (default 150)")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.add_argument("--folds", type=int, help="K-fold cross-validation by patient: every patient is "
+                                             "tested once, by the fold model that did not train on it; "
+                                             "runs in OUT/fold_k, pooled results in OUT/cv_metrics.json")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt "
+                                                         "(with --folds: keep the finished folds)")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels (with --seed, a CPU run is reproducible bit for bit)")
     p.add_argument("--skip-bad", action="store_true", help="leave out broken patients (listed) "

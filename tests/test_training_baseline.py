@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -65,3 +67,10 @@ def test_baseline_is_scored_on_the_given_test_patients(make_ct_ich):
     # Bright blood squares on positive slices: the feature separates any-positive scans.
     val_any = result["val"]["patient"]["labels"]["any"]
     assert val_any["auc"] in (None, 1.0)
+    # RSNA's image-level loss reads every slice (6 per scan), not the 4 sampled ones.
+    image = result["test"]["image"]
+    assert image["n_images"] == 2 * 6 and set(image["by_patient"]) == set(ids[6:])
+    assert image["note"] is None and image["ci"] is not None
+    assert image["image_weighted_log_loss"] == pytest.approx(
+        sum(total for total, _ in image["by_patient"].values()) / 12)
+    assert 0 < image["image_weighted_log_loss"] < -math.log(0.5)  # better than a coin: the squares show

@@ -66,6 +66,11 @@ def test_fit_writes_the_run_folder(reference_run, tiny_data):
     assert set(test["patient"]["labels"]) == set(LABELS)
     assert set(test["probabilities"]) == test_ids
     assert test["slice"]["level"] == "slice" and test["slice"]["n_patients"] == len(test_ids)
+    # RSNA's image-level loss is reported only when the slice predictions cover every image
+    # (6 per scan here), never over a sample of them.
+    image = test["image"]
+    assert (image["image_weighted_log_loss"] is None) == (image["n_images"] < 6 * len(test_ids))
+    assert image["prevalence_prior"] is None or image["prevalence_prior"] > 0
     assert set(metrics["thresholds"]) == set(LABELS)
     for entry in test["patient"]["labels"].values():
         assert entry["threshold"] is not None and "sensitivity" in entry

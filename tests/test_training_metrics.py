@@ -13,13 +13,20 @@ from ichlib.labels import LABELS, SUBTYPES
 from ichlib.training.metrics import (
     PROB_CLIP,
     bootstrap_auc,
+    bootstrap_mean,
     choose_thresholds,
     flatten_slices,
+    image_level_report,
+    image_weighted_log_loss,
+    log_loss_report,
     one_class_reason,
+    pooled_image_report,
+    prevalence,
     results_table,
     roc_auc,
     score_predictions,
     sensitivity_specificity,
+    too_few_reason,
     weighted_log_loss,
     youden_threshold,
 )
@@ -99,6 +106,7 @@ def test_one_class_label_is_reported_not_crashed():
     assert report["mean_subtype_auc"] == pytest.approx(
         np.mean([roc_auc_score(y[:, j], p[:, j]) for j in (1, 2, 3)]))
     assert one_class_reason(np.array([])) == "no samples in this split"
+    assert epi["auc_ci_undefined"] == 50 and sdh["auc_ci_undefined"] == 50
     assert math.isnan(roc_auc(np.zeros(5), np.arange(5.0)))
     json.dumps(report, allow_nan=False)
 
@@ -113,7 +121,96 @@ def test_weighted_log_loss_against_sklearn():
 def test_log_loss_clips_probabilities():
     y = np.ones((1, 6))
     p = np.zeros((1, 6))  # certain and wrong everywhere
-    assert weighted_log_loss(y, p) == pytest.approx(-math.log(PROB_CLIP))
+    assert PROB_CLIP == 1e-15  # RSNA's clip
+    assert weighted_log_loss(y, p) == pytest.approx(-math.log(1e-15))
+
+
+def test_image_weighted_log_loss_by_hand():
+    # Three images. Columns: any, IPH, IVH, SAH, EDH, SDH.
+    y = np.array([[1, 0, 0, 1, 0, 0],
+                  [0, 0, 0, 0, 0, 0],
+                  [1, 1, 0, 0, 0, 1]], dtype=float)
+    p = np.array([[0.8, 0.1, 0.1, 0.6, 0.1, 0.1],
+                  [0.2, 0.1, 0.1, 0.1, 0.1, 0.1],
+                  [0.0, 0.5, 0.1, 0.1, 0.1, 1.0]])  # 0 and 1 are clipped to 1e-15
+    ln = math.log
+    image1 = (2 * -ln(0.8) + 3 * -ln(0.9) + -ln(0.6) + -ln(0.9)) / 7
+    image2 = (2 * -ln(0.8) + 5 * -ln(0.9)) / 7
+    image3 = (2 * -ln(1e-15) + -ln(0.5) + 3 * -ln(0.9) + -ln(1.0 - 1e-15)) / 7
+    expected = (image1 + image2 + image3) / 3
+    assert image_weighted_log_loss(y, p) == pytest.approx(expected, rel=1e-12)
+    # 0.19694, 0.13901 and 10.01240 per image: the confident miss on image 3 dominates
+    assert expected == pytest.approx(3.44945, abs=1e-5)
+    # The mean over images equals the weighted mean of the per-label log losses (sklearn).
+    per_label = [log_loss(y[:, j], np.clip(p[:, j], 1e-15, 1 - 1e-15), labels=[0, 1]) for j in range(6)]
+    assert expected == pytest.approx((2 * per_label[0] + sum(per_label[1:])) / 7, rel=1e-9)
+
+
+def test_log_loss_bootstrap_resamples_patients():
+    rng = np.random.default_rng(1)
+    y = (rng.random((12, 6)) < 0.3).astype(float)
+    p = rng.random((12, 6))
+    groups = np.repeat(["a", "b", "c"], [2, 4, 6])
+    report = log_loss_report(y, p, groups, n_boot=25, seed=4, ci=0.9)
+    assert report["value"] == pytest.approx(image_weighted_log_loss(y, p))
+    assert report["n_rows"] == 12 and report["n_patients"] == 3
+    losses = np.array([image_weighted_log_loss(y[i:i + 1], p[i:i + 1]) for i in range(12)])
+    draws = np.random.default_rng(4).integers(0, 3, size=(25, 3))  # the draws bootstrap_auc makes
+    names = np.array(["a", "b", "c"])
+    by_hand = [losses[np.concatenate([np.flatnonzero(groups == names[g]) for g in d])].mean() for d in draws]
+    np.testing.assert_allclose(bootstrap_mean(losses, groups, n_boot=25, seed=4), by_hand, rtol=1e-12)
+    low, high = report["ci"]
+    assert (low, high) == pytest.approx(tuple(np.quantile(by_hand, [0.05, 0.95])))
+
+
+def test_one_positive_gets_no_auc_and_no_degenerate_interval():
+    rng = np.random.default_rng(0)
+    y = np.zeros((40, 6))
+    y[:, 0] = rng.random(40) < 0.5
+    y[7, 3] = 1  # a single subarachnoid case, scored highest: AUC 1.0 on its own
+    p = rng.random((40, 6))
+    p[7, 3] = 0.99
+    report = score_predictions(y, p, n_boot=500, seed=0)
+    sah = report["labels"]["subarachnoid"]
+    assert sah["auc"] is None and sah["auc_ci"] is None
+    assert sah["note"].startswith("n/a: 1 positive in this split")
+    # About a third of the resamples miss the one positive: (39/40)^40 = 36%; they are counted.
+    assert 0.25 * 500 < sah["auc_ci_undefined"] < 0.45 * 500
+    assert "subarachnoid" not in report["mean_subtype_auc_labels"]
+    any_ = report["labels"]["any"]
+    assert any_["auc"] is not None and any_["auc_ci"][0] < any_["auc_ci"][1]
+    assert any_["auc_ci_undefined"] == 0
+    assert too_few_reason(np.array([1, 1, 0, 1])) == (
+        "n/a: 1 negative in this split; an AUC and its bootstrap interval need at least 2 "
+        "positives and 2 negatives")
+    assert too_few_reason(np.array([1, 1, 0, 0])) is None
+    json.dumps(report, allow_nan=False)
+
+
+def test_two_positives_get_an_interval_and_the_undefined_count():
+    y = np.zeros((30, 6))
+    y[:15, 0] = 1
+    y[[2, 9], 1] = 1
+    p = np.linspace(0, 1, 30)[:, None].repeat(6, axis=1)
+    report = score_predictions(y, p, n_boot=400, seed=2)
+    iph = report["labels"]["intraparenchymal"]
+    boot = bootstrap_auc(y, p, n_boot=400, seed=2)[:, 1]
+    assert iph["auc_ci_undefined"] == int(np.isnan(boot).sum()) > 0
+    assert iph["auc_ci"] == pytest.approx(list(np.quantile(boot[~np.isnan(boot)], [0.025, 0.975])))
+    assert report["mean_subtype_auc_labels"] == ["intraparenchymal"]
+    assert report["mean_subtype_auc_ci_undefined"] == iph["auc_ci_undefined"]
+
+
+def test_report_names_the_log_loss_level():
+    y, p = random_data(n=30)
+    patient = score_predictions(y, p, n_boot=30)
+    assert patient["patient_weighted_log_loss"] == pytest.approx(weighted_log_loss(y, p))
+    low, high = patient["patient_weighted_log_loss_ci"]
+    assert low <= patient["patient_weighted_log_loss"] <= high
+    assert "weighted_log_loss" not in patient
+    sliced = score_predictions(y, p, groups=np.repeat(np.arange(10), 3), level="slice", n_boot=0)
+    assert sliced["slice_weighted_log_loss"] == pytest.approx(weighted_log_loss(y, p))
+    assert sliced["slice_weighted_log_loss_ci"] is None
 
 
 def test_youden_threshold_is_the_best_j():
@@ -168,3 +265,28 @@ def test_results_table_uses_label_names():
     assert row.auc == pytest.approx(roc_auc_score(y[:, 5], p[:, 5]))
     assert set(SUBTYPES) < set(table.label)
     assert len(results_table(model)) == 6
+
+
+def test_image_level_report_needs_every_image_and_pools_exactly():
+    rng = np.random.default_rng(5)
+    n_images = {"a": 3, "b": 5, "c": 2}
+    groups = np.repeat(list(n_images), list(n_images.values()))
+    y = (rng.random((10, 6)) < 0.3).astype(float)
+    p = rng.random((10, 6))
+    prior = np.array([0.3, 0.1, 0.1, 0.1, 0.1, 0.1])
+    report = image_level_report(y, p, groups, n_images, prior=prior, n_boot=40, seed=1)
+    assert report["image_weighted_log_loss"] == pytest.approx(image_weighted_log_loss(y, p))
+    assert report["prevalence_prior"] == pytest.approx(image_weighted_log_loss(y, np.tile(prior, (10, 1))))
+    assert report["n_images"] == 10 and report["n_patients"] == 3 and report["note"] is None
+    assert report["ci"] == pytest.approx(log_loss_report(y, p, groups, n_boot=40, seed=1)["ci"])
+    # Two "folds" pooled from their per-patient sums = the loss over all their images.
+    first = image_level_report(y[:8], p[:8], groups[:8], {"a": 3, "b": 5}, n_boot=0)
+    second = image_level_report(y[8:], p[8:], groups[8:], {"c": 2}, n_boot=0)
+    pooled = pooled_image_report({**first["by_patient"], **second["by_patient"]}, n_boot=40, seed=1)
+    assert pooled["image_weighted_log_loss"] == pytest.approx(report["image_weighted_log_loss"], rel=1e-12)
+    assert pooled["ci"] == pytest.approx(report["ci"], rel=1e-12)
+    # Sampled slices only: no image-level number, and the note says why.
+    partial = image_level_report(y[:9], p[:9], groups[:9], n_images, n_boot=10)
+    assert partial["image_weighted_log_loss"] is None and partial["ci"] is None
+    assert "cover 9 of the 10 images" in partial["note"]
+    assert prevalence(np.array([[1, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]]))[:2] == pytest.approx([0.5, 0.5 / 3])

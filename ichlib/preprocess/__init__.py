@@ -15,6 +15,8 @@ _NAMES = {
     "intracranial_mask": ".hu",
     "resize_slices": ".resize",
     "uniform_indices": ".sampling",
+    "cv_split": ".splits",
+    "iterative_stratification": ".splits",
     "kfold_split": ".splits",
     "patient_split": ".splits",
     "rsna_group_split": ".splits",

@@ -6,6 +6,8 @@ from ichlib._lazy import lazy_exports
 _NAMES = {
     "run_intensity_baseline": ".baseline",
     "TrainConfig": ".config",
+    "CVResult": ".cv",
+    "cross_validate": ".cv",
     "PreparedData": ".data",
     "prepare_data": ".data",
     "EarlyStopping": ".engine",

@@ -28,7 +28,12 @@ from ichlib.labels import LABELS
 from ichlib.preprocess.dataset import ScanDataset
 from ichlib.preprocess.hu import BLOOD_HU, in_band, intracranial_mask
 from ichlib.preprocess.sampling import uniform_indices
-from ichlib.training.metrics import choose_thresholds, flatten_slices, score_predictions
+from ichlib.training.metrics import (
+    choose_thresholds,
+    flatten_slices,
+    image_level_report,
+    score_predictions,
+)
 
 DESCRIPTION = ("fraction of intracranial 0-100 HU voxels in 50-90 HU, mapped to a probability "
                "per label by a one-feature logistic regression fitted on the training patients")
@@ -107,9 +112,12 @@ def run_intensity_baseline(train: ScanDataset, val: ScanDataset, test: ScanDatas
     Slice-level predictions are scored at the slices the model sees at evaluation
     (:func:`~ichlib.preprocess.sampling.uniform_indices` with the datasets' ``seq_len``).
 
+    The image-level weighted log loss (RSNA's metric) is scored over every slice
+    (``"image"``, :func:`~ichlib.training.metrics.image_level_report`).
+
     Returns:
-        ``{"name", "description", "thresholds", "val": {"patient", "slice"},
-        "test": {"patient", "slice"}}`` with :func:`~ichlib.training.metrics.score_predictions`
+        ``{"name", "description", "thresholds", "val": {"patient", "slice", "image"},
+        "test": {"patient", "slice", "image"}}`` with :func:`~ichlib.training.metrics.score_predictions`
         reports, plus the test predictions under ``"test_probabilities"``.
     """
     parts = {}
@@ -126,6 +134,8 @@ def run_intensity_baseline(train: ScanDataset, val: ScanDataset, test: ScanDatas
                                    for pid, i in zip(ds.patient_ids, idx, strict=True)]),
             "indices": np.stack(idx),
             "ids": list(ds.patient_ids),
+            "per_slice": per_slice,
+            "all_slice_ids": [pid for pid, f in zip(ds.patient_ids, per_slice, strict=True) for _ in f],
         }
     scan_model = IntensityBaseline().fit(parts["train"]["scan_x"], parts["train"]["scan_y"])
     slice_model = IntensityBaseline().fit(parts["train"]["all_slice_x"], parts["train"]["all_slice_y"])
@@ -153,6 +163,10 @@ def run_intensity_baseline(train: ScanDataset, val: ScanDataset, test: ScanDatas
             "slice": score_predictions(y_fl, p_fl, slice_thresholds, groups=groups, n_boot=n_boot,
                                        seed=seed, level="slice"),
         }
+        result[name]["image"] = image_level_report(
+            part["all_slice_y"], slice_model.predict_proba(part["all_slice_x"]), part["all_slice_ids"],
+            {pid: len(f) for pid, f in zip(part["ids"], part["per_slice"], strict=True)},
+            n_boot=n_boot if name == "test" else 0, seed=seed)
         if name == "test":
             result["test_probabilities"] = {pid: dict(zip(LABELS, map(float, row), strict=True))
                                             for pid, row in zip(part["ids"], p_scan, strict=True)}

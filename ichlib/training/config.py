@@ -71,6 +71,13 @@ class TrainConfig:
             BiLSTM and scan head on cached embeddings of the frozen CNN.
         sequence_epochs: Epochs of that second stage (it stops early after 40 epochs
             without a lower validation scan loss).
+        folds: ``K`` for a K-fold cross-validation by patient
+            (:func:`ichlib.training.cv.cross_validate`, ``ichlib train --folds K``): every
+            patient is tested once, by the model of the fold that did not train on it.
+            ``test_fraction`` is then unused; ``val_fraction`` is the share of each fold's
+            non-test patients kept for validation.
+        fold: Which fold (0-based) this run is; set by ``cross_validate`` for each fold's
+            run folder, with ``folds``.
     """
 
     data_dir: str
@@ -106,6 +113,8 @@ class TrainConfig:
     progress: bool = True
     two_stage: bool = False
     sequence_epochs: int = 150
+    folds: int | None = None
+    fold: int | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = str(self.data_dir)
@@ -126,6 +135,11 @@ class TrainConfig:
             raise ConfigError(f"patience must be >= 1 or None, got {self.patience}")
         if self.sequence_epochs < 1:
             raise ConfigError(f"sequence_epochs must be >= 1, got {self.sequence_epochs}")
+        if self.folds is not None and self.folds < 2:
+            raise ConfigError(f"folds must be >= 2 (or None for one split), got {self.folds}")
+        if self.fold is not None and (self.folds is None or not 0 <= self.fold < self.folds):
+            raise ConfigError(f"fold must be in 0..folds-1 and needs folds, got fold={self.fold}, "
+                              f"folds={self.folds}")
         PreprocessConfig(windows=self.windows, img_size=self.img_size, seq_len=self.seq_len)
 
     @property

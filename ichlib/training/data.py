@@ -12,7 +12,7 @@ from ichlib.io.folder import read_dataset
 from ichlib.io.tables import CtIchData
 from ichlib.preprocess.augment import ScanAugment
 from ichlib.preprocess.dataset import ScanDataset
-from ichlib.preprocess.splits import check_disjoint, patient_split, rsna_group_split
+from ichlib.preprocess.splits import check_disjoint, cv_split, patient_split, rsna_group_split
 from ichlib.training.config import TrainConfig
 from ichlib.training.distributed import LOCAL, DistContext
 from ichlib.training.log import QUIET, RunLog
@@ -47,10 +47,17 @@ def prepare_data(config: TrainConfig, dist: DistContext = LOCAL, log: RunLog = Q
     Under ``torchrun`` rank 0 reads the folder first (filling the RSNA header cache the
     others then reuse), and each rank builds its share of the volume cache.
 
+    With ``config.fold`` set, the split is that fold of a cross-validation
+    (:func:`~ichlib.preprocess.splits.cv_split`).
+
     Raises:
         DataError: On broken patients without ``skip_bad`` (all of them listed).
-        ConfigError: If a split would be empty.
+        ConfigError: If a split would be empty, or ``folds`` is set without ``fold``.
     """
+    if config.folds is not None and config.fold is None:
+        raise ConfigError(f"folds={config.folds} asks for a cross-validation: run "
+                          "ichlib.training.cv.cross_validate(config) (ichlib train --folds); "
+                          "fit trains one fold of it (fold=k)")
     data = _read_folder(config, dist)
     skipped = [{"patient_id": p.patient_id, "path": p.path, "problem": p.problem}
                for p in data.problems]
@@ -79,7 +86,10 @@ def _split_patients(data: CtIchData, config: TrainConfig) -> dict[str, list[str]
         ConfigError: If a split would be empty.
     """
     patients = data.patients
-    if "patient_id_dicom" in patients.columns:  # RSNA: scans are series; keep each person together
+    group = "patient_id_dicom" if "patient_id_dicom" in patients.columns else None
+    if config.fold is not None:  # one fold of a cross-validation
+        split = cv_split(patients, config.folds, config.fold, config.val_fraction, config.seed, group)
+    elif group:  # RSNA: scans are series; keep each person together
         split = rsna_group_split(patients, val_fraction=config.val_fraction,
                                  test_fraction=config.test_fraction, seed=config.seed)
     else:

@@ -18,7 +18,12 @@ from ichlib.training.distributed import LOCAL, DistContext
 from ichlib.training.engine import evaluate
 from ichlib.training.loaders import make_loader
 from ichlib.training.log import QUIET, RunLog
-from ichlib.training.metrics import choose_thresholds, score_predictions
+from ichlib.training.metrics import (
+    choose_thresholds,
+    image_level_report,
+    prevalence,
+    score_predictions,
+)
 from ichlib.training.strategies import build_criterion
 from ichlib.version import __version__
 
@@ -58,6 +63,8 @@ def final_evaluation(config: TrainConfig, prepared: PreparedData, best_path: Pat
     slice_thresholds, _ = choose_thresholds(val_slices[0], val_slices[1])
     y_sl, p_sl, groups = test.slice_rows()
     boot = {"n_boot": config.n_boot, "seed": config.seed}
+    image = image_level_report(y_sl, p_sl, groups, _n_images(prepared, test.patient_ids),
+                               _image_prior(prepared), **boot)
     baseline = run_intensity_baseline(prepared.train, prepared.val, prepared.test, **boot)
     synthetic_note = ("SYNTHETIC phantom data: these numbers say whether the pipeline works, "
                       "not how well it would detect hemorrhage in patients.")
@@ -82,11 +89,24 @@ def final_evaluation(config: TrainConfig, prepared: PreparedData, best_path: Pat
             "loss": test.loss, "scan_loss": test.scan_loss, "slice_loss": test.slice_loss,
             "patient": score_predictions(test.scan_labels, test.scan_probs, thresholds, **boot),
             "slice": score_predictions(y_sl, p_sl, slice_thresholds, groups=groups, level="slice", **boot),
+            "image": image,
             "probabilities": {pid: dict(zip(LABELS, map(float, row), strict=True))
                               for pid, row in zip(test.patient_ids, test.scan_probs, strict=True)},
+            "labels": {pid: dict(zip(LABELS, map(int, row), strict=True))
+                       for pid, row in zip(test.patient_ids, test.scan_labels, strict=True)},
         },
         "baseline": baseline,
     }
+
+
+def _n_images(prepared: PreparedData, patient_ids: list[str]) -> dict[str, int]:
+    """Images (slices) per patient, from the dataset's table."""
+    return {pid: int(prepared.data.patients.loc[pid, "n_slices"]) for pid in patient_ids}
+
+
+def _image_prior(prepared: PreparedData) -> np.ndarray:
+    """Per-label image prevalence of the training patients (the chance prior's prediction)."""
+    return prevalence(np.concatenate([prepared.data.slice_labels(pid) for pid in prepared.split["train"]]))
 
 
 def json_safe(value: object) -> object:

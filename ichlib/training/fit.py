@@ -70,7 +70,7 @@ class FitResult:
 
 
 def fit(config: TrainConfig, resume: bool = False, log: RunLog | None = None,
-        on_epoch_end: Callable[[int, dict], None] | None = None) -> FitResult:
+        on_epoch_end: Callable[[int, dict], None] | None = None, epochs_only: bool = False) -> FitResult:
     """Train, select on validation, test once; write the run folder.
 
     Args:
@@ -83,6 +83,9 @@ def fit(config: TrainConfig, resume: bool = False, log: RunLog | None = None,
             ``config.progress``).
         on_epoch_end: Called as ``on_epoch_end(epochs_done, history_row)`` after each
             epoch's files are written (raising there stops the run).
+        epochs_only: Stop after the epochs (no stage 2, no test, no ``metrics.json``):
+            a cross-validated two-stage run trains every fold's stage 1 first
+            (:mod:`ichlib.training.cv`).
 
     Returns:
         :class:`FitResult`.
@@ -128,6 +131,8 @@ def fit(config: TrainConfig, resume: bool = False, log: RunLog | None = None,
             line = strategy.epoch_line(epoch, stats, val, row)
             log.epoch(epoch + 1, history[-1], line + ("  *best" if improved else "")
                       + ("  (early stop)" if tracker.stopped else ""))
+        if epochs_only:
+            return _write_results(out, None, history, prepared, dist)
         best, extra = dist.from_main(lambda: strategy.finish(out, log))
         training = {**tracker.state_dict(), "epochs_run": len(history), "device": describe_amp(config),
                     # the epochs: end-to-end training, or stage 1 of a two-stage run
@@ -215,7 +220,8 @@ def _history_row(epoch: int, lr: float, stats: dict, val, strategy: Strategy) ->
     thresholds, _ = choose_thresholds(val.scan_labels, val.scan_probs)
     row = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v for k, v in stats.items()},
            "val_loss": val.loss, "val_scan_loss": val.scan_loss, "val_slice_loss": val.slice_loss,
-           "val_mean_auc": report["mean_auc"], "val_weighted_log_loss": report["weighted_log_loss"]}
+           "val_mean_auc": report["mean_auc"],
+           "val_patient_weighted_log_loss": report["patient_weighted_log_loss"]}
     return strategy.history_row(row, val), thresholds
 
 
@@ -243,13 +249,14 @@ def _save_epoch(out: Path, base: dict, strategy: Strategy, tracker: EarlyStoppin
     atomic_write_text(out / "history.csv", pd.DataFrame(history).to_csv(index=False))
 
 
-def _write_results(out: Path, metrics: dict, history: list[dict], prepared: PreparedData,
+def _write_results(out: Path, metrics: dict | None, history: list[dict], prepared: PreparedData,
                    dist: DistContext) -> FitResult:
     frame = pd.DataFrame(history)
     paths = {name: out / name for name in ("best.pt", "last.pt", "history.csv", "metrics.json")}
     if dist.is_main:
-        atomic_write_text(paths["metrics.json"], json.dumps(json_safe(metrics), indent=2, allow_nan=False))
+        if metrics is not None:
+            atomic_write_text(paths["metrics.json"], json.dumps(json_safe(metrics), indent=2, allow_nan=False))
         atomic_write_text(paths["history.csv"], frame.to_csv(index=False))
-    return FitResult(out_dir=out, history=frame, metrics=metrics, split=prepared.split,
+    return FitResult(out_dir=out, history=frame, metrics=metrics or {}, split=prepared.split,
                      best_path=paths["best.pt"], last_path=paths["last.pt"],
                      history_path=paths["history.csv"], metrics_path=paths["metrics.json"])

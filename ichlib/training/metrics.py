@@ -1,16 +1,24 @@
-"""Evaluation: per-label ROC AUC with patient-bootstrap CIs, RSNA log loss, thresholds.
+"""Evaluation: per-label ROC AUC with patient-bootstrap CIs, weighted log losses, thresholds.
 
 Label matrices are ``[N, 6]`` with columns as :data:`ichlib.labels.LABELS`; results are
-keyed by label name, never by position. A label that has only one class in a split has
-no ROC AUC: it is reported as ``None`` with a reason, and left out of the means.
+keyed by label name, never by position. A label with fewer than
+:data:`MIN_CLASS_COUNT` (2) positives or negatives in a split has no ROC AUC worth
+reading (with one positive the AUC is the rank of one case, and every bootstrap interval
+is degenerate): it is reported as ``None`` with a reason, and left out of the means.
+
+Two weighted log losses, named for what they average over:
+
+- :func:`image_weighted_log_loss`: RSNA 2019's metric, over every image (slice) of every
+  scan. The only one comparable with the leaderboard (Burduja et al.: 0.04989).
+- the patient-level one (``patient_weighted_log_loss`` in reports): the same weights over
+  one row per patient. A different number; never put it beside RSNA's.
 
 Undefined values are ``None`` (not NaN), so every report is valid JSON as it stands.
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,8 +29,10 @@ from ichlib.labels import LABELS, SUBTYPES
 
 #: RSNA 2019 label weights: 2 for ``any``, 1 for each subtype.
 LOG_LOSS_WEIGHTS: dict[str, float] = {label: (2.0 if label == "any" else 1.0) for label in LABELS}
-#: Probabilities are clipped to ``[PROB_CLIP, 1 - PROB_CLIP]`` before taking logs.
-PROB_CLIP = 1e-7
+#: Probabilities are clipped to ``[PROB_CLIP, 1 - PROB_CLIP]`` before taking logs (RSNA's clip).
+PROB_CLIP = 1e-15
+#: Fewest positives and negatives of a label for its AUC and bootstrap interval.
+MIN_CLASS_COUNT = 2
 
 
 def roc_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
@@ -46,6 +56,21 @@ def one_class_reason(y_true: np.ndarray) -> str | None:
     if n_pos == y.size:
         return "only positives in this split"
     return None
+
+
+def too_few_reason(y_true: np.ndarray, minimum: int = MIN_CLASS_COUNT) -> str | None:
+    """Why a label gets no AUC here: one class only, or fewer than ``minimum`` positives or
+    negatives (``"n/a: 1 positive in this split; ..."``); None when it has enough of both."""
+    reason = one_class_reason(y_true)
+    if reason is not None:
+        return reason
+    y = np.asarray(y_true).ravel() > 0.5
+    counts = {"positive": int(y.sum()), "negative": int((~y).sum())}
+    short = [f"{n} {kind}" for kind, n in counts.items() if n < minimum]
+    if not short:
+        return None
+    return (f"n/a: {' and '.join(short)} in this split; an AUC and its bootstrap interval need "
+            f"at least {minimum} positives and {minimum} negatives")
 
 
 def bootstrap_auc(y_true: np.ndarray, y_score: np.ndarray, groups: Sequence | None = None,
@@ -72,46 +97,189 @@ def bootstrap_auc(y_true: np.ndarray, y_score: np.ndarray, groups: Sequence | No
     if y.shape != s.shape:
         raise ConfigError(f"labels {y.shape} and scores {s.shape} differ in shape")
     codes, n_groups = _group_codes(groups, y.shape[0])
-    rng = np.random.default_rng(seed)
     out = np.empty((n_boot, y.shape[1]))
-    for start in range(0, n_boot, chunk):
-        m = min(chunk, n_boot - start)
-        draws = rng.integers(0, n_groups, size=(m, n_groups))
-        group_counts = np.bincount((draws + n_groups * np.arange(m)[:, None]).ravel(),
-                                   minlength=m * n_groups).reshape(m, n_groups)
+    for start, group_counts in _resampled_counts(n_groups, n_boot, seed, chunk):
         counts = group_counts[:, codes].astype(np.float64)
         for j in range(y.shape[1]):
-            out[start:start + m, j] = _weighted_auc(y[:, j], s[:, j], counts)
+            out[start:start + len(counts), j] = _weighted_auc(y[:, j], s[:, j], counts)
     return out
+
+
+def bootstrap_mean(values: np.ndarray, groups: Sequence | None = None, n_boot: int = 1000,
+                   seed: int = 0, chunk: int = 200) -> np.ndarray:
+    """Bootstrap replicates of the mean of per-row ``values``, resampling groups (patients).
+
+    Uses the same draws as :func:`bootstrap_auc` for the same ``groups``, ``n_boot`` and
+    ``seed``, so the replicates of an AUC and of a log loss come from the same resamples.
+
+    Returns:
+        ``[n_boot]`` means over the rows of the drawn groups (a drawn group's rows count
+        as often as it was drawn).
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    codes, n_groups = _group_codes(groups, v.size)
+    sums = np.bincount(codes, weights=v, minlength=n_groups)
+    sizes = np.bincount(codes, minlength=n_groups).astype(np.float64)
+    return _bootstrap_ratio(sums, sizes, n_boot, seed, chunk)
+
+
+def _bootstrap_ratio(sums: np.ndarray, sizes: np.ndarray, n_boot: int, seed: int,
+                     chunk: int = 200) -> np.ndarray:
+    """Replicates of ``sum(sums) / sum(sizes)`` with the groups drawn with replacement."""
+    out = np.empty(n_boot)
+    for start, group_counts in _resampled_counts(len(sums), n_boot, seed, chunk):
+        out[start:start + len(group_counts)] = (group_counts @ sums) / (group_counts @ sizes)
+    return out
+
+
+def _bce(y_true: np.ndarray, y_prob: np.ndarray) -> np.ndarray:
+    """Elementwise binary cross-entropy, probabilities clipped at :data:`PROB_CLIP`."""
+    y = np.asarray(y_true, dtype=np.float64)
+    p = np.clip(np.asarray(y_prob, dtype=np.float64), PROB_CLIP, 1.0 - PROB_CLIP)
+    return -(y * np.log(p) + (1.0 - y) * np.log(1.0 - p))
 
 
 def _label_log_loss(y_true: np.ndarray, y_prob: np.ndarray) -> float:
     """Mean binary log loss of one label, probabilities clipped at :data:`PROB_CLIP`."""
-    y = np.asarray(y_true, dtype=np.float64).ravel()
-    p = np.clip(np.asarray(y_prob, dtype=np.float64).ravel(), PROB_CLIP, 1.0 - PROB_CLIP)
-    return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log(1.0 - p)))
+    return float(np.mean(_bce(np.ravel(y_true), np.ravel(y_prob))))
+
+
+def row_log_losses(y_true: np.ndarray, y_prob: np.ndarray,
+                   weights: Mapping[str, float] = LOG_LOSS_WEIGHTS) -> np.ndarray:
+    """Per row, ``sum_l w_l * BCE(y_l, p_l) / sum_l w_l``: ``[N]``.
+
+    Args:
+        y_true: ``[N, 6]`` 0/1 labels, columns as LABELS.
+        y_prob: ``[N, 6]`` probabilities (clipped to ``[1e-15, 1 - 1e-15]``).
+        weights: Weight per label name (RSNA: 2 for ``any``, 1 per subtype).
+    """
+    y, p = _as_2d(y_true), _as_2d(y_prob)
+    if y.shape[1] != len(LABELS) or y.shape != p.shape:
+        raise ConfigError(f"expected labels and probabilities [N, {len(LABELS)}] "
+                          f"({', '.join(LABELS)}), got {y.shape} and {p.shape}")
+    w = np.array([weights[label] for label in LABELS], dtype=np.float64)
+    return (_bce(y, p) @ w) / w.sum()
 
 
 def weighted_log_loss(y_true: np.ndarray, y_prob: np.ndarray,
                       weights: Mapping[str, float] = LOG_LOSS_WEIGHTS) -> float:
-    """The RSNA 2019 weighted multi-label log loss.
+    """The RSNA 2019 weighting over whatever rows it is given: the mean of
+    :func:`row_log_losses`.
 
-    ``L = sum_l w_l * LL_l / sum_l w_l``, with
-    ``LL_l = -(1/N) sum_i [y_il log p_il + (1 - y_il) log(1 - p_il)]`` and ``w = 2`` for
-    ``any``, 1 for each subtype. Probabilities are clipped to ``[1e-7, 1 - 1e-7]``
-    (:data:`PROB_CLIP`) first, so a confident mistake costs at most ``-log(1e-7) ≈ 16.1``.
+    This equals ``sum_l w_l * LL_l / sum_l w_l`` with ``LL_l`` the mean BCE of label ``l``.
+    Over one row per patient it is the *patient-level* weighted log loss; over every image
+    it is RSNA's metric (:func:`image_weighted_log_loss`). A confident mistake costs at most
+    ``-log(1e-15) ≈ 34.5``.
 
     Args:
         y_true: ``[N, 6]`` 0/1 labels, columns as LABELS.
         y_prob: ``[N, 6]`` probabilities.
         weights: Weight per label name.
     """
-    y, p = _as_2d(y_true), _as_2d(y_prob)
-    if y.shape[1] != len(LABELS):
-        raise ConfigError(f"expected {len(LABELS)} label columns ({', '.join(LABELS)}), got {y.shape[1]}")
-    w = np.array([weights[label] for label in LABELS], dtype=np.float64)
-    per_label = np.array([_label_log_loss(y[:, j], p[:, j]) for j in range(len(LABELS))])
-    return float((w * per_label).sum() / w.sum())
+    return float(np.mean(row_log_losses(y_true, y_prob, weights)))
+
+
+def image_weighted_log_loss(slice_labels: np.ndarray, slice_probs: np.ndarray) -> float:
+    """RSNA 2019's score: the weighted multi-label log loss over every image (slice).
+
+    Per image ``sum_l w_l * BCE(y_l, p_l) / sum_l w_l`` with ``w = 2`` for ``any`` and 1
+    per subtype, probabilities clipped to ``[1e-15, 1 - 1e-15]``; then the mean over
+    images. Pass **every** slice of every scan (one row each), not a sample of them.
+
+    Args:
+        slice_labels: ``[M, 6]`` 0/1 labels of the images, columns as LABELS.
+        slice_probs: ``[M, 6]`` probabilities.
+    """
+    return weighted_log_loss(slice_labels, slice_probs)
+
+
+def log_loss_report(y_true: np.ndarray, y_prob: np.ndarray, groups: Sequence | None = None,
+                    n_boot: int = 1000, seed: int = 0, ci: float = 0.95) -> dict:
+    """A weighted log loss with a bootstrap interval over patients.
+
+    Args:
+        y_true, y_prob: ``[N, 6]`` rows (patients, or images with ``groups``).
+        groups: Patient of each row; the bootstrap draws patients with all their rows.
+        n_boot: Replicates (0: no interval).
+        seed: Bootstrap seed (same draws as :func:`bootstrap_auc`).
+        ci: Confidence level.
+
+    Returns:
+        ``{"value", "ci", "n_rows", "n_patients", "n_boot"}``; ``value`` None when there
+        are no rows.
+    """
+    losses = row_log_losses(y_true, y_prob) if np.size(y_true) else np.zeros(0)
+    _, n_patients = _group_codes(groups, losses.size)
+    out = {"value": float(losses.mean()) if losses.size else None, "ci": None,
+           "n_rows": int(losses.size), "n_patients": int(n_patients), "n_boot": int(n_boot)}
+    if n_boot > 0 and losses.size:
+        out["ci"] = _percentile_ci(bootstrap_mean(losses, groups, n_boot, seed), (1.0 - ci) / 2.0)
+    return out
+
+
+def image_level_report(slice_labels: np.ndarray, slice_probs: np.ndarray, groups: Sequence[str],
+                       n_images: Mapping[str, int], prior: np.ndarray | None = None,
+                       n_boot: int = 1000, seed: int = 0, ci: float = 0.95) -> dict:
+    """RSNA's image-level weighted log loss of one split, if the rows are every image.
+
+    Args:
+        slice_labels, slice_probs: ``[M, 6]``, one row per predicted image (slice).
+        groups: ``[M]`` patient of each row.
+        n_images: Images per patient of the split; the loss is reported only when the rows
+            cover all of them (predictions at sampled slices are not RSNA's metric).
+        prior: ``[6]`` training image prevalence; its loss on the same images is reported
+            as ``prevalence_prior`` (what a model that ignores the images scores).
+        n_boot, seed, ci: Bootstrap over patients.
+
+    Returns:
+        ``{"image_weighted_log_loss", "ci", "n_images", "n_patients", "n_boot",
+        "prevalence_prior", "by_patient": {pid: [loss sum, n images]}, "note"}``;
+        the value None with a note when the rows do not cover every image.
+    """
+    y, p = _as_2d(slice_labels), _as_2d(slice_probs)
+    ids = np.asarray(groups, dtype=str)
+    have = dict(zip(*np.unique(ids, return_counts=True), strict=True))
+    expected = int(sum(n_images.values()))
+    if set(have) - set(n_images) or any(have.get(pid, 0) != n for pid, n in n_images.items()):
+        return {"image_weighted_log_loss": None, "ci": None, "n_images": int(len(ids)),
+                "n_patients": len(n_images), "n_boot": int(n_boot), "prevalence_prior": None,
+                "by_patient": None,
+                "note": f"n/a: the slice predictions cover {len(ids)} of the {expected} images "
+                        "(only the sampled slices?); RSNA's image-level loss needs every image"}
+    uniques, codes = np.unique(ids, return_inverse=True)
+    sums = np.bincount(codes.ravel(), weights=row_log_losses(y, p), minlength=len(uniques))
+    by_patient = {str(pid): [float(total), int(n_images[str(pid)])] for pid, total in zip(uniques, sums, strict=True)}
+    report = pooled_image_report(by_patient, n_boot, seed, ci)
+    if prior is not None:
+        report["prevalence_prior"] = weighted_log_loss(y, np.broadcast_to(np.asarray(prior), y.shape))
+    return report
+
+
+def pooled_image_report(by_patient: Mapping[str, Sequence[float]], n_boot: int = 1000, seed: int = 0,
+                        ci: float = 0.95) -> dict:
+    """The image-level weighted log loss from per-patient ``[loss sum, n images]``, with a
+    bootstrap interval over patients: pools folds of a cross-validation exactly.
+
+    Returns:
+        As :func:`image_level_report` (``prevalence_prior`` None, ``note`` None).
+    """
+    ids = sorted(by_patient)
+    sums = np.array([by_patient[pid][0] for pid in ids], dtype=np.float64)
+    sizes = np.array([by_patient[pid][1] for pid in ids], dtype=np.float64)
+    value = float(sums.sum() / sizes.sum()) if sizes.sum() > 0 else None
+    interval = None
+    if n_boot > 0 and value is not None:
+        interval = _percentile_ci(_bootstrap_ratio(sums, sizes, n_boot, seed), (1.0 - ci) / 2.0)
+    return {"image_weighted_log_loss": value, "ci": interval, "n_images": int(sizes.sum()),
+            "n_patients": len(ids), "n_boot": int(n_boot), "prevalence_prior": None,
+            "by_patient": {pid: [float(by_patient[pid][0]), int(by_patient[pid][1])] for pid in ids},
+            "note": None}
+
+
+def prevalence(labels: np.ndarray) -> np.ndarray:
+    """Per-label prevalence ``(n_pos + 0.5) / (n + 1)`` of ``[N, 6]`` labels (never 0 or 1)."""
+    y = _as_2d(labels) > 0.5
+    return (y.sum(axis=0) + 0.5) / (y.shape[0] + 1.0)
 
 
 def youden_threshold(y_true: np.ndarray, y_prob: np.ndarray) -> float | None:
@@ -173,48 +341,36 @@ def score_predictions(y_true: np.ndarray, y_prob: np.ndarray,
         n_boot: Bootstrap replicates for the CIs (0 skips the CIs).
         seed: Bootstrap seed.
         ci: Confidence level of the intervals.
-        level: ``"patient"`` or ``"slice"``, recorded in the report.
+        level: ``"patient"`` or ``"slice"``: what a row is. Recorded in the report and in
+            the name of the log-loss keys.
 
     Returns:
         ``{"level", "n", "n_patients", "n_boot", "ci", "labels": {label: {...}},
-        "mean_auc", "mean_subtype_auc", "mean_subtype_auc_ci", "weighted_log_loss"}``;
-        per label: ``n_pos``, ``n_neg``, ``auc``, ``auc_ci`` (``[low, high]``), ``note``,
-        ``log_loss``, ``threshold``, ``sensitivity``, ``specificity``.
+        "mean_auc", "mean_subtype_auc", "mean_subtype_auc_ci",
+        "mean_subtype_auc_ci_undefined", "<level>_weighted_log_loss",
+        "<level>_weighted_log_loss_ci"}``; per label: ``n_pos``, ``n_neg``, ``auc``,
+        ``auc_ci`` (``[low, high]``), ``auc_ci_undefined`` (replicates with one class of
+        the label, left out of the interval), ``note`` (why ``auc`` is None), ``log_loss``,
+        ``threshold``, ``sensitivity``, ``specificity``.
     """
     y, p = _as_2d(y_true), _as_2d(y_prob)
     if y.shape != p.shape or y.shape[1] != len(LABELS):
         raise ConfigError(f"expected labels and probabilities [N, {len(LABELS)}], "
                           f"got {y.shape} and {p.shape}")
-    codes, n_patients = _group_codes(groups, y.shape[0])
+    _, n_patients = _group_codes(groups, y.shape[0])
     boot = bootstrap_auc(y, p, groups, n_boot=n_boot, seed=seed) if n_boot > 0 else None
     alpha = (1.0 - ci) / 2.0
-    labels: dict[str, dict] = {}
-    for j, label in enumerate(LABELS):
-        reason = one_class_reason(y[:, j])
-        auc = None if reason else roc_auc(y[:, j], p[:, j])
-        auc_ci = None
-        if auc is not None and boot is not None:
-            auc_ci = _percentile_ci(boot[:, j], alpha)
-        entry = {
-            "n_pos": int((y[:, j] > 0.5).sum()), "n_neg": int((y[:, j] <= 0.5).sum()),
-            "auc": auc, "auc_ci": auc_ci, "note": reason,
-            "log_loss": _label_log_loss(y[:, j], p[:, j]) if y.shape[0] else None,
-            "threshold": None, "sensitivity": None, "specificity": None,
-        }
-        if thresholds is not None:
-            t = float(thresholds[label])
-            entry["threshold"] = t
-            entry["sensitivity"], entry["specificity"] = sensitivity_specificity(y[:, j], p[:, j], t)
-        labels[label] = entry
-
+    labels = {label: _label_entry(y[:, j], p[:, j], None if boot is None else boot[:, j], alpha,
+                                  None if thresholds is None else float(thresholds[label]))
+              for j, label in enumerate(LABELS)}
     defined = [label for label in LABELS if labels[label]["auc"] is not None]
     defined_sub = [label for label in SUBTYPES if labels[label]["auc"] is not None]
-    sub_ci = None
+    sub_ci, sub_undefined = None, None
     if boot is not None and defined_sub:
-        cols = [LABELS.index(label) for label in defined_sub]
-        with warnings.catch_warnings():  # replicates with no subtype defined: mean of nothing
-            warnings.simplefilter("ignore", category=RuntimeWarning)
-            sub_ci = _percentile_ci(np.nanmean(boot[:, cols], axis=1), alpha)
+        means = boot[:, [LABELS.index(label) for label in defined_sub]].mean(axis=1)
+        sub_undefined = int((~np.isfinite(means)).sum())
+        sub_ci = _percentile_ci(means, alpha)
+    loss = log_loss_report(y, p, groups, n_boot=n_boot, seed=seed, ci=ci)
     return {
         "level": level,
         "n": int(y.shape[0]),
@@ -226,9 +382,31 @@ def score_predictions(y_true: np.ndarray, y_prob: np.ndarray,
         "mean_auc_labels": defined,
         "mean_subtype_auc": _mean([labels[label]["auc"] for label in defined_sub]),
         "mean_subtype_auc_ci": sub_ci,
+        "mean_subtype_auc_ci_undefined": sub_undefined,
         "mean_subtype_auc_labels": defined_sub,
-        "weighted_log_loss": weighted_log_loss(y, p) if y.shape[0] else None,
+        f"{level}_weighted_log_loss": loss["value"],
+        f"{level}_weighted_log_loss_ci": loss["ci"],
     }
+
+
+def _label_entry(y: np.ndarray, p: np.ndarray, boot: np.ndarray | None, alpha: float,
+                 threshold: float | None) -> dict:
+    """One label's part of :func:`score_predictions` (``boot``: its AUC replicates)."""
+    reason = too_few_reason(y)
+    auc = None if reason else roc_auc(y, p)
+    entry = {
+        "n_pos": int((y > 0.5).sum()), "n_neg": int((y <= 0.5).sum()),
+        "auc": auc, "auc_ci": None, "auc_ci_undefined": None, "note": reason,
+        "log_loss": _label_log_loss(y, p) if y.size else None,
+        "threshold": threshold, "sensitivity": None, "specificity": None,
+    }
+    if boot is not None:
+        entry["auc_ci_undefined"] = int((~np.isfinite(boot)).sum())
+        if auc is not None:
+            entry["auc_ci"] = _percentile_ci(boot, alpha)
+    if threshold is not None:
+        entry["sensitivity"], entry["specificity"] = sensitivity_specificity(y, p, threshold)
+    return entry
 
 
 def flatten_slices(slice_labels: np.ndarray, slice_probs: np.ndarray, patient_ids: Sequence[str],
@@ -307,6 +485,18 @@ def _group_codes(groups: Sequence | None, n: int) -> tuple[np.ndarray, int]:
         raise ConfigError(f"groups has shape {groups.shape}, expected ({n},)")
     uniques, codes = np.unique(groups, return_inverse=True)
     return codes.ravel(), len(uniques)
+
+
+def _resampled_counts(n_groups: int, n_boot: int, seed: int,
+                      chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first replicate, [m, n_groups] draw counts)`` per chunk of bootstrap replicates:
+    how often each group was drawn when ``n_groups`` are drawn with replacement."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, n_boot, chunk):
+        m = min(chunk, n_boot - start)
+        draws = rng.integers(0, n_groups, size=(m, n_groups))
+        yield start, np.bincount((draws + n_groups * np.arange(m)[:, None]).ravel(),
+                                 minlength=m * n_groups).reshape(m, n_groups)
 
 
 def _weighted_auc(y: np.ndarray, s: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -182,7 +182,7 @@ class TwoStage(Strategy):
     def history_row(self, row: dict, val: EvalResult) -> dict:
         """Stage 1 optimises the slice loss; the scan head is untrained, so its numbers go."""
         return {**row, "val_loss": val.slice_loss, "val_scan_loss": None, "val_mean_auc": None,
-                "val_weighted_log_loss": None}
+                "val_patient_weighted_log_loss": None}
 
     def epoch_line(self, epoch: int, stats: dict, val: EvalResult, row: dict) -> str:
         return (f"stage 1 epoch {epoch + 1}/{self.config.epochs}  train slice loss "
@@ -199,17 +199,13 @@ class TwoStage(Strategy):
 
 def _run_sequence_stage(config: TrainConfig, prepared: PreparedData, stage1_path: Path, best_path: Path,
                        device: torch.device, amp_dtype: torch.dtype | None, log: RunLog) -> dict:
-    """Stage 2 of ``two_stage``: embed with the stage-1 CNN, train the sequence half, save.
-
-    Writes ``best_path``: the stage-1 checkpoint with the new sequence weights and
-    thresholds chosen on validation.
+    """Stage 2 of ``two_stage``: embed the training and validation scans with the stage-1
+    CNN, then :func:`sequence_stage_on_embeddings`.
 
     Returns:
-        A summary for metrics.json: epochs run, best epoch, seconds (embedding and
-        training) and the per-epoch losses.
+        Its summary, with ``embed_seconds``.
     """
-    ckpt = load_checkpoint(stage1_path)
-    model, _ = model_from_checkpoint(ckpt, device)
+    model, _ = model_from_checkpoint(load_checkpoint(stage1_path), device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     start = time.perf_counter()
@@ -217,6 +213,33 @@ def _run_sequence_stage(config: TrainConfig, prepared: PreparedData, stage1_path
     everyone = ScanDataset(prepared.data, ids, config.preprocess, prepared.cache_dir)
     embeddings = embed_scans(model, everyone, device, amp_dtype, log=log)
     embed_seconds = time.perf_counter() - start
+    log.info(f"Stage 2: embedded {len(ids)} scans in {embed_seconds:.1f} s")
+    summary = sequence_stage_on_embeddings(config, prepared, stage1_path, best_path, embeddings,
+                                           device, amp_dtype, log)
+    return {**summary, "embed_seconds": embed_seconds}
+
+
+def sequence_stage_on_embeddings(config: TrainConfig, prepared: PreparedData, stage1_path: Path,
+                                 best_path: Path, embeddings: dict[str, torch.Tensor],
+                                 device: torch.device, amp_dtype: torch.dtype | None,
+                                 log: RunLog) -> dict:
+    """Train the sequence half on slice embeddings of the training and validation scans and
+    save the result.
+
+    The embeddings may come from the stage-1 CNN itself (:class:`TwoStage`) or, in a
+    cross-validation, from the CNNs of the folds that did not train on each patient
+    (:mod:`ichlib.training.cv`). Writes ``best_path``: the stage-1 checkpoint with the new
+    sequence weights and thresholds chosen on validation.
+
+    Returns:
+        A summary for metrics.json: epochs run, best epoch, training seconds and the
+        per-epoch losses (``embed_seconds`` 0: the caller measures the embedding).
+    """
+    ckpt = load_checkpoint(stage1_path)
+    model, _ = model_from_checkpoint(ckpt, device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ids = prepared.split["train"] + prepared.split["val"]
     criterion = build_criterion(config, prepared)
     stage = SequenceStageConfig(epochs=config.sequence_epochs, batch_size=max(config.batch_size, 8),
                                 seed=config.seed)
@@ -229,11 +252,10 @@ def _run_sequence_stage(config: TrainConfig, prepared: PreparedData, stage1_path
     save_checkpoint(best_path, {**{k: v for k, v in ckpt.items() if k not in TRAINING_STATE},
                                 "model": model.state_dict(), "thresholds": thresholds,
                                 "stage": "two-stage", "best_score": result.best_val_scan_loss})
-    log.info(f"Stage 2: embedded {len(ids)} scans in {embed_seconds:.1f} s, trained the BiLSTM for "
-             f"{len(result.history)} epochs in {result.seconds:.1f} s (best epoch {result.best_epoch}, "
-             f"val scan loss {result.best_val_scan_loss:.4f})")
+    log.info(f"Stage 2: trained the BiLSTM for {len(result.history)} epochs in {result.seconds:.1f} s "
+             f"(best epoch {result.best_epoch}, val scan loss {result.best_val_scan_loss:.4f})")
     return {"epochs_run": len(result.history), "best_epoch": result.best_epoch,
-            "best_val_scan_loss": result.best_val_scan_loss, "embed_seconds": embed_seconds,
+            "best_val_scan_loss": result.best_val_scan_loss, "embed_seconds": 0.0,
             "train_seconds": result.seconds, "history": result.history}
 
 
