@@ -54,11 +54,21 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: Mapping) -> Path:
     with atomic_path(path, suffix=".pt") as tmp:
         try:
             torch.save(ckpt, tmp)
-        except RuntimeError as exc:  # torch's zip writer reports a full disk this way
-            if "write failed" not in str(exc) and "PytorchStreamWriter" not in str(exc):
+        except RuntimeError as exc:  # torch's zip writer reports a failed write this way
+            if not any(s in str(exc) for s in _ZIP_WRITER_FAILURES):
                 raise
-            raise OSError(str(exc).strip().splitlines()[-1]) from exc
+            raise _write_failure(tmp.parent, str(exc)) from exc
     return path
+
+
+#: Texts of the RuntimeError torch's zip writer raises when a write fails (full disk, I/O).
+_ZIP_WRITER_FAILURES = ("PytorchStreamWriter", "write failed", "inline_container", "unexpected pos")
+
+
+def _write_failure(folder: Path, text: str) -> OSError:
+    """The OSError to raise for a failed ``torch.save`` (its zip writer loses the errno;
+    :func:`~ichlib.io.atomic.atomic_path` asks the file system why)."""
+    return OSError(f"torch.save failed: {text.strip().splitlines()[-1]}")
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
