@@ -33,3 +33,10 @@ class CheckpointError(DataError):
 
 class ConfigError(IchlibError):
     """A setting (window name, size, sequence length, ...) is invalid."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C; the message says what was saved and how to go on.
+
+    A ``KeyboardInterrupt``, so Jupyter and ``except Exception`` treat it as an interrupt.
+    """

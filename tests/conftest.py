@@ -124,7 +124,7 @@ def small_fs(tmp_path: Path) -> Iterator[Callable[..., Path]]:
         yield make
     finally:
         for target in reversed(mounted):
-            subprocess.run(["umount", str(target)], capture_output=True)
+            subprocess.run(["umount", "--lazy", str(target)], capture_output=True)  # busy: open files
 
 
 def remount_read_only(mount_point: Path) -> None:

@@ -149,6 +149,7 @@ def test_stale_temporaries_are_recognised_and_removed(tmp_path):
     with atomic_path(tmp_path / "last.pt", suffix=".pt") as tmp:
         name = tmp.name
         tmp.write_bytes(b"x")
+    assert (tmp_path / "last.pt").read_bytes() == b"x"
     assert is_temporary(name) and not is_temporary("last.pt") and not is_temporary(".hidden.tmp")
     stale = [tmp_path / name, tmp_path / ".best.pt.abcd_123.tmp.pt", tmp_path / ".h.csv.zzzzzzzz.tmp"]
     for path in stale:
@@ -158,6 +159,6 @@ def test_stale_temporaries_are_recognised_and_removed(tmp_path):
         path.write_bytes(b"mine")
     old = time.time() - 7200
     os.utime(stale[0], (old, old))
-    assert remove_stale_temporaries(tmp_path, older_than_s=3600) == [stale[0]]
-    assert sorted(remove_stale_temporaries(tmp_path)) == sorted(stale[1:])
+    assert remove_stale_temporaries(tmp_path, older_than_s=3600) == [(stale[0], 4)]
+    assert sorted(remove_stale_temporaries(tmp_path)) == sorted((p, 4) for p in stale[1:])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in keep)

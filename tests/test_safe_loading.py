@@ -139,7 +139,7 @@ def test_cli_predict_refuses_code(tmp_path, scan, capsys, where):
     path = evil_checkpoint(tmp_path / "evil.pt", marker, where)
     status = main(["predict", "--checkpoint", str(path), "--device", "cpu", str(scan)])
     captured = capsys.readouterr()
-    assert status == 2 and captured.out == ""
+    assert status == 1 and captured.out == ""
     assert f"ichlib predict: error: {path}: refused to load" in captured.err
     assert not marker.exists()
 
@@ -212,5 +212,5 @@ def test_a_foreign_checkpoint_is_refused_saying_what_differs(tmp_path, scan, cap
         assert str(changes["labels"]) in str(info.value) and str(list(LABELS)) in str(info.value)
     status = main(["predict", "--checkpoint", str(path), "--device", "cpu", str(scan)])
     err = capsys.readouterr().err
-    assert status == 2 and str(path) in err
+    assert status == 1 and str(path) in err
 

@@ -140,7 +140,7 @@ def is_temporary(path: str | os.PathLike) -> bool:
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, older_than_s: float = 0.0,
-                             recursive: bool = False) -> list[Path]:
+                             recursive: bool = False) -> list[tuple[Path, int]]:
     """Delete the temporary files a killed writer left in ``folder``.
 
     Args:
@@ -151,7 +151,7 @@ def remove_stale_temporaries(folder: str | os.PathLike, older_than_s: float = 0.
         recursive: Also look in sub-folders.
 
     Returns:
-        The files removed.
+        The files removed, each with its size in bytes.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -160,9 +160,10 @@ def remove_stale_temporaries(folder: str | os.PathLike, older_than_s: float = 0.
     removed = []
     for path in (folder.rglob(".*.tmp*") if recursive else folder.glob(".*.tmp*")):
         with contextlib.suppress(OSError):
-            if is_temporary(path) and path.is_file() and now - path.stat().st_mtime >= older_than_s:
+            info = path.stat()
+            if is_temporary(path) and path.is_file() and now - info.st_mtime >= older_than_s:
                 path.unlink()
-                removed.append(path)
+                removed.append((path, info.st_size))
     return removed
 
 
