@@ -27,6 +27,13 @@ class DataError(IchlibError):
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
 
+class WriteError(DataError):
+    """A file ichlib writes could not be written (full disk, no inodes, read-only, permission).
+
+    Not a problem of the input data: a run stops on it rather than skipping a patient.
+    """
+
+
 class CheckpointError(DataError):
     """A checkpoint cannot be loaded safely or does not match this version of ichlib."""
 
@@ -40,3 +47,8 @@ class RunInterrupted(KeyboardInterrupt):
 
     A ``KeyboardInterrupt``, so Jupyter and ``except Exception`` treat it as an interrupt.
     """
+
+
+class DataWarning(UserWarning):
+    """Data that is accepted but suspicious (geometry that cannot be trusted, for example);
+    the message names the file and says what was found."""

@@ -2,8 +2,8 @@
 
 An interrupted run therefore leaves either the previous file or the new one, never half
 of one. A failed write (read-only file system, full disk, no free inodes, quota,
-permission) raises :class:`~ichlib.errors.DataError` naming the file and the reason in one
-line, removes the temporary file and leaves what was there before untouched.
+permission) raises :class:`~ichlib.errors.WriteError` naming the file and the reason in one
+line (:class:`~ichlib.errors.WriteError`), removes the temporary file and leaves what was there before untouched.
 
 Files get the permissions ``open()`` would give them (``0o666`` less the umask), not the
 ``0o600`` of :func:`tempfile.mkstemp`, so a shared data folder stays readable.
@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from ichlib.errors import DataError
+from ichlib.errors import WriteError
 
 #: A temporary name made by :func:`atomic_path` (``mkstemp`` adds 8 random characters).
 _TEMPORARY = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp(\..*)?$")
@@ -54,8 +54,9 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         suffix: Suffix for the temporary name, for writers that infer the format from it.
 
     Raises:
-        DataError: If the folder cannot be created or the file cannot be written (an
-            ``OSError`` anywhere in the block); no temporary file is left.
+        WriteError: A :class:`~ichlib.errors.DataError` if the folder cannot be created or
+            the file cannot be written (an ``OSError`` anywhere in the block); no temporary
+            file is left.
     """
     path = Path(path)
     tmp: Path | None = None
@@ -74,8 +75,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     except OSError as exc:
         reason = write_failure_reason(exc, path.parent)  # before the temporary file is gone
         _discard(tmp)
-        raise DataError(path, f"could not write the file: {reason}; any previous version is "
-                              "left intact") from exc
+        raise WriteError(path, f"could not write the file: {reason}; any previous version is "
+                               "left intact") from exc
     except BaseException:
         _discard(tmp)
         raise

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ichlib.errors import ConfigError, DataError
+from ichlib.errors import ConfigError, DataError, WriteError
 from ichlib.io.load import load_mask, load_volume
 from ichlib.io.tables import CtIchData
 from ichlib.preprocess.cache import VolumeCache
@@ -184,6 +184,8 @@ class ScanDataset(Dataset):
         for pid in self.patient_ids:
             try:
                 self._cache.get(self.data.scans[pid])
+            except WriteError:
+                raise  # the cache folder is full or read-only: not this scan's fault
             except DataError:
                 failed.append(pid)
         return failed
