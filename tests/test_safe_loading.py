@@ -26,7 +26,7 @@ from ichlib.errors import CheckpointError
 from ichlib.io.nifti import save_volume
 from ichlib.labels import LABELS
 from ichlib.model import CNNBiLSTM
-from ichlib.preprocess.cache import VolumeCache
+from ichlib.preprocess.cache import CacheWarning, VolumeCache
 from ichlib.preprocess.dataset import PreprocessConfig
 from ichlib.training.config import TrainConfig
 from ichlib.training.fit import fit
@@ -165,7 +165,8 @@ def test_a_poisoned_cache_entry_is_rebuilt_not_run(tmp_path, scan):
     entry = cache.path_for(scan)
     entry.parent.mkdir()
     np.save(entry, np.array([ShellPayload(marker)], dtype=object), allow_pickle=True)
-    volume = cache.get(scan)
+    with pytest.warns(CacheWarning, match="is unreadable"):
+        volume = cache.get(scan)
     assert volume.dtype == np.float16 and volume.shape == (3, 16, 16)
     assert not marker.exists()
 
