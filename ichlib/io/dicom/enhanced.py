@@ -27,6 +27,7 @@ from ichlib.io.dicom.headers import (
     _float_or_none,
     _floats,
     _quiet_pydicom,
+    multiframe_problem,
     rescale_value,
 )
 
@@ -54,10 +55,12 @@ def frame_headers(ds: pydicom.Dataset, header: SliceHeader) -> list[SliceHeader]
         header: Its top-level header (:func:`~ichlib.io.dicom.headers.read_slice_header`).
 
     Raises:
-        DataError: The functional groups do not describe each frame once, or a frame's
-            rescale is not a finite number.
+        DataError: A multi-frame image without functional groups, groups that do not
+            describe each frame once, or a frame's rescale that is not a finite number.
     """
     if not is_enhanced(ds):
+        if header.frames > 1:  # say so before the missing geometry is noticed
+            raise DataError(header.path, multiframe_problem(header.frames))
         return [header]
     with _quiet_pydicom():
         per_frame = list(ds.PerFrameFunctionalGroupsSequence)

@@ -234,9 +234,7 @@ def check_slice_header(header: SliceHeader) -> None:
     if header.pixel_problem:
         raise DataError(path, header.pixel_problem)
     if header.frames != 1 and header.frame is None:
-        raise DataError(path, f"multi-frame image ({header.frames} frames) read as one slice (no "
-                              "per-frame functional groups, or a layout of one image per file); "
-                              "ichlib reads single-frame series and Enhanced CT files")
+        raise DataError(path, multiframe_problem(header.frames))
     if header.samples != 1:
         raise DataError(path, f"{header.samples} samples per pixel; a CT slice is greyscale")
     if header.bits_allocated not in (8, 16, 32) or not 1 <= header.bits_stored <= header.bits_allocated:
@@ -252,6 +250,13 @@ def check_slice_header(header: SliceHeader) -> None:
                               "can read it; install one that pydicom supports (e.g. "
                               "'pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg', or "
                               "'python-gdcm', or Pillow for JPEG 2000 / baseline JPEG)")
+
+
+def multiframe_problem(frames: int) -> str:
+    """Why a multi-frame file cannot be read as one slice."""
+    return (f"multi-frame image ({frames} frames) read as one slice (no per-frame functional "
+            "groups, or a layout of one image per file); ichlib reads single-frame series and "
+            "Enhanced CT files")
 
 
 def _is_12bit_bug(bits_stored: int, pixel_representation: int, intercept: float) -> bool:
