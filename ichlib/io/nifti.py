@@ -10,7 +10,9 @@ slice axis and silently mislabel every slice.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import os
 import warnings
 import zlib
@@ -156,7 +158,7 @@ def save_like(path: str | os.PathLike, volume: np.ndarray, like: str | os.PathLi
     if tuple(volume.shape) != header.shape:
         raise ConfigError(f"volume {tuple(volume.shape)} does not match {like} {header.shape}")
     source = _open_nifti(like)
-    problem = _geometry_problem(source)
+    problem = _geometry_problem(source, like)
     if problem:
         raise DataError(like, f"{problem}; the maps cannot be placed in its geometry")
     data = np.ascontiguousarray(np.transpose(np.asarray(volume, dtype=np.float32), (2, 1, 0)))
@@ -245,7 +247,7 @@ def _header_of(img: nib.Nifti1Image, path: Path) -> VolumeHeader:
                               f"{actual}-byte gzip file can hold (deflate expands at most about "
                               f"{_MAX_GZIP_RATIO}:1); refusing to allocate it")
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    problem = _geometry_problem(img)
+    problem = _geometry_problem(img, path)
     if problem:
         warnings.warn(f"{path}: {problem}; the scan's geometry is unknown (prediction does not "
                       "need it; maps in its geometry cannot be written)", DataWarning, stacklevel=4)
@@ -258,9 +260,9 @@ def _header_of(img: nib.Nifti1Image, path: Path) -> VolumeHeader:
 _MAX_GZIP_RATIO = 1100
 
 
-def _geometry_problem(img: nib.Nifti1Image) -> str | None:
+def _geometry_problem(img: nib.Nifti1Image, path: Path) -> str | None:
     """Why a NIfTI's voxel sizes or affine are unusable (NaN, zero, singular), or None."""
-    zooms = [float(z) for z in img.header.get_zooms()[:3]]
+    zooms = [float(z) for z in _raw_header(img, path).get_zooms()[:3]]
     if not all(np.isfinite(z) and z > 0 for z in zooms):
         return f"voxel size {tuple(zooms)} (pixdim) is not positive and finite"
     affine = np.asarray(img.affine, dtype=np.float64)
@@ -271,6 +273,16 @@ def _geometry_problem(img: nib.Nifti1Image) -> str | None:
     return None
 
 
+def _raw_header(img: nib.Nifti1Image, path: Path) -> nib.Nifti1Header:
+    """The header as the file has it: nibabel's loader quietly sets zero voxel sizes to 1."""
+    with contextlib.suppress(Exception):
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rb") as fh:
+            block = fh.read(int(img.header["sizeof_hdr"]))
+        return type(img.header).from_fileobj(io.BytesIO(block), check=False)
+    return img.header
+
+
 def _check_scan_dtype(img: nib.Nifti1Image, path: Path) -> None:
     """Refuse voxel types that cannot hold a CT in HU: complex, boolean, structured (RGB), and
     8-bit integers without ``scl_slope``/``scl_inter`` (a mask, or a rescaled image)."""
@@ -278,8 +290,9 @@ def _check_scan_dtype(img: nib.Nifti1Image, path: Path) -> None:
     if dtype.kind in "cbV":
         kind = {"c": "complex", "b": "boolean", "V": "structured (RGB?)"}[dtype.kind]
         raise DataError(path, f"voxels are {kind} ({dtype}); a CT volume holds real HU values")
-    slope, inter = img.header.get_slope_inter()
-    scaled = (slope not in (None, 1.0)) or (inter not in (None, 0.0))
+    # nibabel moves scl_slope / scl_inter from the loaded header to the data proxy
+    slope, inter = getattr(img.dataobj, "slope", 1.0), getattr(img.dataobj, "inter", 0.0)
+    scaled = float(slope) != 1.0 or float(inter) != 0.0
     if dtype.kind in "iu" and dtype.itemsize == 1 and not scaled:
         raise DataError(path, f"voxels are {dtype} without scl_slope/scl_inter, which cannot hold HU "
                               "(air is about -1000, bone above 1000): a mask or a rescaled image?")
