@@ -714,7 +714,6 @@ def test_6_series_whose_uids_sanitise_alike_keep_their_own_images(tmp_path):
 def _bad_checkpoint(path: Path, change: Callable[[dict], None]) -> Path:
     import torch
 
-    from ichlib.checkpoint import save_checkpoint
     from ichlib.model import CNNBiLSTM
     from ichlib.preprocess.dataset import PreprocessConfig
 
