@@ -217,6 +217,24 @@ def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 60) -> None:
         time.sleep(0.02)
 
 
+def test_an_interrupted_command_exits_130_with_one_line(tmp_path, capsys, monkeypatch):
+    from ichlib.errors import RunInterrupted
+
+    def interrupted(config, **kwargs):
+        raise RunInterrupted("interrupted; run/last.pt holds epoch 2 of 9. Run the same command "
+                             "with --resume to continue from there.")
+
+    monkeypatch.setattr("ichlib.training.fit.fit", interrupted)
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--device", "cpu"]) == 130
+    err = capsys.readouterr().err
+    assert err.endswith("ichlib train: interrupted; run/last.pt holds epoch 2 of 9. Run the same "
+                        "command with --resume to continue from there.\n")
+    monkeypatch.setattr("ichlib.cli._cmd_check", lambda args: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert main(["check", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == "ichlib check: interrupted\n"
+
+
+@pytest.mark.slow
 def test_ctrl_c_stops_training_cleanly_and_says_how_to_resume(tmp_path):
     data = write_ct_ich(tmp_path / "ds", {49 + i: labels_with(5, (i % 5) if i % 2 else None, 1, 3)
                                           for i in range(12)}, size=32)
