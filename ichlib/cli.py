@@ -16,6 +16,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -288,7 +289,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+        if any(action.default is v for v in (None, False, argparse.SUPPRESS)) or "default" in text:
             return text
         return super()._get_help_string(action)
 
@@ -303,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help_text: str, description: str | None = None) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_text, description=description or help_text,
+        return sub.add_parser(name, help=help_text, description=textwrap.fill(description or help_text, 88),
                               formatter_class=_HelpFormatter, epilog=EXIT_STATUS)
 
     p = command("check", "validate a CT-ICH or RSNA folder and list every problem")

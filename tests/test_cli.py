@@ -158,8 +158,10 @@ def test_every_option_has_help_and_defaults_are_shown(capsys):
             assert action.help, f"{name} {action.option_strings or action.dest} has no help"
     synth = _help(["synth"], capsys)
     assert "(default: 75)" in synth and "(default: 512)" in synth and "SYNTHETIC" in synth
+    assert "generated (default: 0)" in synth
     train = _help(["train"], capsys)
     assert f"(default: {DEFAULT_WINDOWS})" in train and "(default: 0.001)" in train
+    assert "worker processes (default: 0)" in train and "(default: off)" in train
     assert all(name in train for name in WINDOW_NAMES)
     predict = _help(["predict"], capsys)
     assert "DICOM series folders" in predict and ".series manifests" in predict
