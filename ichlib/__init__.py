@@ -26,7 +26,8 @@ from ichlib.version import __version__
 _LAZY = {
     # errors and labels
     "IchlibError": "ichlib.errors", "DataError": "ichlib.errors", "ConfigError": "ichlib.errors",
-    "CheckpointError": "ichlib.errors", "LABELS": "ichlib.labels", "SUBTYPES": "ichlib.labels",
+    "CheckpointError": "ichlib.errors", "WriteError": "ichlib.errors", "RunInterrupted": "ichlib.errors",
+    "DataWarning": "ichlib.errors", "LABELS": "ichlib.labels", "SUBTYPES": "ichlib.labels",
     # io
     "Volume": "ichlib.io", "load_volume": "ichlib.io", "load_mask": "ichlib.io",
     "save_volume": "ichlib.io", "save_mask": "ichlib.io", "load_dicom_series": "ichlib.io",

@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ichlib.errors import CheckpointError
+from ichlib.errors import CheckpointError, IchlibError
 from ichlib.io.atomic import atomic_path
 from ichlib.labels import LABELS
-from ichlib.model import CNNBiLSTM
+from ichlib.model import BACKBONES, CNNBiLSTM
 from ichlib.preprocess.dataset import PreprocessConfig
+from ichlib.preprocess.windowing import WINDOWS
 from ichlib.version import __version__
 
 FORMAT = "ichlib-checkpoint"
@@ -54,11 +55,21 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: Mapping) -> Path:
     with atomic_path(path, suffix=".pt") as tmp:
         try:
             torch.save(ckpt, tmp)
-        except RuntimeError as exc:  # torch's zip writer reports a full disk this way
-            if "write failed" not in str(exc) and "PytorchStreamWriter" not in str(exc):
+        except RuntimeError as exc:  # torch's zip writer reports a failed write this way
+            if not any(s in str(exc) for s in _ZIP_WRITER_FAILURES):
                 raise
-            raise OSError(str(exc).strip().splitlines()[-1]) from exc
+            raise _write_failure(tmp.parent, str(exc)) from exc
     return path
+
+
+#: Texts of the RuntimeError torch's zip writer raises when a write fails (full disk, I/O).
+_ZIP_WRITER_FAILURES = ("PytorchStreamWriter", "write failed", "inline_container", "unexpected pos")
+
+
+def _write_failure(folder: Path, text: str) -> OSError:
+    """The OSError to raise for a failed ``torch.save`` (its zip writer loses the errno;
+    :func:`~ichlib.io.atomic.atomic_path` asks the file system why)."""
+    return OSError(f"torch.save failed: {text.strip().splitlines()[-1]}")
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -115,11 +126,96 @@ def _validate_checkpoint(ckpt: object, path: str | os.PathLike | None = None) ->
     missing = [k for k in _REQUIRED if k not in ckpt]
     if missing:
         raise CheckpointError(path, f"checkpoint lacks {', '.join(missing)}")
+    problem = (_model_config_problem(ckpt["model_config"]) or _preprocess_problem(ckpt)
+               or _thresholds_problem(ckpt.get("thresholds")) or _weights_problem(ckpt["model"])
+               or _data_problem(ckpt.get("data")))
+    if problem:
+        raise CheckpointError(path, problem)
 
 
-def model_from_checkpoint(ckpt: Mapping, device: str | torch.device = "cpu"
-                          ) -> tuple[CNNBiLSTM, PreprocessConfig]:
+#: Plausible ranges of a checkpoint's settings: (low, high) per key.
+_MODEL_LIMITS = {"in_channels": (1, 16), "n_labels": (len(LABELS), len(LABELS)),
+                 "lstm_hidden": (1, 8192), "lstm_layers": (1, 8)}
+_PREPROCESS_LIMITS = {"img_size": (8, 4096), "seq_len": (1, 1024)}
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _out_of_range(values: Mapping, limits: dict[str, tuple[int, int]], where: str) -> str | None:
+    for key, (low, high) in limits.items():
+        value = values.get(key)
+        if not _is_int(value) or not low <= value <= high:
+            return (f"{where}[{key!r}] is {value!r}; expected a whole number in [{low}, {high}] "
+                    "(the file is damaged or not from ichlib)")
+    return None
+
+
+def _model_config_problem(config: object) -> str | None:
+    if not isinstance(config, Mapping):
+        return f"model_config is a {type(config).__name__}, not a dict"
+    if config.get("backbone") not in BACKBONES:
+        return f"model_config backbone {config.get('backbone')!r} is not one of {', '.join(BACKBONES)}"
+    dropout = config.get("dropout", 0.0)
+    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0.0 <= dropout < 1.0:
+        return f"model_config dropout {dropout!r} is not in [0, 1)"
+    return _out_of_range(config, _MODEL_LIMITS, "model_config")
+
+
+def _preprocess_problem(ckpt: Mapping) -> str | None:
+    preprocess = ckpt["preprocess"]
+    if not isinstance(preprocess, Mapping):
+        return f"preprocess is a {type(preprocess).__name__}, not a dict"
+    problem = _out_of_range(preprocess, _PREPROCESS_LIMITS, "preprocess")
+    if problem:
+        return problem
+    windows = preprocess.get("windows")
+    if not isinstance(windows, list) or not all(isinstance(w, str) and w in WINDOWS for w in windows):
+        return f"preprocess windows {windows!r} are not names among {', '.join(WINDOWS)}"
+    channels = ckpt["model_config"]["in_channels"]
+    if len(windows) != channels:
+        return f"preprocess has {len(windows)} window(s) {windows} but the model takes {channels} channel(s)"
+    return None
+
+
+def _thresholds_problem(thresholds: object) -> str | None:
+    if thresholds is None:
+        return None
+    if not isinstance(thresholds, Mapping):
+        return f"thresholds is a {type(thresholds).__name__}, not a dict of label: probability"
+    for label, value in thresholds.items():
+        if label not in LABELS:
+            return f"thresholds name an unknown label {label!r}; labels are {', '.join(LABELS)}"
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
+            return f"threshold of {label!r} is {value!r}, not a probability in [0, 1]"
+    return None
+
+
+def _weights_problem(state: object) -> str | None:
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return "model is not a state dict of tensors"
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        return (f"{len(bad)} weight tensor(s) hold NaN or Inf (e.g. {bad[0]}); the model would "
+                "predict NaN (a diverged or damaged run)")
+    return None
+
+
+def _data_problem(data: object) -> str | None:
+    if data is not None and data not in ("synthetic", "real"):
+        return f"data is {data!r}; expected 'synthetic' or 'real'"
+    return None
+
+
+def model_from_checkpoint(ckpt: Mapping, device: str | torch.device = "cpu",
+                          source: str | os.PathLike | None = None) -> tuple[CNNBiLSTM, PreprocessConfig]:
     """Rebuild the model (in eval mode) and its preprocessing from a loaded checkpoint.
+
+    Args:
+        ckpt: From :func:`load_checkpoint`.
+        device: Where to put the model.
+        source: The checkpoint file, named in errors.
 
     Raises:
         CheckpointError: If the weights do not fit the stored model configuration.
@@ -128,9 +224,10 @@ def model_from_checkpoint(ckpt: Mapping, device: str | torch.device = "cpu"
         model = CNNBiLSTM(**{**ckpt["model_config"], "pretrained": False})
         model.load_state_dict(ckpt["model"])
         preprocess = PreprocessConfig.from_dict(ckpt["preprocess"])
-    except (RuntimeError, TypeError, KeyError, ValueError) as exc:
-        raise CheckpointError(None, f"checkpoint does not match its model configuration "
-                              f"{ckpt.get('model_config')} ({type(exc).__name__}: {exc})") from exc
+    except (RuntimeError, TypeError, KeyError, ValueError, IchlibError) as exc:
+        raise CheckpointError(source, f"checkpoint does not match its model configuration "
+                              f"{ckpt.get('model_config')} ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:500]})") from exc
     return model.to(device).eval(), preprocess
 
 

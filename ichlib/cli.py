@@ -3,23 +3,135 @@
 Each subcommand parses its arguments here and calls one library function, so everything
 the command line does is also available from Python. Each subcommand imports what it needs
 when it runs (marked ``# lazy: start-up time``), so ``ichlib --help`` does not load PyTorch.
+
+Every option value is checked while the arguments are parsed, before any work starts: a
+bad one ends the command at once with one usage line and exit status 2 (see
+:data:`EXIT_STATUS`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
+import textwrap
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ichlib.errors import IchlibError
+from ichlib.labels import LABELS
+from ichlib.version import __version__
 
 if TYPE_CHECKING:
     from ichlib.training.config import TrainConfig
 
+#: The exit statuses of every subcommand (also in ``ichlib --help`` and the README).
+EXIT_STATUS = """\
+exit status:
+  0    success
+  1    a data or run problem: a bad scan, label table or checkpoint, problems found by
+       check, a scan that could not be predicted, a run folder in use, a full or
+       read-only disk (one line per problem on stderr)
+  2    a usage error: an unknown option or a bad option value; nothing was run
+  130  interrupted (Ctrl-C); train says what was saved and that --resume continues
+"""
+
+#: Window names ``--windows`` accepts (:data:`ichlib.preprocess.windowing.WINDOWS`; kept here
+#: so that ``--help`` does not import PyTorch, and checked against it by the tests).
+WINDOW_NAMES = ("brain", "subdural", "soft", "bone")
+#: The windows ``ichlib train`` uses unless told: the design's, as in notebook 04.
+DEFAULT_WINDOWS = "brain,subdural,bone"
+
+
+# --- option values, checked while parsing ---------------------------------------------------
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _float_in(low: float, high: float = math.inf, low_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number in ``[low, high]`` (``(low, high]`` if ``low_open``)."""
+    if math.isfinite(high):
+        allowed = f"in {'(' if low_open else '['}{low:g}, {high:g}]"
+    else:
+        allowed = f"{'above' if low_open else 'at least'} {low:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (math.isfinite(value) and low <= value <= high) or (low_open and value == low):
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text}")
+        return value
+    return parse
+
+
+def _writable_dir(text: str) -> str:
+    """An argparse type: a folder that exists, or can be created, and can be written."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+    parent = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{parent} is a file, so {text} cannot be created")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot write into {parent} (read-only file system or "
+                                         "no permission)")
+    return text
+
+
+def _windows(text: str) -> str:
+    """An argparse type: comma-separated window names."""
+    names = [w.strip() for w in text.split(",") if w.strip()]
+    unknown = [w for w in names if w not in WINDOW_NAMES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"unknown window {', '.join(map(repr, unknown)) or '(none)'}; "
+                                         f"choose from {', '.join(WINDOW_NAMES)}")
+    return ",".join(names)
+
+
+def _device(text: str) -> str:
+    """An argparse type: ``auto`` or a torch device that exists here."""
+    if text == "auto":
+        return text
+    import torch  # only when --device is given (start-up time)
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use auto, cpu, cuda, "
+                                         "cuda:N or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{text}: no CUDA device is available here")
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(f"{text}: there are only {count} CUDA device(s)")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: MPS is not available here")
+    elif device.type != "cpu":
+        raise argparse.ArgumentTypeError(f"device type {device.type!r} is not supported; use auto, "
+                                         "cpu, cuda or mps")
+    return text
+
+
+# --- the subcommands ------------------------------------------------------------------------
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from ichlib.io.check import check_dataset  # lazy: start-up time
@@ -51,30 +163,34 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``ichlib train`` options passed to TrainConfig under the same name.
+_TRAIN_OPTIONS = ("epochs", "batch_size", "img_size", "seq_len", "aux_weight", "backbone", "windows",
+                  "seed", "lr", "patience", "amp", "device", "num_workers", "cache_dir", "n_boot",
+                  "sequence_epochs", "pos_weight", "deterministic", "two_stage", "skip_bad", "folds")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from ichlib.training.config import TrainConfig  # lazy: start-up time
     from ichlib.training.distributed import is_main_process  # lazy: start-up time
     from ichlib.training.fit import describe_amp, fit  # lazy: start-up time
-    from ichlib.training.metrics import results_table  # lazy: start-up time
 
-    options = {"epochs": args.epochs, "batch_size": args.batch_size, "img_size": args.img_size,
-               "seq_len": args.seq_len, "aux_weight": args.aux_weight, "backbone": args.backbone,
-               "windows": args.windows, "seed": args.seed, "lr": args.lr, "patience": args.patience,
-               "amp": args.amp, "device": args.device, "num_workers": args.num_workers,
-               "cache_dir": args.cache_dir, "n_boot": args.n_boot,
-               "sequence_epochs": args.sequence_epochs, "folds": args.folds}
-    config = TrainConfig(data_dir=args.data, out_dir=args.out, skip_bad=args.skip_bad,
-                         pos_weight=args.pos_weight, deterministic=args.deterministic,
-                         two_stage=args.two_stage,
-                         **{k: v for k, v in options.items() if v is not None})
+    config = TrainConfig(data_dir=args.data, out_dir=args.out,
+                         **{name: getattr(args, name) for name in _TRAIN_OPTIONS})
     if config.folds is not None:
         return _cross_validate(config, args.resume)
     main_process = is_main_process()  # under torchrun only rank 0 reports
     if main_process:
         print(f"Training on {describe_amp(config)}; run folder {config.out_dir}", flush=True)
-    result = fit(config, resume=args.resume)
-    if not main_process:
-        return 0
+    result = fit(config, resume=args.resume, existing="clear" if args.overwrite else "refuse")
+    if main_process:
+        _print_train_result(result)
+    return 0
+
+
+def _print_train_result(result) -> None:
+    """The run's summary: skipped patients (stderr), the AUC table, the files written."""
+    from ichlib.training.metrics import results_table  # lazy: start-up time
+
     m = result.metrics
     test = m["test"]["patient"]
     base = m["baseline"]["test"]["patient"]
@@ -97,7 +213,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
           f"{fmt(base['mean_subtype_auc'])}; patient-level weighted log loss: model "
           f"{fmt(test['patient_weighted_log_loss'])}, baseline {fmt(base['patient_weighted_log_loss'])}")
     print(f"wrote {result.best_path}, {result.last_path}, {result.history_path}, {result.metrics_path}")
-    return 0
 
 
 def _cross_validate(config: TrainConfig, resume: bool) -> int:
@@ -113,114 +228,191 @@ def _cross_validate(config: TrainConfig, resume: bool) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from ichlib.checkpoint import load_checkpoint  # lazy: start-up time
     from ichlib.predict import format_prediction, predict_files, scan_paths  # lazy: start-up time
 
+    checkpoint = load_checkpoint(args.checkpoint)
     paths = scan_paths(args.scans)
-    predictions, errors = predict_files(args.checkpoint, paths, device=args.device,
-                                        amp="off" if args.fp32 else "auto")
+    predictions, errors = predict_files(checkpoint, paths, device=args.device,
+                                        amp="off" if args.fp32 else "auto", source=args.checkpoint)
+    cams, cam_errors = _write_cams(args, checkpoint, predictions) if args.cam else ({}, [])
     if args.json:
-        print(json.dumps({"predictions": [p.to_dict() for p in predictions],
-                          "errors": [e.to_dict() for e in errors]}, indent=2))
+        print(json.dumps(_predict_json(args, checkpoint, predictions, errors, cams, cam_errors),
+                         indent=2, allow_nan=False))
     else:
         for prediction in predictions:
             print(format_prediction(prediction) + "\n")
     for error in errors:
         print(f"ichlib predict: error: {error.error}", file=sys.stderr)
-    if args.cam:
-        errors += _write_cams(args, [Path(p.path) for p in predictions if p.path])
-    return 1 if errors else 0
+    for path, message in cam_errors:
+        print(f"ichlib predict: error: Grad-CAM for {path}: {message}", file=sys.stderr)
+    return 1 if errors or cam_errors else 0
 
 
-def _write_cams(args: argparse.Namespace, scans: list[Path]) -> list[str]:
-    """Grad-CAM report per predicted scan (PNG, and NIfTI maps unless --no-cam-nifti)."""
-    from ichlib.checkpoint import load_checkpoint, model_from_checkpoint  # lazy: start-up time
-    from ichlib.viz.cam import write_cam_report  # lazy: start-up time
+def _predict_json(args: argparse.Namespace, checkpoint: dict, predictions: list, errors: list,
+                  cams: dict[str, list[str]], cam_errors: list[tuple[str, str]]) -> dict:
+    """``predict --json``: what was run (version, checkpoint, data it was trained on), the
+    predictions with their Grad-CAM files, and every error."""
+    synthetic = checkpoint.get("data") == "synthetic"
+    return {
+        "ichlib_version": __version__,
+        "checkpoint": str(Path(args.checkpoint).resolve()),
+        "trained_on": "synthetic" if synthetic else "real",
+        "note": ("SYNTHETIC: the model was trained on the synthetic phantom; not for any "
+                 "clinical use") if synthetic else "research code, not a medical device",
+        "predictions": [{**p.to_dict(), "cam": cams.get(p.path, [])} for p in predictions],
+        "errors": [e.to_dict() for e in errors]
+                  + [{"path": path, "error": f"Grad-CAM: {message}"} for path, message in cam_errors],
+    }
 
-    model, config = model_from_checkpoint(load_checkpoint(args.checkpoint))
-    failed = []
+
+def _write_cams(args: argparse.Namespace, checkpoint: dict, predictions: list
+                ) -> tuple[dict[str, list[str]], list[tuple[str, str]]]:
+    """Grad-CAM report per predicted scan (PNG, and NIfTI maps unless --no-cam-nifti).
+
+    Output names are unique per input scan (:func:`ichlib.viz.cam.unique_stems`); a scan
+    whose report fails is reported and the others still get theirs.
+
+    Returns:
+        The files written per scan path, and ``(scan, message)`` per failed scan.
+    """
+    from ichlib.checkpoint import model_from_checkpoint  # lazy: start-up time
+    from ichlib.viz.cam import unique_stems, write_cam_report  # lazy: start-up time
+
+    model, config = model_from_checkpoint(checkpoint, source=args.checkpoint)
+    scans = [Path(p.path) for p in predictions if p.path]
+    stems = unique_stems(scans)
+    written: dict[str, list[str]] = {}
+    failed: list[tuple[str, str]] = []
     for scan in scans:
         try:
-            written = write_cam_report(model, config, scan, args.cam, top_k=args.cam_top_k,
-                                       save_nifti=not args.no_cam_nifti, label=args.cam_label)
-            for path in written:
-                print(f"Grad-CAM: {path}", file=sys.stderr)
-        except IchlibError as exc:
-            print(f"ichlib predict: error: Grad-CAM for {scan}: {exc}", file=sys.stderr)
-            failed.append(str(scan))
-    return failed
+            paths = write_cam_report(model, config, scan, args.cam, top_k=args.cam_top_k,
+                                     save_nifti=not args.no_cam_nifti, label=args.cam_label,
+                                     stem=stems[scan], synthetic=checkpoint.get("data") == "synthetic")
+        except Exception as exc:  # one scan's failure must not stop the others
+            text = str(exc) if isinstance(exc, IchlibError) else f"{type(exc).__name__}: {exc}"
+            failed.append((str(scan), " ".join(text.split())))
+            continue
+        written[str(scan)] = [str(p) for p in paths]
+        for path in paths:
+            print(f"Grad-CAM: {path}", file=sys.stderr)
+    return written, failed
+
+
+# --- the parser -------------------------------------------------------------------------------
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default (not for flags, nor where the help text says it), and
+    keeps the epilog's lines."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if any(action.default is v for v in (None, False, argparse.SUPPRESS)) or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
-        prog="ichlib", description="ICH detection on head CT with a CNN + BiLSTM (research code; "
-                                   "not a medical device).")
+        prog="ichlib", formatter_class=_HelpFormatter, epilog=EXIT_STATUS,
+        description="ICH detection on head CT with a CNN + BiLSTM (research code; not a medical "
+                    "device).")
+    parser.add_argument("--version", action="version", version=f"ichlib {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("check", help="validate a CT-ICH or RSNA folder and list every problem")
+    def command(name: str, help_text: str, description: str | None = None) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=textwrap.fill(description or help_text, 88),
+                              formatter_class=_HelpFormatter, epilog=EXIT_STATUS)
+
+    p = command("check", "validate a CT-ICH or RSNA folder and list every problem")
     p.add_argument("data_dir", help="folder in the PhysioNet CT-ICH or RSNA 2019 layout")
     p.add_argument("--format", choices=("auto", "ct-ich", "rsna"), default="auto",
-                   help="dataset layout (default auto: RSNA if stage_2_train.csv is there)")
-    p.add_argument("--json", action="store_true", help="print a JSON report")
+                   help="dataset layout (auto: RSNA if stage_2_train.csv is there, else CT-ICH)")
+    p.add_argument("--json", action="store_true", help="print a JSON report (with ok and counts)")
     p.add_argument("--quick", action="store_true", help="headers only; do not read the voxels")
     p.set_defaults(func=_cmd_check)
 
-    p = sub.add_parser("synth", help="write the synthetic head-CT phantom (CT-ICH or RSNA layout)")
-    p.add_argument("out_dir")
-    p.add_argument("--patients", type=int, default=75)
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p = command("synth", "write the synthetic head-CT phantom (CT-ICH or RSNA layout)",
+                "Write a SYNTHETIC head-CT phantom with known hemorrhages (not patient data), in the "
+                "PhysioNet CT-ICH layout (NIfTI) or the RSNA 2019 layout (DICOM series).")
+    p.add_argument("out_dir", type=_writable_dir, help="folder to write (created if needed)")
+    p.add_argument("--patients", type=_int_at_least(1), default=75, help="number of patients")
+    p.add_argument("--size", type=_int_at_least(32), default=512, help="in-plane size in pixels")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of everything generated")
+    p.add_argument("--workers", type=_int_at_least(1), default=None,
+                   help="processes (default: all cores)")
     p.add_argument("--format", choices=("ct-ich", "rsna"), default="ct-ich",
-                   help="layout to write: CT-ICH NIfTI (default) or RSNA 2019 DICOM series")
+                   help="layout to write: CT-ICH NIfTI or RSNA 2019 DICOM series")
     p.set_defaults(func=_cmd_synth)
 
-    p = sub.add_parser("train", help="train the CNN + BiLSTM; writes best.pt, last.pt, "
-                                     "history.csv and metrics.json")
-    p.add_argument("--data", required=True, help="CT-ICH folder")
-    p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--epochs", type=int, help="default 10")
-    p.add_argument("--batch-size", type=int, help="scans per optimizer step (default 4); under "
-                                                  "torchrun the global batch, split over the processes")
-    p.add_argument("--img-size", type=int, help="input height and width (default 256)")
-    p.add_argument("--seq-len", type=int, help="slices per scan, S (default 16)")
-    p.add_argument("--aux-weight", type=float, help="λ, weight of the slice-level loss (default 0.5)")
-    p.add_argument("--backbone", choices=("resnet18", "resnet34", "resnet50"), help="default resnet18")
-    p.add_argument("--windows", help="comma-separated CT windows, one channel each (default brain)")
-    p.add_argument("--seed", type=int, help="default 0")
-    p.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-3)")
-    p.add_argument("--patience", type=int, help="early stopping patience in epochs (default: off)")
-    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), help="mixed precision (default auto)")
-    p.add_argument("--device", help="auto (default), cpu, cuda, ...")
-    p.add_argument("--num-workers", type=int, help="DataLoader workers (default 0)")
-    p.add_argument("--cache-dir", help="resized-volume cache (default $ICHLIB_CACHE or ~/.cache/ichlib)")
-    p.add_argument("--n-boot", type=int, help="bootstrap replicates for the CIs (default 1000)")
+    p = command("train", "train the CNN + BiLSTM; writes best.pt, last.pt, history.csv and "
+                         "metrics.json")
+    p.add_argument("--data", required=True, help="dataset folder (CT-ICH or RSNA layout)")
+    p.add_argument("--out", required=True, type=_writable_dir,
+                   help="run folder (one run at a time; a folder holding an older run needs "
+                        "--resume or --overwrite)")
+    p.add_argument("--epochs", type=_int_at_least(1), default=10, help="training epochs")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=4,
+                   help="scans per optimizer step; under torchrun the global batch, split over "
+                        "the processes")
+    p.add_argument("--img-size", type=_int_at_least(8), default=256, help="input height and width")
+    p.add_argument("--seq-len", type=_int_at_least(1), default=16, help="slices per scan, S")
+    p.add_argument("--aux-weight", type=_float_in(0.0, 1.0), default=0.5,
+                   help="λ, weight of the slice-level loss, in [0, 1]")
+    p.add_argument("--backbone", choices=("resnet18", "resnet34", "resnet50"), default="resnet18",
+                   help="the CNN")
+    p.add_argument("--windows", type=_windows, default=DEFAULT_WINDOWS,
+                   help=f"comma-separated CT windows, one channel each; names: {', '.join(WINDOW_NAMES)}")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the split and the training")
+    p.add_argument("--lr", type=_float_in(0.0, low_open=True), default=1e-3, help="AdamW learning rate")
+    p.add_argument("--patience", type=_int_at_least(1), default=None,
+                   help="early stopping patience in epochs (default: off)")
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto", help="mixed precision")
+    p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--num-workers", type=_int_at_least(0), default=0, help="DataLoader worker processes")
+    p.add_argument("--cache-dir", type=_writable_dir, default=None,
+                   help="resized-volume cache (default: $ICHLIB_CACHE or ~/.cache/ichlib)")
+    p.add_argument("--n-boot", type=_int_at_least(0), default=1000,
+                   help="bootstrap replicates for the confidence intervals")
     p.add_argument("--pos-weight", action="store_true", help="weight positives by training prevalence")
     p.add_argument("--two-stage", action="store_true",
                    help="train the CNN (stage 1), then the BiLSTM on its cached slice embeddings")
-    p.add_argument("--sequence-epochs", type=int, help="epochs of the two-stage BiLSTM stage (default 150)")
-    p.add_argument("--folds", type=int, help="K-fold cross-validation by patient: every patient is "
-                                             "tested once, by the fold model that did not train on it; "
-                                             "runs in OUT/fold_k, pooled results in OUT/cv_metrics.json")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt "
-                                                         "(with --folds: keep the finished folds)")
+    p.add_argument("--sequence-epochs", type=_int_at_least(1), default=150,
+                   help="epochs of the two-stage BiLSTM stage")
+    p.add_argument("--folds", type=_int_at_least(2), default=None,
+                   help="K-fold cross-validation by patient: every patient is tested once, by the "
+                        "fold model that did not train on it; runs in OUT/fold_k, pooled results in "
+                        "OUT/cv_metrics.json")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its last.pt (a finished run is "
+                            "evaluated again; with --folds: keep the finished folds)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="remove an older run's files from --out and start a new run there")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels (with --seed, a CPU run is reproducible bit for bit)")
     p.add_argument("--skip-bad", action="store_true", help="leave out broken patients (listed) "
                                                            "instead of stopping")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("predict", help="predict scans with a checkpoint (a bad scan is reported; "
-                                       "the others are still predicted)")
+    p = command("predict", "predict scans with a checkpoint (a bad scan is reported; the others are "
+                           "still predicted)")
     p.add_argument("--checkpoint", required=True, help="best.pt of a run")
-    p.add_argument("scans", nargs="+", help="NIfTI scans (.nii/.nii.gz) or folders of them")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
+    p.add_argument("scans", nargs="+",
+                   help="NIfTI scans (.nii, .nii.gz), folders of them, DICOM series folders (one "
+                        "series each), or .series manifests")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON (with the checkpoint, the ichlib version, the data it was "
+                        "trained on and the Grad-CAM files) instead of text")
+    p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--fp32", action="store_true", help="plain float32 even where bf16 is fast")
-    p.add_argument("--cam", metavar="OUT_DIR", help="also write a Grad-CAM figure per scan (the top-k "
-                                                    "slices for the top predicted label) to OUT_DIR")
-    p.add_argument("--cam-label", default=None, help="explain this label instead of the top one")
-    p.add_argument("--cam-top-k", type=int, default=6, help="slices in the Grad-CAM figure")
+    p.add_argument("--cam", metavar="OUT_DIR", type=_writable_dir,
+                   help="also write a Grad-CAM figure per scan (the top-k slices for the top "
+                        "predicted label) to OUT_DIR")
+    p.add_argument("--cam-label", choices=LABELS, default=None,
+                   help="explain this label instead of the most probable one")
+    p.add_argument("--cam-top-k", type=_int_at_least(1), default=6, help="slices in the Grad-CAM figure")
     p.add_argument("--no-cam-nifti", action="store_true",
                    help="do not save the maps as a NIfTI aligned with the scan")
     p.set_defaults(func=_cmd_predict)
@@ -228,14 +420,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warnings_as_lines(command: str) -> None:
+    """Warnings on stderr as ``ichlib COMMAND: warning: ...``, one line each (inside
+    :func:`main`'s ``warnings.catch_warnings``)."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"ichlib {command}: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status (see :data:`EXIT_STATUS`)."""
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except IchlibError as exc:
-        print(f"ichlib {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        _show_warnings_as_lines(args.command)
+        try:
+            return int(args.func(args) or 0)
+        except KeyboardInterrupt as exc:  # fit raises RunInterrupted, saying what was saved
+            print(f"ichlib {args.command}: {str(exc) or 'interrupted'}", file=sys.stderr)
+            return 130
+        except IchlibError as exc:
+            print(f"ichlib {args.command}: error: {exc}", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

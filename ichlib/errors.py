@@ -27,9 +27,28 @@ class DataError(IchlibError):
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
 
+class WriteError(DataError):
+    """A file ichlib writes could not be written (full disk, no inodes, read-only, permission).
+
+    Not a problem of the input data: a run stops on it rather than skipping a patient.
+    """
+
+
 class CheckpointError(DataError):
     """A checkpoint cannot be loaded safely or does not match this version of ichlib."""
 
 
 class ConfigError(IchlibError):
     """A setting (window name, size, sequence length, ...) is invalid."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C; the message says what was saved and how to go on.
+
+    A ``KeyboardInterrupt``, so Jupyter and ``except Exception`` treat it as an interrupt.
+    """
+
+
+class DataWarning(UserWarning):
+    """Data that is accepted but suspicious (geometry that cannot be trusted, for example);
+    the message names the file and says what was found."""

@@ -138,6 +138,9 @@ def predict_scan(model: CNNBiLSTM, config: PreprocessConfig, path_or_hu: ScanInp
         output = model(x.unsqueeze(0).to(device))
     scan = torch.sigmoid(output.scan_logits.float())[0].cpu().numpy()
     slices = torch.sigmoid(output.slice_logits.float())[0].cpu().numpy()
+    if not (np.isfinite(scan).all() and np.isfinite(slices).all()):
+        raise IchlibError(f"{path or '<array>'}: the model's output is NaN or Inf; no probability "
+                          "is reported (are the checkpoint's weights damaged?)")
     return ScanPrediction(
         path=path,
         probabilities=dict(zip(LABELS, map(float, scan), strict=True)),
@@ -156,13 +159,16 @@ class Predictor:
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ...
         amp: ``"auto"``, ``"bf16"`` or ``"off"`` (float32).
         channels_last: Run the CNN in channels-last format.
+        source: The checkpoint file, named in errors when ``checkpoint`` is a dict.
     """
 
     def __init__(self, checkpoint: str | os.PathLike | Mapping, device: str = "auto",
-                 amp: str = "auto", channels_last: bool = True) -> None:
+                 amp: str = "auto", channels_last: bool = True,
+                 source: str | os.PathLike | None = None) -> None:
         ckpt = checkpoint if isinstance(checkpoint, Mapping) else load_checkpoint(checkpoint)
+        source = source if isinstance(checkpoint, Mapping) else checkpoint
         self.device = resolve_device(device)
-        self.model, self.preprocess = model_from_checkpoint(ckpt, self.device)
+        self.model, self.preprocess = model_from_checkpoint(ckpt, self.device, source=source)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.amp = amp
@@ -176,7 +182,7 @@ class Predictor:
 
 
 def predict_files(checkpoint: str | os.PathLike | Mapping, paths: Iterable[str | os.PathLike],
-                  device: str = "auto", amp: str = "auto"
+                  device: str = "auto", amp: str = "auto", source: str | os.PathLike | None = None
                   ) -> tuple[list[ScanPrediction], list[PredictionError]]:
     """Predict several scans; a bad scan is reported and the others are still predicted.
 
@@ -186,11 +192,12 @@ def predict_files(checkpoint: str | os.PathLike | Mapping, paths: Iterable[str |
         paths: NIfTI files.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
         amp: ``"auto"``, ``"bf16"`` or ``"off"``.
+        source: The checkpoint file, named in errors when ``checkpoint`` is a dict.
 
     Returns:
         The predictions (in input order, good scans only) and one error per bad scan.
     """
-    predictor = Predictor(checkpoint, device=device, amp=amp)
+    predictor = Predictor(checkpoint, device=device, amp=amp, source=source)
     predictions: list[ScanPrediction] = []
     errors: list[PredictionError] = []
     for path in paths:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -92,6 +94,53 @@ def small_ct_ich(make_ct_ich) -> Path:
         51: lab51,
         52: labels_with(3),
     })
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """Factory: ``small_fs(size="64k", inodes=None)`` mounts a real, tiny tmpfs under tmp_path.
+
+    Full disks, exhausted inodes and read-only file systems are then real, not mocked.
+    Mounting needs root (CI runs as root); elsewhere the test is skipped and says why.
+    Every mount is unmounted when the test ends, whatever happened.
+    """
+    mounted: list[Path] = []
+
+    def make(size: str = "64k", inodes: int | None = None, name: str = "fs") -> Path:
+        if os.geteuid() != 0:
+            pytest.skip("mounting a small tmpfs needs root; these fault paths run where the tests "
+                        "run as root (CI)")
+        target = tmp_path / name
+        target.mkdir()
+        options = f"size={size}" + (f",nr_inodes={inodes}" if inodes else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(target)
+        return target
+
+    try:
+        yield make
+    finally:
+        for target in reversed(mounted):
+            subprocess.run(["umount", "--lazy", str(target)], capture_output=True)  # busy: open files
+
+
+def remount_read_only(mount_point: Path) -> None:
+    """Make a tmpfs from :func:`small_fs` read-only."""
+    subprocess.run(["mount", "-o", "remount,ro", str(mount_point)], check=True, capture_output=True)
+
+
+def fill_inodes(folder: Path) -> int:
+    """Create empty files in ``folder`` until the file system has no free inode; returns how many."""
+    n = 0
+    while True:
+        try:
+            (folder / f"inode{n}").touch()
+        except OSError:
+            return n
+        n += 1
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import gzip
 import json
 import os
 import re
+import struct
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,9 @@ import numpy as np
 import pytest
 from nibabel import cifti2
 
+import ichlib
+import ichlib.errors
+import ichlib.io.ctich
 import ichlib.io.nifti
 from ichlib.cli import main
 from ichlib.errors import DataError
@@ -225,6 +229,7 @@ def test_enormous_header_is_refused_before_allocation(tmp_path, monkeypatch, sha
     nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.eye(4)), path)
     header = nib.load(path).header.copy()
     header.set_data_shape(shape)
+    header.set_data_offset(352)  # nibabel zeroes a loaded header's vox_offset
     with open(path, "r+b") as fh:  # a new header only: the body stays 32 bytes
         fh.write(header.binaryblock)
     assert nib.load(path).shape == shape
@@ -472,3 +477,554 @@ def test_predict_reports_the_broken_scan_and_predicts_the_others(skipped_run, mi
     assert [p["path"] for p in result["predictions"]] == [str(scans[0]), str(scans[2])]
     assert [e["path"] for e in result["errors"]] == [str(scans[1])]
     assert str(scans[1]) in captured.err and "truncated" in captured.err
+
+
+# =============================================================================================
+# Issue 16: hostile inputs and faults. Each numbered item of the issue has its cases here or
+# in the module tests named beside it (10: test_io_atomic / test_training_runfolder,
+# 11: test_preprocess_cache, 12-14: test_training_runfolder, 16: test_io_dicom_enhanced).
+# =============================================================================================
+
+def _raw_header_edit(path: Path, offset: int, fmt: str, value) -> Path:
+    """Overwrite one field of a NIfTI-1 header in place (gzip files are rewritten whole)."""
+    raw = bytearray(gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes())
+    raw[offset:offset + struct.calcsize(fmt)] = struct.pack(fmt, value)
+    path.write_bytes(gzip.compress(bytes(raw)) if path.name.endswith(".gz") else bytes(raw))
+    return path
+
+
+# --- 1. vox_offset 0 ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_1_vox_offset_inside_the_header_is_refused_not_read_shifted(tmp_path, suffix):
+    path = _raw_header_edit(save_volume(tmp_path / f"scan{suffix}", good_hu()), 108, "<f", 0.0)
+    assert nib.load(path).dataobj.offset == 0  # nibabel would read the header as voxels
+    with pytest.raises(DataError, match=r"voxels start at byte 0 \(vox_offset\), inside the 348-byte "
+                                        "header") as info:
+        load_volume(path)
+    assert info.value.path == str(path)
+
+
+def test_1_check_and_predict_refuse_a_vox_offset_0_scan(make_ct_ich, skipped_run, capsys):
+    root = make_ct_ich(base_labels(), size=16)
+    scan = _raw_header_edit(root / "ct_scans" / "050.nii", 108, "<f", 0.0)
+    assert main(["check", str(root), "--quick"]) == 1
+    assert f"{scan}: header says the voxels start at byte 0" in capsys.readouterr().out
+    status = main(["predict", "--checkpoint", str(skipped_run.best_path), "--device", "cpu", str(scan)])
+    out, err = capsys.readouterr()
+    assert status == 1 and out == "" and "vox_offset" in err
+
+
+# --- 2. Unicode digits in a file name ----------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["1\u00b2.nii", "\u0663.nii", "049\u00b9.nii.gz"],
+                         ids=["superscript_two", "arabic_indic_three", "superscript_one_gz"])
+def test_2_a_unicode_digit_file_name_is_a_clear_problem(make_ct_ich, name, capsys):
+    root = make_ct_ich(base_labels(), size=16)
+    odd = root / "ct_scans" / name
+    save_volume(odd, good_hu())
+    with pytest.raises(DataError, match="is not a patient number") as info:
+        read_ct_ich(root)
+    assert str(odd) in str(info.value)
+    data = read_ct_ich(root, on_error="skip")
+    assert data.patient_ids == ["049", "050"] and [p.path for p in data.problems] == [str(odd)]
+    assert main(["check", str(root)]) == 1
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_2_training_with_skip_bad_lists_the_odd_file_and_trains_on_the_rest(make_ct_ich, tmp_path):
+    from ichlib.training.data import prepare_data
+
+    labels = {49 + i: labels_with(4, (i % 5) if i % 2 else None, 1, 3) for i in range(6)}
+    root = make_ct_ich(labels, size=16)
+    save_volume(root / "ct_scans" / "1\u00b2.nii", good_hu())
+    with pytest.raises(DataError, match="1\u00b2.nii.*is not a patient number"):
+        prepare_data(_tiny_config(root, tmp_path / "run"))
+    prepared = prepare_data(_tiny_config(root, tmp_path / "run", skip_bad=True))
+    assert [s["path"] for s in prepared.skipped] == [str(root / "ct_scans" / "1\u00b2.nii")]
+    assert len(sum(prepared.split.values(), [])) == 6
+
+
+# --- 3. two files for one patient -------------------------------------------------------------
+
+@pytest.mark.parametrize("other", ["0049.nii", "49.nii", "049.nii.gz"])
+def test_3_two_files_naming_one_patient_are_an_ambiguity_error(make_ct_ich, other):
+    root = make_ct_ich(base_labels(), size=16)
+    save_volume(root / "ct_scans" / other, good_hu() + 500)  # a different scan
+    with pytest.raises(DataError, match="both name patient 049; keep one") as info:
+        read_ct_ich(root)
+    assert other in str(info.value) and "049.nii" in str(info.value)
+    data = read_ct_ich(root, on_error="skip")
+    assert data.patient_ids == ["050"]  # 049 is not silently read from either file
+
+
+def test_3_two_masks_for_one_patient_are_an_ambiguity_error(make_ct_ich):
+    root = make_ct_ich(base_labels(), size=16)
+    (root / "masks" / "0050.nii").write_bytes((root / "masks" / "050.nii").read_bytes())
+    data = read_ct_ich(root, on_error="skip")
+    assert data.patient_ids == ["049"]
+    assert any("0050.nii and 050.nii both name patient 050" in p.problem for p in data.problems)
+
+
+# --- 4. label tables that are not regular files ---------------------------------------------
+
+@pytest.mark.timeout(30)
+def test_4_a_fifo_label_csv_is_refused_at_once(make_ct_ich, capsys):
+    root = make_ct_ich(base_labels(), size=16)
+    (root / LABEL_CSV).unlink()
+    os.mkfifo(root / LABEL_CSV)
+    with pytest.raises(DataError, match=r"is a FIFO \(named pipe\), not a regular file") as info:
+        read_ct_ich(root)
+    assert info.value.path == str(root / LABEL_CSV)
+    assert main(["check", str(root)]) == 1
+    assert "FIFO" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(30)
+def test_4_a_label_csv_linked_to_dev_zero_is_refused(make_ct_ich):
+    root = make_ct_ich(base_labels(), size=16)
+    (root / LABEL_CSV).unlink()
+    (root / LABEL_CSV).symlink_to("/dev/zero")
+    with pytest.raises(DataError, match=r"is a character device \(a link to /dev/zero\)"):
+        read_ct_ich(root)
+
+
+def test_4_an_oversized_label_csv_is_refused_before_reading(make_ct_ich, monkeypatch):
+    root = make_ct_ich(base_labels(), size=16)
+    monkeypatch.setattr(ichlib.io.ctich, "MAX_TABLE_BYTES", 100)
+    with pytest.raises(DataError, match="the label CSV is 0 MB, more than the 0 MB ichlib reads"):
+        read_ct_ich(root)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("what", ["rsna_csv", "manifest", "dicom_source"])
+def test_4_fifos_elsewhere_are_refused_at_once(tmp_path, what):
+    from ichlib.io.dicom.series import load_dicom_series
+    from ichlib.io.rsna import read_rsna_labels
+
+    fifo = tmp_path / {"rsna_csv": "stage_2_train.csv", "manifest": "x.series", "dicom_source": "a.dcm"}[what]
+    os.mkfifo(fifo)
+    read = read_rsna_labels if what == "rsna_csv" else load_dicom_series
+    with pytest.raises(DataError, match="FIFO") as info:
+        read(fifo)
+    assert info.value.path == str(fifo)
+
+
+# --- 5. DICOM rescale and padding values that are not numbers ---------------------------------
+
+def _dicom_series(folder: Path, n: int = 3, **changes) -> list[Path]:
+    from ichlib.synthetic.rsna import ct_dataset, write_dataset
+
+    folder.mkdir(parents=True)
+    paths = []
+    for k in range(n):
+        stored = (np.arange(64, dtype=np.int16).reshape(8, 8) * 10 + k).astype(np.int16)
+        ds = ct_dataset(stored, sop_uid=f"1.2.3.{k + 1}", series_uid="1.2.3", study_uid="1.2",
+                        patient_id="P", position=(0.0, 0.0, 5.0 * k))
+        if k == 1:
+            for keyword, value in changes.items():
+                if keyword == "PixelPaddingValue":
+                    ds.add_new(0x00280120, "LO", value)  # a malformed VR, as found in the wild
+                else:
+                    setattr(ds, keyword, value)
+        paths.append(write_dataset(folder / f"img{k}.dcm", ds))
+    return paths
+
+
+BAD_RESCALE = {
+    "nan_intercept": ({"RescaleIntercept": "NaN"}, "RescaleIntercept is nan"),
+    "inf_slope": ({"RescaleSlope": "Inf"}, "RescaleSlope is inf"),
+    "zero_slope": ({"RescaleSlope": "0"}, "RescaleSlope is 0.0"),
+    "text_padding": ({"PixelPaddingValue": "none"}, "PixelPaddingValue 'none' is not a number"),
+}
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")
+@pytest.mark.parametrize("case", list(BAD_RESCALE), ids=list(BAD_RESCALE))
+def test_5_bad_rescale_or_padding_values_are_refused_per_file(tmp_path, case):
+    from ichlib.io.dicom.headers import read_slice_header
+    from ichlib.io.dicom.series import load_dicom_series
+
+    changes, problem = BAD_RESCALE[case]
+    paths = _dicom_series(tmp_path / "series", **changes)
+    for read in (load_dicom_series, lambda folder: read_slice_header(paths[1])):
+        with pytest.raises(DataError, match=problem) as info:
+            read(tmp_path / "series")
+        assert info.value.path == str(paths[1])
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR", "ignore::ichlib.io.rsna.DuplicateLabelWarning")
+def test_5_check_reports_and_skip_bad_leaves_out_a_series_with_a_nan_intercept(tmp_path, capsys):
+    import pydicom
+
+    from ichlib.io.rsna import read_rsna
+    from ichlib.synthetic.rsna import write_synthetic_rsna
+    from ichlib.training.data import prepare_data
+
+    root = write_synthetic_rsna(tmp_path / "rsna", n_patients=4, size=32, n_slices_range=(8, 9),
+                                duplicate_rows=0, workers=1)
+    victim = sorted((root / "stage_2_train").glob("*.dcm"))[5]
+    ds = pydicom.dcmread(victim)
+    ds.RescaleIntercept = "NaN"
+    ds.save_as(victim)
+    series = str(ds.SeriesInstanceUID)
+    os.environ["ICHLIB_CACHE"] = str(tmp_path / "cache")
+    try:
+        assert main(["check", str(root)]) == 1
+        out = capsys.readouterr().out
+        assert f"{victim}: RescaleIntercept is nan" in out and "No problems found" not in out
+        data = read_rsna(root, on_error="skip", cache_dir=tmp_path / "cache")
+        assert series not in data.patient_ids and len(data.patient_ids) >= 4
+        config = _tiny_config(root, tmp_path / "run", skip_bad=True, val_fraction=0.25, test_fraction=0.25)
+        prepared = prepare_data(config)
+    finally:
+        del os.environ["ICHLIB_CACHE"]
+    assert any(s["path"] == str(victim) and "RescaleIntercept is nan" in s["problem"] for s in prepared.skipped)
+    assert series not in sum(prepared.split.values(), [])
+
+
+# --- 6. RSNA series whose UIDs sanitise to one name ---------------------------------------------
+
+def test_6_series_whose_uids_sanitise_alike_keep_their_own_images(tmp_path):
+    from ichlib.io.dicom.series import load_dicom_series
+    from ichlib.io.rsna import RSNA_LABEL_ORDER, read_rsna
+    from ichlib.synthetic.rsna import ct_dataset, write_dataset
+
+    images = tmp_path / "r" / "stage_2_train"
+    images.mkdir(parents=True)
+    lines = ["ID,Label"]
+    uids = {"ID_s/1": 100, "ID_s_1": 200, "ID_S_1": 300}  # "/" and case: one name once made safe
+    for uid, value in uids.items():
+        for k in range(3):
+            sop = f"ID_{value}x{k}"
+            ds = ct_dataset(np.full((8, 8), value + 1024 + k, np.int16), sop_uid=sop, series_uid=uid,
+                            study_uid=f"ST{value}", patient_id=f"P{value}", position=(0.0, 0.0, 5.0 * k))
+            write_dataset(images / f"{sop}.dcm", ds)
+            lines += [f"{sop}_{label},0" for label in RSNA_LABEL_ORDER]
+    (tmp_path / "r" / "stage_2_train.csv").write_text("\n".join(lines) + "\n")
+    data = read_rsna(tmp_path / "r", cache_dir=tmp_path / "cache")
+    assert sorted(data.patient_ids) == sorted(uids)
+    assert len({str(data.scans[uid]).lower() for uid in uids}) == 3
+    for uid, value in uids.items():
+        assert load_dicom_series(data.scans[uid]).hu[:, 0, 0].tolist() == [value, value + 1, value + 2]
+
+
+# --- 7. checkpoint contents -------------------------------------------------------------------
+
+def _bad_checkpoint(path: Path, change: Callable[[dict], None]) -> Path:
+    import torch
+
+    from ichlib.model import CNNBiLSTM
+    from ichlib.preprocess.dataset import PreprocessConfig
+
+    torch.manual_seed(0)
+    model = CNNBiLSTM(lstm_hidden=8)
+    ckpt = {"model": model.state_dict(), "model_config": model.model_config,
+            "preprocess": PreprocessConfig(img_size=16, seq_len=2).to_dict(),
+            "thresholds": dict.fromkeys(LABELS, 0.5), "data": "real"}
+    change(ckpt)
+    torch.save({"format": "ichlib-checkpoint", "format_version": 1, "labels": list(LABELS), **ckpt}, path)
+    return path
+
+
+def _nan_weight(ckpt: dict) -> None:
+    ckpt["model"]["scan_head.1.weight"][0, 0] = float("nan")
+
+
+BAD_CHECKPOINTS = {
+    "threshold_text": (lambda c: c["thresholds"].update(any="high"), "threshold of 'any' is 'high'"),
+    "threshold_above_1": (lambda c: c["thresholds"].update(subdural=2.0), "threshold of 'subdural' is 2.0"),
+    "threshold_nan": (lambda c: c["thresholds"].update(epidural=float("nan")), "threshold of 'epidural' is nan"),
+    "threshold_unknown_label": (lambda c: c["thresholds"].update(blood=0.5), "unknown label 'blood'"),
+    "thresholds_a_list": (lambda c: c.update(thresholds=[0.5] * 6), "thresholds is a list"),
+    "nan_weights": (_nan_weight, r"1 weight tensor\(s\) hold NaN or Inf \(e.g. scan_head.1.weight\)"),
+    "seq_len_0": (lambda c: c["preprocess"].update(seq_len=0), r"preprocess\['seq_len'\] is 0"),
+    "seq_len_huge": (lambda c: c["preprocess"].update(seq_len=10**7), r"preprocess\['seq_len'\] is 10000000"),
+    "img_size_2": (lambda c: c["preprocess"].update(img_size=2), r"preprocess\['img_size'\] is 2"),
+    "img_size_text": (lambda c: c["preprocess"].update(img_size="256"), r"preprocess\['img_size'\] is '256'"),
+    "lstm_hidden_0": (lambda c: c["model_config"].update(lstm_hidden=0), r"model_config\['lstm_hidden'\] is 0"),
+    "lstm_hidden_huge": (lambda c: c["model_config"].update(lstm_hidden=10**6),
+                         r"model_config\['lstm_hidden'\] is 1000000"),
+    "channels_0": (lambda c: c["model_config"].update(in_channels=0), r"model_config\['in_channels'\] is 0"),
+    "channels_not_windows": (lambda c: c["preprocess"].update(windows=["brain", "bone"]),
+                             r"2 window\(s\) \['brain', 'bone'\] but the model takes 1 channel"),
+    "unknown_window": (lambda c: c["preprocess"].update(windows=["lung"]), "windows \\['lung'\\] are not names"),
+    "backbone_unknown": (lambda c: c["model_config"].update(backbone="vgg"), "backbone 'vgg' is not one of"),
+    "data_unknown": (lambda c: c.update(data="phantom?"), "data is 'phantom\\?'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CHECKPOINTS), ids=list(BAD_CHECKPOINTS))
+def test_7_checkpoint_contents_are_validated_naming_the_file(tmp_path, case):
+    from ichlib.checkpoint import load_checkpoint
+    from ichlib.errors import CheckpointError
+
+    change, problem = BAD_CHECKPOINTS[case]
+    path = _bad_checkpoint(tmp_path / "best.pt", change)
+    with pytest.raises(CheckpointError, match=problem) as info:
+        load_checkpoint(path)
+    assert info.value.path == str(path) and str(info.value).startswith(f"{path}: ")
+
+
+@pytest.mark.parametrize("case", ["nan_weights", "threshold_text", "seq_len_huge"])
+def test_7_predict_refuses_a_bad_checkpoint_with_exit_1_and_no_output(tmp_path, capsys, case):
+    path = _bad_checkpoint(tmp_path / "best.pt", BAD_CHECKPOINTS[case][0])
+    scan = save_volume(tmp_path / "scan.nii", good_hu(4, 16))
+    status = main(["predict", "--checkpoint", str(path), "--device", "cpu", "--json", str(scan)])
+    out, err = capsys.readouterr()
+    assert status == 1 and out == ""
+    assert err.startswith(f"ichlib predict: error: {path}: ") and len(err.strip().splitlines()) == 1
+
+
+def test_7_weights_that_do_not_fit_name_the_checkpoint(tmp_path):
+    from ichlib.checkpoint import load_checkpoint, model_from_checkpoint
+    from ichlib.errors import CheckpointError
+
+    def drop(ckpt):
+        del ckpt["model"]["scan_head.1.weight"]
+
+    path = _bad_checkpoint(tmp_path / "best.pt", drop)
+    with pytest.raises(CheckpointError, match="does not match its model configuration") as info:
+        model_from_checkpoint(load_checkpoint(path), source=path)
+    assert info.value.path == str(path)
+
+
+def test_7_a_nan_output_is_an_error_never_a_negative(skipped_run, tmp_path, monkeypatch):
+    import torch
+
+    from ichlib.predict import Predictor
+
+    predictor = Predictor(skipped_run.best_path, device="cpu")
+    with torch.no_grad():
+        predictor.model.scan_head[1].bias.fill_(float("nan"))
+    scan = save_volume(tmp_path / "scan.nii", good_hu(4, 16))
+    with pytest.raises(ichlib.errors.IchlibError, match="the model's output is NaN or Inf") as info:
+        predictor(scan)
+    assert str(scan) in str(info.value)
+
+
+# --- 8. two scans with one file name ----------------------------------------------------------
+
+def test_8_cam_outputs_of_scans_with_one_name_do_not_overwrite_each_other(skipped_run, mixed_folder,
+                                                                          tmp_path, capsys):
+    scans = []
+    for folder, number in (("a", "049"), ("b", "050")):
+        (tmp_path / folder).mkdir()
+        scans.append(tmp_path / folder / "scan.nii")
+        scans[-1].write_bytes((mixed_folder / "ct_scans" / f"{number}.nii").read_bytes())
+    out = tmp_path / "cam"
+    status = main(["predict", "--checkpoint", str(skipped_run.best_path), "--device", "cpu", "--json",
+                   "--cam", str(out), "--cam-label", "any", *map(str, scans)])
+    doc = json.loads(capsys.readouterr().out)
+    assert status == 0
+    written = [p["cam"] for p in doc["predictions"]]
+    assert [Path(w[0]).name for w in written] == ["a_scan_cam_any.png", "b_scan_cam_any.png"]
+    assert [Path(w[1]).name for w in written] == ["a_scan_cam_any.nii.gz", "b_scan_cam_any.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(Path(w).name for ws in written for w in ws)
+    probabilities = [p["probabilities"] for p in doc["predictions"]]
+    assert probabilities[0] != probabilities[1]  # two scans, so two different figures
+    assert Path(written[0][0]).read_bytes() != Path(written[1][0]).read_bytes()
+
+
+def test_8_unique_stems():
+    from ichlib.viz.cam import unique_stems
+
+    paths = [Path("/d/a/scan.nii"), Path("/d/b/scan.nii.gz"), Path("/d/c/other.nii"),
+             Path("/e/a/scan.nii"), Path("/d/a/scan.nii")]
+    stems = unique_stems(paths)
+    assert stems[Path("/d/c/other.nii")] == "other"
+    assert stems[Path("/d/b/scan.nii.gz")] == "b_scan"
+    assert stems[Path("/d/a/scan.nii")].startswith("a_scan_") and stems[Path("/e/a/scan.nii")].startswith("a_scan_")
+    assert len(set(stems.values())) == 4
+
+
+# --- 9. degenerate geometry under predict --cam -----------------------------------------------
+
+def _nan_sform(path: Path) -> Path:
+    """Set the sform (code 1) to hold a NaN, leaving everything else as it was."""
+    header = nib.load(path).header
+    offset = 280  # srow_x: 4 float32 at bytes 280..295; sform_code (int16) at 254
+    _raw_header_edit(path, 254, "<h", 1)
+    _raw_header_edit(path, offset, "<f", float("nan"))
+    assert header["sizeof_hdr"] == 348
+    return path
+
+
+def test_9_a_nan_sform_scan_gets_an_error_and_the_later_scans_their_maps(skipped_run, mixed_folder,
+                                                                        tmp_path, capsys):
+    scans = [tmp_path / f"{n}.nii" for n in ("049", "050", "051")]
+    for scan in scans:
+        scan.write_bytes((mixed_folder / "ct_scans" / scan.name).read_bytes())
+    _nan_sform(scans[1])
+    out = tmp_path / "cam"
+    status = main(["predict", "--checkpoint", str(skipped_run.best_path), "--device", "cpu",
+                   "--cam", str(out), *map(str, scans)])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert f"ichlib predict: warning: {scans[1]}: its affine (sform/qform) holds NaN or Inf" in err
+    assert f"error: Grad-CAM for {scans[1]}: {scans[1]}: its affine (sform/qform) holds NaN" in err
+    assert "Traceback" not in err
+    names = sorted(p.name for p in out.iterdir())
+    for stem in ("049", "051"):
+        assert any(n.startswith(f"{stem}_cam_") and n.endswith(".png") for n in names)
+        assert any(n.startswith(f"{stem}_cam_") and n.endswith(".nii.gz") for n in names)
+    assert not any(n.startswith("050_cam_") and n.endswith(".nii.gz") for n in names)
+    assert not [n for n in names if ".tmp" in n]
+
+
+def test_9_a_dicom_series_with_pixel_spacing_0_does_not_stop_the_others(skipped_run, mixed_folder,
+                                                                        tmp_path, capsys):
+    from ichlib.synthetic.rsna import ct_dataset, write_dataset
+
+    series = tmp_path / "series"
+    series.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(4):
+        ds = ct_dataset(rng.integers(900, 1100, (16, 16)).astype(np.int16), sop_uid=f"1.2.9.{k + 1}",
+                        series_uid="1.2.9", study_uid="1.2", patient_id="P", position=(0.0, 0.0, 5.0 * k),
+                        pixel_spacing=(0.0, 0.0))
+        write_dataset(series / f"img{k}.dcm", ds)
+    good = tmp_path / "051.nii"
+    good.write_bytes((mixed_folder / "ct_scans" / "051.nii").read_bytes())
+    status = main(["predict", "--checkpoint", str(skipped_run.best_path), "--device", "cpu",
+                   "--cam", str(tmp_path / "cam"), str(series), str(good)])
+    err = capsys.readouterr().err
+    assert f"warning: {series}: PixelSpacing (0, 0) is not a positive voxel size" in err
+    assert status == 1 and f"Grad-CAM for {series}: {series}: voxel spacing (5.0, 0.0, 0.0)" in err
+    assert len(list((tmp_path / "cam").glob("051_cam_*.png"))) == 1
+    assert len(list((tmp_path / "cam").glob("051_cam_*.nii.gz"))) == 1
+
+
+# --- 15. data that used to be accepted without a word -----------------------------------------
+
+def _typed_nifti(path: Path, data: np.ndarray, dtype, slope=None, inter=None) -> Path:
+    img = nib.Nifti1Image(data.astype(dtype) if dtype is not None else data, np.diag([0.5, 0.5, 5, 1]))
+    img.header.set_data_dtype(dtype if dtype is not None else data.dtype)
+    if slope is not None:
+        img.header.set_slope_inter(slope, inter)
+    nib.save(img, path)
+    return path
+
+
+REFUSED_VOLUMES = {
+    "zero_to_one": (lambda p: nifti(p, np.random.default_rng(0).random((16, 16, 4)).astype(np.float32)),
+                    r"all values lie in \[.*\]: a normalised image or a mask, not Hounsfield units"),
+    "complex": (lambda p: _typed_nifti(p, good_hu().T + 1j, np.complex64), r"voxels are complex"),
+    "int8": (lambda p: _typed_nifti(p, np.clip(good_hu().T, -100, 100), np.int8),
+             "voxels are int8 without scl_slope/scl_inter"),
+    "bool_as_uint8": (lambda p: _typed_nifti(p, good_hu().T > 30, np.uint8),
+                      "voxels are uint8 without scl_slope/scl_inter"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_VOLUMES), ids=list(REFUSED_VOLUMES))
+def test_15_volumes_that_cannot_be_hu_are_refused(tmp_path, case):
+    build, problem = REFUSED_VOLUMES[case]
+    path = build(tmp_path / "scan.nii")
+    with pytest.raises(DataError, match=problem) as info:
+        load_volume(path)
+    assert info.value.path == str(path)
+
+
+def test_15_a_scaled_uint8_volume_is_still_read_as_hu(tmp_path):
+    hu = np.random.default_rng(0).integers(0, 255, (16, 16, 4)) * 10.0 - 1024.0
+    img = nib.Nifti1Image(hu.astype(np.float32), np.diag([0.5, 0.5, 5, 1]))
+    img.header.set_data_dtype(np.uint8)  # nibabel stores it with scl_slope and scl_inter
+    nib.save(img, tmp_path / "scan.nii")
+    assert nib.load(tmp_path / "scan.nii").dataobj.slope != 1.0
+    np.testing.assert_allclose(load_volume(tmp_path / "scan.nii").hu, np.transpose(hu, (2, 1, 0)), atol=6)
+
+
+@pytest.mark.parametrize("pixdim", [float("nan"), 0.0], ids=["nan", "zero"])
+def test_15_nan_or_zero_spacing_is_warned(tmp_path, pixdim):
+    path = _raw_header_edit(save_volume(tmp_path / "scan.nii", good_hu()), 80, "<f", pixdim)  # pixdim[1]
+    with pytest.warns(ichlib.errors.DataWarning, match=r"voxel size .* is not positive and finite"):
+        volume = load_volume(path)
+    assert volume.hu.shape == (4, 16, 16)
+
+
+def test_15_a_mask_off_its_scans_grid_is_a_problem(make_ct_ich):
+    root = make_ct_ich(base_labels(), size=16)
+    mask = root / "masks" / "050.nii"
+    img = nib.load(mask)
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine @ np.diag([1, 1, 1, 1]) + np.array(
+        [[0, 0, 0, 3.0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]), img.header), mask)
+    data = read_ct_ich(root, on_error="skip")
+    assert data.patient_ids == ["049"]
+    assert any(p.path == str(mask) and "mask affine differs from its scan's" in p.problem
+               for p in data.problems)
+
+
+def test_15_mr_dicom_is_refused(tmp_path):
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    from ichlib.io.dicom.series import read_dicom_series_header
+
+    folder = tmp_path / "mr"
+    folder.mkdir()
+    shutil.copy(get_testdata_file("MR_small.dcm"), folder / "mr.dcm")
+    with pytest.raises(DataError, match="Modality MR .* is not CT"):
+        read_dicom_series_header(folder)
+
+
+def test_15_a_gz_header_claiming_hundreds_of_mb_is_refused_before_allocating(tmp_path, monkeypatch):
+    path = tmp_path / "huge.nii.gz"
+    header = nib.Nifti1Header()
+    header.set_data_shape((1024, 1024, 200))  # 200 M voxels: 800 MB as float32
+    header.set_data_dtype(np.float32)
+    header.set_data_offset(352)
+    path.write_bytes(gzip.compress(header.binaryblock + b"\0" * 4))
+    assert path.stat().st_size < 200
+
+    def no_voxels(*args, **kwargs):
+        raise AssertionError("voxels were read")
+
+    monkeypatch.setattr(ichlib.io.nifti, "_read_voxels", no_voxels)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="header claims 839 MB of voxels, more than a .*-byte gzip "
+                                            "file can hold") as info:
+            load_volume(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert info.value.path == str(path) and peak < 8 * 1024 * 1024
+
+
+# --- the JSON that predict writes ------------------------------------------------------------
+
+def test_predict_json_names_the_version_checkpoint_data_and_cam_files(skipped_run, mixed_folder, tmp_path, capsys):
+    import torch
+
+    ckpt = torch.load(skipped_run.best_path, map_location="cpu", weights_only=True)
+    ckpt["data"] = "synthetic"
+    synthetic = tmp_path / "synthetic.pt"
+    torch.save(ckpt, synthetic)
+    scan = mixed_folder / "ct_scans" / "049.nii"
+    status = main(["predict", "--checkpoint", str(synthetic), "--device", "cpu", "--json",
+                   "--cam", str(tmp_path / "cam"), "--no-cam-nifti", str(scan)])
+    doc = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert doc["ichlib_version"] == ichlib.__version__ and doc["checkpoint"] == str(synthetic.resolve())
+    assert doc["trained_on"] == "synthetic" and doc["note"].startswith("SYNTHETIC")
+    (png,) = doc["predictions"][0]["cam"]
+    assert Path(png).exists() and png.endswith("049_cam_" + max(doc["predictions"][0]["probabilities"],
+                                                                   key=doc["predictions"][0]["probabilities"].get) + ".png")
+
+
+def test_cam_title_says_synthetic(skipped_run, mixed_folder, tmp_path, monkeypatch):
+    from ichlib.checkpoint import load_checkpoint, model_from_checkpoint
+    from ichlib.viz import cam as viz_cam
+
+    titles = []
+    real = viz_cam.plot_cam_montage
+    monkeypatch.setattr(viz_cam, "plot_cam_montage",
+                        lambda *a, **k: titles.append(k["title"]) or real(*a, **k))
+    model, config = model_from_checkpoint(load_checkpoint(skipped_run.best_path))
+    scan = mixed_folder / "ct_scans" / "049.nii"
+    viz_cam.write_cam_report(model, config, scan, tmp_path, save_nifti=False, synthetic=True)
+    viz_cam.write_cam_report(model, config, scan, tmp_path, save_nifti=False, synthetic=False)
+    assert titles[0].startswith("SYNTHETIC: model trained on the synthetic phantom")
+    assert "SYNTHETIC" not in titles[1]

@@ -154,12 +154,14 @@ def test_weights_that_do_not_fit_the_config(tmp_path):
 
 
 def test_rng_state_round_trip(tmp_path):
+    model = CNNBiLSTM(lstm_hidden=8)
     torch.manual_seed(1)
     np.random.seed(2)
     random.seed(3)
     state = capture_rng_state()
     path = tmp_path / "rng.pt"
-    save_checkpoint(path, {"model": {}, "model_config": {}, "preprocess": {}, "rng": state})
+    save_checkpoint(path, {"model": model.state_dict(), "model_config": model.model_config,
+                           "preprocess": PreprocessConfig(img_size=16, seq_len=2).to_dict(), "rng": state})
     first = (torch.rand(3), np.random.rand(3), random.random())
     restore_rng_state(load_checkpoint(path)["rng"])
     second = (torch.rand(3), np.random.rand(3), random.random())

@@ -17,7 +17,8 @@ def test_clean_folder(small_ct_ich):
 
 def test_every_problem_is_listed_not_just_the_first(small_ct_ich):
     (small_ct_ich / "ct_scans" / "049.nii").write_bytes(b"")
-    nib.save(nib.Nifti1Image(np.full((32, 32, 8), np.nan, np.float32), np.eye(4)),
+    affine = nib.load(small_ct_ich / "ct_scans" / "050.nii").affine  # on its mask's grid
+    nib.save(nib.Nifti1Image(np.full((32, 32, 8), np.nan, np.float32), affine),
              small_ct_ich / "ct_scans" / "050.nii")  # header fine, voxels bad: deep check finds it
     csv = small_ct_ich / "hemorrhage_diagnosis_raw_ct.csv"
     csv.write_text(csv.read_text().replace("52,2,0,0,0,0,0,1,0", "52,2,0,0,0,0,0,7,0"))

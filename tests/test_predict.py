@@ -137,7 +137,7 @@ def test_cli_predict_with_a_bad_checkpoint(scans, tmp_path, capsys):
     fake.write_text("not a checkpoint")
     status = main(["predict", "--checkpoint", str(fake), str(good[0])])
     _, err = capsys.readouterr()
-    assert status == 2 and str(fake) in err
+    assert status == 1 and str(fake) in err
 
 
 def test_cli_predict_cam_writes_a_figure_and_nifti_per_scan(trained, scans, tmp_path, capsys):

@@ -10,7 +10,7 @@ from ichlib.errors import ConfigError, DataError
 from ichlib.io.ctich import read_ct_ich
 from ichlib.io.load import load_volume
 from ichlib.labels import LABELS
-from ichlib.preprocess.cache import VolumeCache
+from ichlib.preprocess.cache import CacheWarning, VolumeCache
 from ichlib.preprocess.dataset import PreprocessConfig, ScanDataset, prepare_scan, sampled_mask
 from ichlib.preprocess.sampling import uniform_indices
 from ichlib.preprocess.windowing import window
@@ -70,8 +70,9 @@ def test_cache_built_by_several_workers_at_once_is_whole(small_ct_ich, tmp_path)
         for pid, volume in expected.items():
             np.testing.assert_array_equal(got[pid], volume)
     files = sorted(p.name for p in (tmp_path / "shared").iterdir())
-    assert len(files) == len(expected) and all(name.endswith(".npy") for name in files)
-    for path in (tmp_path / "shared").iterdir():
+    assert len(files) == 2 * len(expected)  # each volume and its record, nothing left over
+    assert sorted(f for f in files if f.endswith(".npy")) == sorted(f[:-5] for f in files if f.endswith(".json"))
+    for path in (tmp_path / "shared").glob("*.npy"):
         assert np.load(path).shape[1:] == (16, 16)
 
 
@@ -80,7 +81,8 @@ def test_cache_rebuilds_a_corrupt_entry(small_ct_ich, tmp_path):
     cache = VolumeCache(tmp_path / "c", 16)
     first = np.array(cache.get(data.scans["049"]))
     cache.path_for(data.scans["049"]).write_bytes(b"junk")
-    np.testing.assert_array_equal(np.array(cache.get(data.scans["049"])), first)
+    with pytest.warns(CacheWarning, match="is unreadable"):
+        np.testing.assert_array_equal(np.array(cache.get(data.scans["049"])), first)
 
 
 def test_batches_collate_to_b_s_c_h_w(small_ct_ich, tmp_path):

@@ -307,8 +307,10 @@ def test_torchrun_two_processes_write_one_set_of_artefacts(two_process_run):
     assert stdout.count("epoch 2/2") == 1
     assert stdout.count("batch 4 scans per step (global) = 2 per process x 2 processes (gloo)") == 1
     # Both ranks built the cold cache together: one whole entry per scan, no temporary files.
-    cache = sorted(two_process_run["cache"].iterdir())
-    assert len(cache) == N_PATIENTS and all(p.suffix == ".npy" for p in cache)
+    files = sorted(p.name for p in two_process_run["cache"].iterdir())
+    cache = sorted(two_process_run["cache"].glob("*.npy"))
+    assert len(cache) == N_PATIENTS and files == sorted([*(p.name for p in cache),
+                                                         *(p.name + ".json" for p in cache)])
     assert all(np.load(p).shape == (6, 32, 32) for p in cache)
 
 

@@ -184,7 +184,7 @@ def test_fit_two_stage_writes_both_stages(two_stage_run):
 def test_cli_two_stage_flag_reaches_the_config(tmp_path, small_ct_ich, monkeypatch):
     seen = {}
 
-    def fake_fit(config, resume=False):
+    def fake_fit(config, resume=False, **kwargs):
         seen["config"] = config
         raise SystemExit(0)
 

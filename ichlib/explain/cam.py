@@ -29,7 +29,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import cv2
 import numpy as np
 import torch
 from pytorch_grad_cam import GradCAM
@@ -37,6 +36,7 @@ from torch import nn
 
 from ichlib.errors import ConfigError, IchlibError
 from ichlib.labels import LABELS, label_index
+from ichlib.preprocess.resize import resize_slices
 
 Normalize = Literal["scan", "slice"] | None
 _NORMALIZE = ("scan", "slice", None)
@@ -321,11 +321,17 @@ def _checked_inputs(x: torch.Tensor | np.ndarray, target: str | Target | None,
 def upsample_maps(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize maps ``[S, h, w]`` to ``size = (H, W)`` the way ``grad-cam`` does.
 
-    Bilinear (``cv2.resize``, ``INTER_LINEAR``, pixel centres aligned), clipped at 0.
+    Bilinear with pixel centres aligned (``align_corners=False``, what ``cv2.resize`` with
+    ``INTER_LINEAR`` does when enlarging), through :func:`~ichlib.preprocess.resize.resize_slices`,
+    clipped at 0.
     """
     height, width = size
-    out = [cv2.resize(np.float32(m), (width, height)) for m in raw]
-    return np.maximum(np.asarray(out, dtype=np.float32).reshape(len(raw), height, width), 0.0)
+    raw = np.asarray(raw, dtype=np.float32)
+    if raw.ndim != 3:
+        raise ConfigError(f"expected maps [S, h, w], got shape {raw.shape}")
+    out = resize_slices(raw, (int(height), int(width))).numpy() if len(raw) else \
+        np.zeros((0, height, width), np.float32)
+    return np.maximum(out, 0.0).astype(np.float32, copy=False)
 
 
 def normalize_scan(maps: np.ndarray) -> np.ndarray:

@@ -3,6 +3,7 @@ scan, and export them as a NIfTI that overlays the scan in any viewer."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ichlib.errors import ConfigError
+from ichlib.errors import ConfigError, DataError
 from ichlib.explain.cam import ScanCAM, scan_grad_cam
 from ichlib.io.load import is_dicom_series, load_volume
 from ichlib.io.nifti import save_like, save_volume
@@ -92,5 +93,8 @@ def save_cam_nifti(path: str | os.PathLike, volume: np.ndarray, like: str | os.P
     if is_dicom_series(like):
         if spacing is None:
             raise ConfigError(f"{like} is a DICOM series: pass its voxel spacing")
+        if not all(math.isfinite(float(s)) and float(s) > 0 for s in spacing):
+            raise DataError(like, f"voxel spacing {tuple(float(s) for s in spacing)} is not positive "
+                                  "and finite; the maps cannot be placed in its geometry")
         return save_volume(path, volume, spacing=spacing, dtype=np.float32)
     return save_like(path, volume, like, description="ichlib Grad-CAM, 0..1")

@@ -38,13 +38,29 @@ class CheckReport:
         return not self.problems
 
     def to_json(self) -> dict:
-        """``{"patients": {id: {"n_slices", <label>: 0|1}}, "problems": [...]}``."""
+        """``{"ok", "counts", "patients": {id: {"n_slices", <label>: 0|1}}, "problems": [...]}``.
+
+        ``counts`` holds the usable ``patients`` and ``slices``, the ``problems``, and the
+        positives per label at patient and slice level (``positive_patients``,
+        ``positive_slices``).
+        """
         patients = {}
+        pats = slices = None
         if self.data is not None:
-            for pid, row in self.data.patients.iterrows():
+            pats, slices = self.data.patients, self.data.slices
+            for pid, row in pats.iterrows():
                 patients[str(pid)] = {"n_slices": int(row["n_slices"]),
                                       **{lab: int(row[lab]) for lab in LABELS}}
+        counts = {
+            "patients": len(patients),
+            "slices": 0 if slices is None else len(slices),
+            "problems": len(self.problems),
+            "positive_patients": {lab: 0 if pats is None else int(pats[lab].sum()) for lab in LABELS},
+            "positive_slices": {lab: 0 if slices is None else int(slices[lab].sum()) for lab in LABELS},
+        }
         return {
+            "ok": self.ok,
+            "counts": counts,
             "patients": patients,
             "problems": [{"path": p.path, "patient_id": p.patient_id, "problem": p.problem}
                          for p in self.problems],

@@ -13,12 +13,14 @@ Patient IDs are the 3-digit zero-padded strings of the file names (``"049"``).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ichlib.errors import DataError
+from ichlib.io.files import MAX_TABLE_BYTES, regular_file
 from ichlib.io.load import read_header
 from ichlib.io.tables import CtIchData, Problem, dataset_root, problem_listing
 from ichlib.labels import CT_ICH_COLUMNS, LABELS, SUBTYPES
@@ -105,10 +107,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
     Raises:
         DataError: If the file is missing, empty, unreadable, or lacks a required column.
     """
-    if path.is_dir():
-        raise DataError(path, "is a directory, expected the label CSV")
-    if not path.exists():
-        raise DataError(path, "label CSV not found")
+    regular_file(path, "label CSV", MAX_TABLE_BYTES)
     try:
         raw = pd.read_csv(path, encoding="utf-8-sig", dtype=str, skipinitialspace=True)
     except pd.errors.EmptyDataError:
@@ -153,8 +152,8 @@ def read_ct_ich(root: str | os.PathLike, on_error: str = "raise") -> CtIchData:
         raise DataError(scan_dir, "missing the ct_scans/ folder of the CT-ICH layout")
     slices, problems = read_label_table(root / LABEL_CSV)
 
-    scans = _index_files(scan_dir)
-    masks = _index_files(root / "masks")
+    scans = _index_files(scan_dir, problems)
+    masks = _index_files(root / "masks", problems)
     csv_ids = set(slices["patient_id"]) | {p.patient_id for p in problems if p.patient_id}
     bad: set[str] = {p.patient_id for p in problems if p.patient_id}
 
@@ -209,26 +208,60 @@ def _check_patient(pid: str, scan: Path, mask: Path | None, numbers: np.ndarray,
     if mask is None:
         return Problem(str(root / "masks" / f"{pid}.nii"), "mask not found", pid)
     try:
-        mask_header = read_header(mask)
+        mask_header = read_header(mask, mask=True)
     except DataError as exc:
         return Problem(exc.path or str(mask), exc.problem, pid)
     if mask_header.shape != header.shape:
         return Problem(str(mask), f"mask shape {mask_header.shape} differs from its scan's "
                        f"{header.shape} (slices, H, W)", pid)
+    if not _same_grid(header.affine, mask_header.affine):
+        return Problem(str(mask), "mask affine differs from its scan's, so the mask does not lie on "
+                       f"the scan's voxels (mask {_fmt_affine(mask_header.affine)}, scan "
+                       f"{_fmt_affine(header.affine)})", pid)
     return n
 
 
-def _index_files(folder: Path) -> dict[str, Path]:
-    """Map patient id to file for ``NNN.nii`` / ``NNN.nii.gz`` in ``folder``."""
-    found: dict[str, Path] = {}
+def _same_grid(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    """Whether two affines place voxels within 0.01 mm (unknown or non-finite ones are not compared)."""
+    if a is None or b is None or not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return True
+    return bool(np.allclose(a, b, rtol=0.0, atol=1e-2))
+
+
+def _fmt_affine(affine: np.ndarray | None) -> str:
+    if affine is None:
+        return "unknown"
+    return "[" + "; ".join(" ".join(f"{v:g}" for v in row) for row in np.asarray(affine)[:3]) + "]"
+
+
+def _index_files(folder: Path, problems: list[Problem]) -> dict[str, Path]:
+    """Map patient id to file for ``NNN.nii`` / ``NNN.nii.gz`` in ``folder``.
+
+    A NIfTI file whose name is not a patient number in ASCII digits (``1².nii``, ``scan.nii``)
+    is a problem of its own, and so are two files that name the same patient (``0001.nii``
+    beside ``001.nii``, or ``001.nii`` beside ``001.nii.gz``): that patient gets no file.
+    """
+    found: dict[str, list[Path]] = {}
     if not folder.is_dir():
-        return found
+        return {}
     for path in sorted(folder.iterdir()):
         name = path.name
         stem = name[:-7] if name.endswith(".nii.gz") else name[:-4] if name.endswith(".nii") else None
-        if stem is not None and stem.isdigit():
-            found.setdefault(_patient_id_of(stem), path)
-    return found
+        if stem is None:
+            continue
+        if not _ASCII_NUMBER.fullmatch(stem):
+            problems.append(Problem(str(path), f"file name {name!r} is not a patient number (ASCII "
+                                    "digits, as in 049.nii); rename or remove the file"))
+            continue
+        found.setdefault(_patient_id_of(stem), []).append(path)
+    for pid, paths in found.items():
+        if len(paths) > 1:
+            problems.append(Problem(str(folder), f"{' and '.join(p.name for p in paths)} both name "
+                                    f"patient {pid}; keep one", pid))
+    return {pid: paths[0] for pid, paths in found.items()}
+
+
+_ASCII_NUMBER = re.compile(r"[0-9]+")
 
 
 def _ranges(numbers: np.ndarray) -> str:

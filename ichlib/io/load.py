@@ -17,15 +17,19 @@ from ichlib.io.nifti import is_nifti_name, load_nifti, load_nifti_mask, read_nif
 from ichlib.io.volume import Volume, VolumeHeader
 
 
-def read_header(path: str | os.PathLike) -> VolumeHeader:
-    """Read and validate a scan's header without reading any voxel.
+def read_header(path: str | os.PathLike, mask: bool = False) -> VolumeHeader:
+    """Read and validate a scan's (or a NIfTI mask's) header without reading any voxel.
+
+    Args:
+        path: A NIfTI file, a DICOM series folder or a ``.series`` manifest.
+        mask: A NIfTI mask rather than a CT scan (any voxel type is allowed).
 
     Raises:
         DataError: If the path is not a readable 3D volume of a sane size.
     """
     if is_dicom_series(path):
         return read_dicom_series_header(path)
-    return read_nifti_header(path)
+    return read_nifti_header(path, mask=mask)
 
 
 def load_volume(path: str | os.PathLike) -> Volume:

@@ -10,29 +10,42 @@ slice axis and silently mislabel every slice.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import os
+import warnings
 import zlib
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from ichlib.errors import ConfigError, DataError
+from ichlib.errors import ConfigError, DataError, DataWarning
 from ichlib.io.atomic import atomic_path
-from ichlib.io.volume import MAX_EXTENT, MAX_VOXELS, Volume, VolumeHeader
+from ichlib.io.files import regular_file
+from ichlib.io.volume import MAX_EXTENT, MAX_VOXELS, Volume, VolumeHeader, hu_problem
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
-def read_nifti_header(path: str | os.PathLike) -> VolumeHeader:
+def read_nifti_header(path: str | os.PathLike, mask: bool = False) -> VolumeHeader:
     """Read and validate a NIfTI header without reading any voxel.
+
+    Args:
+        path: The file.
+        mask: It is a mask (0/nonzero, any type), not a CT scan (whose voxel type must be
+            able to hold HU).
 
     Raises:
         DataError: If the path is not a readable 3D NIfTI volume of a sane size.
     """
     path = Path(path)
-    return _header_of(_open_nifti(path), path)
+    img = _open_nifti(path)
+    header = _header_of(img, path)
+    if not mask:
+        _check_scan_dtype(img, path)
+    return header
 
 
 def load_nifti(path: str | os.PathLike) -> Volume:
@@ -45,6 +58,7 @@ def load_nifti(path: str | os.PathLike) -> Volume:
     path = Path(path)
     img = _open_nifti(path)
     header = _header_of(img, path)
+    _check_scan_dtype(img, path)
     data = _read_voxels(img, path)
     if not np.isfinite(data).all():
         bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
@@ -52,6 +66,9 @@ def load_nifti(path: str | os.PathLike) -> Volume:
     if data.size and float(data.min()) == float(data.max()):
         raise DataError(path, f"volume is constant ({float(data.min()):g} everywhere); "
                               "it holds no image")
+    problem = hu_problem(data)
+    if problem:
+        raise DataError(path, problem)
     return Volume(hu=_to_slices_first(data), spacing=header.spacing, path=path)
 
 
@@ -64,6 +81,8 @@ def load_nifti_mask(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     img = _open_nifti(path)
     _header_of(img, path)
+    if img.header.get_data_dtype().kind == "c":
+        raise DataError(path, "mask holds complex values")
     data = _read_voxels(img, path)
     if not np.isfinite(data).all():
         raise DataError(path, "mask holds NaN or Inf values")
@@ -92,6 +111,8 @@ def save_volume(path: str | os.PathLike, hu: np.ndarray,
     path = Path(path)
     if hu.ndim != 3:
         raise ValueError(f"expected [slices, H, W], got shape {hu.shape}")
+    if not all(np.isfinite(float(s)) and float(s) > 0 for s in spacing):
+        raise ConfigError(f"{path}: voxel spacing {tuple(spacing)} is not positive and finite")
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         if not np.issubdtype(hu.dtype, np.integer):
@@ -137,6 +158,9 @@ def save_like(path: str | os.PathLike, volume: np.ndarray, like: str | os.PathLi
     if tuple(volume.shape) != header.shape:
         raise ConfigError(f"volume {tuple(volume.shape)} does not match {like} {header.shape}")
     source = _open_nifti(like)
+    problem = _geometry_problem(source, like)
+    if problem:
+        raise DataError(like, f"{problem}; the maps cannot be placed in its geometry")
     data = np.ascontiguousarray(np.transpose(np.asarray(volume, dtype=np.float32), (2, 1, 0)))
     img = nib.Nifti1Image(data, None)
     qform, qcode = source.header.get_qform(coded=True)
@@ -164,7 +188,7 @@ def _open_nifti(path: Path) -> nib.Nifti1Image:
         raise DataError(path, "file not found")
     if not os.access(path, os.R_OK):
         raise DataError(path, "no permission to read the file")
-    size = path.stat().st_size
+    size = regular_file(path, "NIfTI file")
     if size == 0:
         raise DataError(path, "file is empty (0 bytes)")
     if path.name.endswith(".gz"):
@@ -208,16 +232,70 @@ def _header_of(img: nib.Nifti1Image, path: Path) -> VolumeHeader:
         raise DataError(path, f"header claims an implausible shape {shape}; refusing to "
                               f"allocate it (limit {MAX_EXTENT} per axis, {MAX_VOXELS} voxels)")
     dtype = img.header.get_data_dtype()
-    if not path.name.endswith(".gz"):
-        # nibabel resets the loaded header's vox_offset to 0; the proxy keeps the real one.
-        offset = int(getattr(img.dataobj, "offset", img.header["vox_offset"]))
-        expected = offset + int(np.prod(shape)) * dtype.itemsize
-        actual = path.stat().st_size
-        if actual < expected:
-            raise DataError(path, f"file is truncated: {actual} bytes, the header needs {expected}")
+    # nibabel resets the loaded header's vox_offset to 0; the proxy keeps the real one.
+    offset = int(getattr(img.dataobj, "offset", img.header["vox_offset"]))
+    first = int(img.header["sizeof_hdr"]) + 4  # a single-file NIfTI's voxels follow its header
+    if offset < first:
+        raise DataError(path, f"header says the voxels start at byte {offset} (vox_offset), inside "
+                              f"the {first - 4}-byte header; they would be read shifted")
+    expected = offset + int(np.prod(shape)) * dtype.itemsize
+    actual = path.stat().st_size
+    if not path.name.endswith(".gz") and actual < expected:
+        raise DataError(path, f"file is truncated: {actual} bytes, the header needs {expected}")
+    if path.name.endswith(".gz") and expected > _MAX_GZIP_RATIO * actual + (1 << 16):
+        raise DataError(path, f"header claims {expected / 1e6:.0f} MB of voxels, more than a "
+                              f"{actual}-byte gzip file can hold (deflate expands at most about "
+                              f"{_MAX_GZIP_RATIO}:1); refusing to allocate it")
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    problem = _geometry_problem(img, path)
+    if problem:
+        warnings.warn(f"{path}: {problem}; the scan's geometry is unknown (prediction does not "
+                      "need it; maps in its geometry cannot be written)", DataWarning, stacklevel=4)
     return VolumeHeader(shape=(shape[2], shape[1], shape[0]),
-                        spacing=(zooms[2], zooms[1], zooms[0]), dtype=dtype)
+                        spacing=(zooms[2], zooms[1], zooms[0]), dtype=dtype,
+                        affine=np.asarray(img.affine, dtype=np.float64))
+
+
+#: Largest expansion of deflate (about 1032:1); a gzip file cannot hold more than this.
+_MAX_GZIP_RATIO = 1100
+
+
+def _geometry_problem(img: nib.Nifti1Image, path: Path) -> str | None:
+    """Why a NIfTI's voxel sizes or affine are unusable (NaN, zero, singular), or None."""
+    zooms = [float(z) for z in _raw_header(img, path).get_zooms()[:3]]
+    if not all(np.isfinite(z) and z > 0 for z in zooms):
+        return f"voxel size {tuple(zooms)} (pixdim) is not positive and finite"
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.isfinite(affine).all():
+        return "its affine (sform/qform) holds NaN or Inf"
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        return "its affine (sform/qform) is singular"
+    return None
+
+
+def _raw_header(img: nib.Nifti1Image, path: Path) -> nib.Nifti1Header:
+    """The header as the file has it: nibabel's loader quietly sets zero voxel sizes to 1."""
+    with contextlib.suppress(Exception):
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rb") as fh:
+            block = fh.read(int(img.header["sizeof_hdr"]))
+        return type(img.header).from_fileobj(io.BytesIO(block), check=False)
+    return img.header
+
+
+def _check_scan_dtype(img: nib.Nifti1Image, path: Path) -> None:
+    """Refuse voxel types that cannot hold a CT in HU: complex, boolean, structured (RGB), and
+    8-bit integers without ``scl_slope``/``scl_inter`` (a mask, or a rescaled image)."""
+    dtype = img.header.get_data_dtype()
+    if dtype.kind in "cbV":
+        kind = {"c": "complex", "b": "boolean", "V": "structured (RGB?)"}[dtype.kind]
+        raise DataError(path, f"voxels are {kind} ({dtype}); a CT volume holds real HU values")
+    # nibabel moves scl_slope / scl_inter from the loaded header to the data proxy
+    slope, inter = getattr(img.dataobj, "slope", 1.0), getattr(img.dataobj, "inter", 0.0)
+    scaled = float(slope) != 1.0 or float(inter) != 0.0
+    if dtype.kind in "iu" and dtype.itemsize == 1 and not scaled:
+        raise DataError(path, f"voxels are {dtype} without scl_slope/scl_inter, which cannot hold HU "
+                              "(air is about -1000, bone above 1000): a mask or a rescaled image?")
 
 
 def _read_voxels(img: nib.Nifti1Image, path: Path) -> np.ndarray:

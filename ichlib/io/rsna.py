@@ -47,6 +47,7 @@ from ichlib.io.dicom.headers import (
 )
 from ichlib.io.dicom.ordering import MAX_GAP_RATIO, SeriesLayout, order_slices
 from ichlib.io.dicom.series import write_series_manifest
+from ichlib.io.files import MAX_TABLE_BYTES, regular_file
 from ichlib.io.tables import CtIchData, Problem, dataset_root, problem_listing
 from ichlib.labels import LABELS, SUBTYPES
 
@@ -59,7 +60,7 @@ RSNA_IMAGE_DIRS: tuple[str, ...] = ("stage_2_train", "stage_2_train_images",
 RSNA_LABEL_ORDER: tuple[str, ...] = ("epidural", "intraparenchymal", "intraventricular",
                                      "subarachnoid", "subdural", "any")
 #: Version of the header cache format; a cache of another version is rebuilt.
-HEADER_CACHE_VERSION = 1
+HEADER_CACHE_VERSION = 2
 #: Below this many files to read, headers are read in this process.
 _PARALLEL_MIN_FILES = 2000
 
@@ -117,8 +118,7 @@ def read_rsna_labels(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, dict[st
         DataError: If the file is missing, empty, or lacks the ``ID`` or ``Label`` column.
     """
     path = Path(csv_path)
-    if not path.is_file():
-        raise DataError(path, "label CSV not found" if not path.exists() else "not a file")
+    regular_file(path, "label CSV", MAX_TABLE_BYTES)
     try:
         raw = pd.read_csv(path, encoding="utf-8-sig", dtype=str, keep_default_na=False,
                           skipinitialspace=True)
@@ -469,7 +469,13 @@ def _series_table(slices: pd.DataFrame, info: dict[str, dict]) -> pd.DataFrame:
 
 
 def _safe_name(uid: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", uid) or "series"
+    """A file name for a series: its UID made safe and short, plus a hash of the exact UID.
+
+    Two UIDs that differ only in characters replaced here (``1.2/3`` and ``1.2_3``), or only
+    in case (on a case-insensitive file system), still get distinct names.
+    """
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", uid)[:96] or "series"
+    return f"{safe}-{hashlib.sha1(uid.encode()).hexdigest()[:12]}"
 
 
 def _digest(path: Path) -> str:

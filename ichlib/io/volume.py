@@ -49,32 +49,23 @@ class VolumeHeader:
         shape: ``(slices, H, W)`` in the :class:`Volume` convention.
         spacing: ``(slice, row, column)`` in mm.
         dtype: The on-disk voxel type.
+        affine: The voxel-to-world matrix (NIfTI; None for DICOM).
     """
 
     shape: tuple[int, int, int]
     spacing: tuple[float, float, float]
     dtype: np.dtype
+    affine: np.ndarray | None = None
 
 
+def hu_problem(hu: np.ndarray) -> str | None:
+    """Why a finite volume cannot be Hounsfield units, or None.
 
-
-
-
-
-
-
-
-
-
-# --- internals -------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
+    Every value in [0, 1] is a normalised image or a mask, not CT: a head CT holds air near
+    -1000 HU and bone above 300 HU.
+    """
+    if hu.size and float(hu.min()) >= 0.0 and float(hu.max()) <= 1.0:
+        return (f"all values lie in [{float(hu.min()):g}, {float(hu.max()):g}]: a normalised image or "
+                "a mask, not Hounsfield units (a head CT holds air near -1000 HU)")
+    return None
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ichlib.errors import ConfigError, DataError
+from ichlib.errors import ConfigError, DataError, WriteError
 from ichlib.io.load import load_mask, load_volume
 from ichlib.io.tables import CtIchData
 from ichlib.preprocess.cache import VolumeCache
@@ -149,7 +149,7 @@ class ScanDataset(Dataset):
     def resized_volume(self, patient_id: str) -> np.ndarray:
         """The whole resized HU volume ``[N, H, W]`` of a patient (cached if enabled)."""
         if self._cache is not None:
-            return self._cache.get(self.data.scans[patient_id])
+            return self._cache.get(self.data.scans[patient_id], n_slices=len(self._labels[patient_id]))
         return resample_volume(load_volume(self.data.scans[patient_id]).hu, self.config.img_size)
 
     def __getitem__(self, index: int) -> dict:
@@ -159,10 +159,7 @@ class ScanDataset(Dataset):
         n_slices = labels.shape[0]
         idx = uniform_indices(n_slices, self.config.seq_len, jitter=self.train, rng=rng)
         if self._cache is not None:
-            volume = self._cache.get(self.data.scans[pid])
-            if volume.shape[0] != n_slices:
-                raise DataError(self.data.scans[pid], f"cached volume has {volume.shape[0]} slices, "
-                                                      f"labels have {n_slices}")
+            volume = self._cache.get(self.data.scans[pid], n_slices=n_slices)
             x = to_model_input(np.asarray(volume[idx], dtype=np.float32), self.config.windows)
         else:
             x, _ = prepare_scan(load_volume(self.data.scans[pid]).hu, self.config, idx)
@@ -183,7 +180,9 @@ class ScanDataset(Dataset):
         failed = []
         for pid in self.patient_ids:
             try:
-                self._cache.get(self.data.scans[pid])
+                self.resized_volume(pid)
+            except WriteError:
+                raise  # the cache folder is full or read-only: not this scan's fault
             except DataError:
                 failed.append(pid)
         return failed

@@ -21,6 +21,8 @@ _NAMES = {
     "make_loader": ".loaders",
     "RunLog": ".log",
     "results_table": ".metrics",
+    "RunFolderWarning": ".runfolder",
+    "run_folder": ".runfolder",
     "score_predictions": ".metrics",
     "EndToEnd": ".strategies",
     "TwoStage": ".strategies",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ichlib.errors import ConfigError, DataError
+from ichlib.errors import ConfigError, DataError, WriteError
 from ichlib.io.cachedir import default_cache_dir
 from ichlib.io.folder import read_dataset
 from ichlib.io.tables import CtIchData
@@ -126,6 +126,8 @@ def _build_cache(data: CtIchData, config: TrainConfig, cache_dir: Path, dist: Di
     for pid in log.bar(data.patient_ids, desc="cache"):
         try:
             everyone.resized_volume(pid)
+        except WriteError:
+            raise  # a full or read-only cache folder is not a broken scan: stop
         except DataError as exc:
             failed[pid] = exc
     if failed and not config.skip_bad:

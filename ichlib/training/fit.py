@@ -14,7 +14,8 @@
 
 Files in ``out_dir``: ``last.pt`` (full training state, every epoch), ``best.pt`` (the
 model to use, with everything :mod:`ichlib.predict` needs), ``history.csv`` and
-``metrics.json``; two-stage runs also keep ``stage1.pt``. All are written atomically.
+``metrics.json``; two-stage runs also keep ``stage1.pt``. All are written atomically. The
+folder is locked for the run and never mixes two runs (:mod:`ichlib.training.runfolder`).
 Results on the synthetic phantom are labelled ``"data": "synthetic"``.
 """
 
@@ -30,17 +31,19 @@ import torch
 
 from ichlib.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from ichlib.device import describe_precision, resolve_amp, resolve_device
-from ichlib.errors import ConfigError
+from ichlib.errors import ConfigError, RunInterrupted
 from ichlib.io.atomic import atomic_write_text
+from ichlib.io.cachedir import default_cache_dir
 from ichlib.io.folder import is_synthetic
 from ichlib.training.config import RESUME_FREE, TrainConfig
 from ichlib.training.data import PreparedData, prepare_data
-from ichlib.training.distributed import DistContext, session
+from ichlib.training.distributed import DistContext, is_main_process, session
 from ichlib.training.engine import EarlyStopping, deterministic_mode, evaluate, seed_everything
 from ichlib.training.evaluation import final_evaluation, json_safe
 from ichlib.training.loaders import make_loader
 from ichlib.training.log import RunLog
 from ichlib.training.metrics import choose_thresholds, score_predictions
+from ichlib.training.runfolder import RunProgress, run_folder
 from ichlib.training.strategies import EndToEnd, Strategy, TwoStage, build_criterion, build_model
 
 #: The keys a resumable ``last.pt`` must have.
@@ -70,15 +73,19 @@ class FitResult:
 
 
 def fit(config: TrainConfig, resume: bool = False, log: RunLog | None = None,
-        on_epoch_end: Callable[[int, dict], None] | None = None, epochs_only: bool = False) -> FitResult:
+        on_epoch_end: Callable[[int, dict], None] | None = None, epochs_only: bool = False,
+        existing: str = "clear") -> FitResult:
     """Train, select on validation, test once; write the run folder.
+
+    The run holds ``out_dir`` for itself (:func:`~ichlib.training.runfolder.run_folder`): a
+    second run into it fails at once, naming this one.
 
     Args:
         config: The run's settings.
         resume: Continue from ``out_dir/last.pt`` if it exists (model, optimizer,
             scheduler, epoch, RNG states, history, best score); a finished run is only
             evaluated again. The saved config must match except for paths, workers,
-            device and progress. Without ``resume`` an existing run folder is overwritten.
+            device and progress.
         log: Where progress goes (default: :class:`~ichlib.training.log.RunLog` with
             ``config.progress``).
         on_epoch_end: Called as ``on_epoch_end(epochs_done, history_row)`` after each
@@ -86,15 +93,34 @@ def fit(config: TrainConfig, resume: bool = False, log: RunLog | None = None,
         epochs_only: Stop after the epochs (no stage 2, no test, no ``metrics.json``):
             a cross-validated two-stage run trains every fold's stage 1 first
             (:mod:`ichlib.training.cv`).
+        existing: Without ``resume``, what to do with a folder holding an older run:
+            ``"clear"`` its files (with a :class:`~ichlib.training.runfolder.RunFolderWarning`)
+            or ``"refuse"`` it (what ``ichlib train`` does unless ``--overwrite``).
 
     Returns:
         :class:`FitResult`.
+
+    Raises:
+        RunInterrupted: On Ctrl-C, saying what was saved (a ``KeyboardInterrupt``).
+        IchlibError: The folder is in use, or holds an older run and ``existing="refuse"``.
     """
+    cache_dir = config.cache_dir or default_cache_dir()
+    with run_folder(config.out_dir, config.epochs, resume, existing, is_main_process(),
+                    cache_dir) as progress:
+        try:
+            return _fit(config, resume, log, on_epoch_end, progress, epochs_only)
+        except KeyboardInterrupt:
+            raise RunInterrupted(progress.interrupted_message()) from None
+
+
+def _fit(config: TrainConfig, resume: bool, log: RunLog | None,
+         on_epoch_end: Callable[[int, dict], None] | None, progress: RunProgress,
+         epochs_only: bool = False) -> FitResult:
+    """The run itself (see :func:`fit`); ``progress`` follows the epochs saved."""
     log = log or RunLog(config.progress)
     if on_epoch_end is not None:
         log = RunLog(log.progress, on_epoch_end, log.main)
     out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     amp_dtype = resolve_amp(config.amp, device)
     with deterministic_mode(config.deterministic), session(device, config.batch_size) as dist:
@@ -111,6 +137,7 @@ def fit(config: TrainConfig, resume: bool = False, log: RunLog | None = None,
         strategy = strategy_type(config, prepared, model, criterion, device, amp_dtype, dist, log)
         tracker = EarlyStopping(strategy.monitor, config.patience)
         history = _resume(out / "last.pt", config, prepared, strategy, tracker, dist, log) if resume else []
+        progress.epochs_saved = len(history)
         log.info(_start_line(config, prepared, data_kind, strategy))
         base = {"config": config.to_dict(), "preprocess": config.preprocess.to_dict(),
                 "model_config": model.model_config, "data": data_kind, "split": prepared.split,
@@ -128,6 +155,7 @@ def fit(config: TrainConfig, resume: bool = False, log: RunLog | None = None,
             improved = dist.agree_with_main(tracker, tracker.update(_score(row, val, tracker.monitor), epoch + 1))
             history.append({**row, "best": improved})
             _save_epoch(out, base, strategy, tracker, history, thresholds, improved, dist)
+            progress.epochs_saved = len(history)
             line = strategy.epoch_line(epoch, stats, val, row)
             log.epoch(epoch + 1, history[-1], line + ("  *best" if improved else "")
                       + ("  (early stop)" if tracker.stopped else ""))

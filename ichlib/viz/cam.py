@@ -10,8 +10,10 @@ Slices are named by CT-ICH's 1-based ``SliceNumber`` (``slice_indices + 1``).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -288,14 +290,16 @@ def _save(fig: Figure, path: str | os.PathLike | None) -> Figure:
 
 def write_cam_report(model: nn.Module, config, scan_path: str | os.PathLike,
                      out_dir: str | os.PathLike, top_k: int = 6, save_nifti: bool = True,
-                     label: str | None = None) -> list[Path]:
+                     label: str | None = None, stem: str | None = None,
+                     synthetic: bool = False) -> list[Path]:
     """Explain one scan: a PNG of its most important slices, and optionally a NIfTI of the maps.
 
     The scan is preprocessed with :func:`~ichlib.preprocess.dataset.prepare_scan`, and Grad-CAM is
     computed for the patient-level ``label`` (default: the label with the highest
     predicted probability), normalised across the scan.
 
-    Files (``STEM`` is the scan's file name without ``.nii``/``.nii.gz``):
+    Files (``STEM`` is ``stem``, by default the scan's file name without ``.nii``/``.nii.gz``;
+    give several scans of one name distinct stems with :func:`unique_stems`):
 
     - ``STEM_cam_LABEL.png``: the ``top_k`` slices with the highest importance, map over
       the windowed slice; all six probabilities in the title; importance along the scan.
@@ -306,11 +310,13 @@ def write_cam_report(model: nn.Module, config, scan_path: str | os.PathLike,
     Args:
         model: Trained model (its device is used).
         config: The :class:`~ichlib.preprocess.dataset.PreprocessConfig` the model was trained with.
-        scan_path: A NIfTI CT volume.
+        scan_path: A NIfTI CT volume or a DICOM series.
         out_dir: Output folder (created if needed).
         top_k: Number of slices in the figure.
         save_nifti: Also write the map volume.
         label: Label to explain; None for the most probable one.
+        stem: Output name stem (default: from the scan's file name).
+        synthetic: The model was trained on the synthetic phantom: the title says SYNTHETIC.
 
     Returns:
         The paths written, PNG first.
@@ -319,10 +325,11 @@ def write_cam_report(model: nn.Module, config, scan_path: str | os.PathLike,
     explained = explain_scan(model, config, scan_path, label)
     result = explained.cam
     name = scan_path.name
-    stem = name[:-7] if name.endswith(".nii.gz") else name[:-4] if name.endswith(".nii") else name
+    stem = stem or scan_stem(scan_path)
     probs = ", ".join(f"{n} {p:.2f}" for n, p in zip(LABELS, result.probabilities, strict=True))
     title = f"{name}: Grad-CAM for '{result.label}' (p = {result.probability:.2f})\n{probs}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if synthetic:
+        title = f"{SYNTHETIC_TITLE}\n{title}"
     png = out_dir / f"{stem}_cam_{result.label}.png"
     fig = plot_cam_montage(explained.x, result, top_k=top_k, title=title, path=png)
     plt.close(fig)
@@ -332,3 +339,30 @@ def write_cam_report(model: nn.Module, config, scan_path: str | os.PathLike,
         written.append(save_cam_nifti(target, explained.map_volume(), scan_path,
                                       spacing=explained.volume.spacing))
     return written
+
+
+#: First line of a Grad-CAM figure's title when the model was trained on the phantom.
+SYNTHETIC_TITLE = "SYNTHETIC: model trained on the synthetic phantom; not for any clinical use"
+
+
+def scan_stem(scan_path: str | os.PathLike) -> str:
+    """A scan's file name without ``.nii``/``.nii.gz`` (a DICOM folder or manifest: its name)."""
+    name = Path(scan_path).name
+    return name[:-7] if name.endswith(".nii.gz") else name[:-4] if name.endswith(".nii") else name
+
+
+def unique_stems(scans: Sequence[str | os.PathLike]) -> dict[Path, str]:
+    """An output stem per scan, distinct for distinct scans (``a/scan.nii``, ``b/scan.nii``).
+
+    A scan whose stem no other scan shares keeps it; otherwise its parent folder's name is
+    put in front (``a_scan``), and where that still collides, a short hash of the resolved
+    path is added. The same path given twice gets the same stem.
+    """
+    paths = list(dict.fromkeys(Path(s) for s in scans))
+    stems = {p: scan_stem(p) for p in paths}
+    for attempt in (lambda p: f"{p.resolve().parent.name}_{scan_stem(p)}",
+                    lambda p: f"{p.resolve().parent.name}_{scan_stem(p)}_"
+                              f"{hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:8]}"):
+        counts = Counter(stems.values())
+        stems = {p: (attempt(p) if counts[stem] > 1 else stem) for p, stem in stems.items()}
+    return stems

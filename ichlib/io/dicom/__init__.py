@@ -1,4 +1,4 @@
-"""CT DICOM series: headers, pixels to HU, slice order, and the series loader.
+"""CT DICOM series: headers, pixels to HU, slice order, Enhanced CT frames, and the series loader.
 
 See :mod:`ichlib.io.dicom.series` for the conventions (slice order along the normal, HU from
 the modality LUT, padding to air).
@@ -7,6 +7,7 @@ the modality LUT, padding to air).
 from ichlib._lazy import lazy_exports
 
 _NAMES = {
+    "frame_headers": ".enhanced",
     "NotDicomError": ".headers",
     "SliceHeader": ".headers",
     "read_slice_header": ".headers",

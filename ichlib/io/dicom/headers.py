@@ -20,6 +20,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from ichlib.errors import DataError
+from ichlib.io.files import MAX_DICOM_BYTES, regular_file
 
 # Explicit-VR value representations whose length field is 4 bytes (after 2 reserved bytes).
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
@@ -60,6 +61,10 @@ class SliceHeader:
         rescale_intercept: ``RescaleIntercept`` (0 when absent).
         rescale_slope: ``RescaleSlope`` (1 when absent).
         pixel_problem: Why the pixel data cannot be read (missing, truncated), or None.
+        modality: ``Modality`` ("" when absent).
+        frame: For one frame of an enhanced (multi-frame) image, its 0-based index in the
+            file; None for a single-frame file. Its geometry and rescale then come from the
+            functional groups (:func:`frame_headers`).
     """
 
     path: Path
@@ -84,6 +89,13 @@ class SliceHeader:
     rescale_intercept: float
     rescale_slope: float
     pixel_problem: str | None = None
+    modality: str = ""
+    frame: int | None = None
+
+    @property
+    def name(self) -> str:
+        """The file's name, and the frame of an enhanced image (for messages)."""
+        return self.path.name if self.frame is None else f"{self.path.name} (frame {self.frame + 1})"
 
     @property
     def dtype(self) -> np.dtype:
@@ -116,6 +128,7 @@ class SliceHeader:
             "pixel_representation": str(self.pixel_representation), "samples": str(self.samples),
             "frames": str(self.frames), "rescale_intercept": repr(self.rescale_intercept),
             "rescale_slope": repr(self.rescale_slope), "pixel_problem": self.pixel_problem or "",
+            "modality": self.modality,
         }
 
     @classmethod
@@ -140,6 +153,7 @@ class SliceHeader:
             rescale_intercept=float(record["rescale_intercept"]),
             rescale_slope=float(record["rescale_slope"]),
             pixel_problem=record["pixel_problem"] or None,
+            modality=record.get("modality", ""),
         )
 
 
@@ -148,7 +162,7 @@ RECORD_FIELDS: tuple[str, ...] = (
     "file", "sop_uid", "series_uid", "study_uid", "patient_id", "position", "orientation",
     "rows", "columns", "pixel_spacing", "slice_thickness", "instance_number", "transfer_syntax",
     "bits_allocated", "bits_stored", "high_bit", "pixel_representation", "samples", "frames",
-    "rescale_intercept", "rescale_slope", "pixel_problem",
+    "rescale_intercept", "rescale_slope", "pixel_problem", "modality",
 )
 
 
@@ -163,6 +177,12 @@ def read_slice_header(path: str | os.PathLike) -> SliceHeader:
         NotDicomError: The file is empty, not DICOM, or DICOM without an image.
         DataError: The file is DICOM but its header cannot be read, or it cannot be opened.
     """
+    return read_header_dataset(path)[1]
+
+
+def read_header_dataset(path: str | os.PathLike) -> tuple[pydicom.Dataset, SliceHeader]:
+    """The header dataset (``stop_before_pixels``) and :class:`SliceHeader` of one file
+    (see :func:`read_slice_header`)."""
     path = Path(path)
     size = _file_size(path)
     try:
@@ -178,7 +198,7 @@ def read_slice_header(path: str | os.PathLike) -> SliceHeader:
     except Exception as exc:  # pydicom raises many types for a broken header
         raise DataError(path, f"DICOM header is unreadable ({type(exc).__name__}: {exc})") from exc
     header = _header_from_dataset(ds, path, None)
-    return replace(header, pixel_problem=_pixel_element_problem(ds, element, pixel_tell, size))
+    return ds, replace(header, pixel_problem=_pixel_element_problem(ds, element, pixel_tell, size))
 
 
 @functools.lru_cache(maxsize=64)
@@ -213,9 +233,8 @@ def check_slice_header(header: SliceHeader) -> None:
     path = header.path
     if header.pixel_problem:
         raise DataError(path, header.pixel_problem)
-    if header.frames != 1:
-        raise DataError(path, f"multi-frame image ({header.frames} frames); only one slice per "
-                              "file is supported (export the series as single-frame images)")
+    if header.frames != 1 and header.frame is None:
+        raise DataError(path, multiframe_problem(header.frames))
     if header.samples != 1:
         raise DataError(path, f"{header.samples} samples per pixel; a CT slice is greyscale")
     if header.bits_allocated not in (8, 16, 32) or not 1 <= header.bits_stored <= header.bits_allocated:
@@ -231,6 +250,13 @@ def check_slice_header(header: SliceHeader) -> None:
                               "can read it; install one that pydicom supports (e.g. "
                               "'pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg', or "
                               "'python-gdcm', or Pillow for JPEG 2000 / baseline JPEG)")
+
+
+def multiframe_problem(frames: int) -> str:
+    """Why a multi-frame file cannot be read as one slice."""
+    return (f"multi-frame image ({frames} frames) read as one slice (no per-frame functional "
+            "groups, or a layout of one image per file); ichlib reads single-frame series and "
+            "Enhanced CT files")
 
 
 def _is_12bit_bug(bits_stored: int, pixel_representation: int, intercept: float) -> bool:
@@ -273,12 +299,7 @@ def _quiet_pydicom() -> Iterator[None]:
 
 
 def _file_size(path: Path) -> int:
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise DataError(path, "file not found") from None
-    except OSError as exc:
-        raise DataError(path, f"cannot read the file ({exc.strerror or exc})") from exc
+    size = regular_file(path, "DICOM file", MAX_DICOM_BYTES)
     if size == 0:
         raise NotDicomError(path, "empty file (0 bytes)")
     return size
@@ -330,15 +351,74 @@ def _header_from_dataset(ds: pydicom.Dataset, path: Path, pixel_problem: str | N
                 pixel_representation=int(ds.get("PixelRepresentation", 0)),
                 samples=int(ds.get("SamplesPerPixel", 1)),
                 frames=int(ds.get("NumberOfFrames", 1) or 1),
-                rescale_intercept=float(ds.get("RescaleIntercept", 0) or 0),
-                rescale_slope=float(ds.get("RescaleSlope", 1) or 1),
+                rescale_intercept=_rescale(ds, "RescaleIntercept", 0.0, path),
+                rescale_slope=_rescale(ds, "RescaleSlope", 1.0, path),
                 pixel_problem=pixel_problem,
+                modality=str(ds.get("Modality", "") or "").strip().upper(),
             )
         except (TypeError, ValueError) as exc:
             raise DataError(path, f"malformed image header ({exc})") from exc
+        padding_value(ds, path)  # a padding value that is not a number is refused here
     if not header.series_uid:
         raise DataError(path, "DICOM image has no SeriesInstanceUID")
+    if header.modality not in CT_MODALITIES:
+        raise DataError(path, f"Modality {header.modality} ({_uid_name(sop_class) or 'no SOP class'}) "
+                              "is not CT; ichlib reads CT in Hounsfield units")
     return header
+
+
+#: Modalities read as CT ("": files that do not say, such as some anonymised exports).
+CT_MODALITIES = ("CT", "")
+
+
+def _rescale(ds: pydicom.Dataset, keyword: str, default: float, path: Path) -> float:
+    """``RescaleSlope`` or ``RescaleIntercept`` of ``ds`` (see :func:`rescale_value`)."""
+    return rescale_value(ds.get(keyword), keyword, default, path)
+
+
+def rescale_value(raw: object, keyword: str, default: float, path: str | os.PathLike | None) -> float:
+    """A ``RescaleSlope`` or ``RescaleIntercept`` value as a finite float (a slope must not be 0).
+
+    Raises:
+        DataError: NaN, Inf, a zero slope, or not a number.
+    """
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise DataError(path, f"{keyword} {raw!r} is not a number") from None
+    if not math.isfinite(value) or (keyword == "RescaleSlope" and value == 0):
+        raise DataError(path, f"{keyword} is {value}; the stored values cannot be turned into HU")
+    return value
+
+
+def padding_value(ds: pydicom.Dataset, path: str | os.PathLike | None) -> tuple[int, int] | None:
+    """``(PixelPaddingValue, PixelPaddingRangeLimit or the value)`` as stored integers, or None.
+
+    Raises:
+        DataError: A padding value (or range limit) that is not a whole number.
+    """
+    values = []
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    for keyword in ("PixelPaddingValue", "PixelPaddingRangeLimit"):
+        raw = ds.get(keyword)
+        if raw is None or raw == "" or (isinstance(raw, (bytes, list)) and not len(raw)):
+            values.append(None)
+            continue
+        if isinstance(raw, bytes) and len(raw) == 2:  # US or SS left undecided by the reader
+            raw = int.from_bytes(raw, "little", signed=signed)
+        try:
+            number = float(raw)
+        except (TypeError, ValueError):
+            raise DataError(path, f"{keyword} {raw!r} is not a number; cannot tell padding from "
+                                  "image") from None
+        if not math.isfinite(number) or number != int(number):
+            raise DataError(path, f"{keyword} {raw!r} is not a whole number")
+        values.append(int(number))
+    if values[0] is None:
+        return None
+    return values[0], values[1] if values[1] is not None else values[0]
 
 
 def _pixel_element_problem(ds: pydicom.Dataset, element: bytes, tell: int, size: int) -> str | None:

@@ -7,14 +7,16 @@ alone can mis-order them. ``InstanceNumber`` and file names are never used.
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from ichlib.errors import DataError
+from ichlib.errors import DataError, DataWarning
 from ichlib.io.dicom.headers import SliceHeader
 
 #: A gap wider than this many median spacings means missing slices.
@@ -102,23 +104,28 @@ def order_slices(headers: Sequence[SliceHeader], where: str | os.PathLike,
     missing = [h for h in headers if h.position is None or h.orientation is None]
     if missing:
         raise DataError(where, f"{len(missing)} slice(s) lack ImagePositionPatient or "
-                               f"ImageOrientationPatient (e.g. {missing[0].path.name}); slice "
-                               "order cannot be determined")
+                               f"ImageOrientationPatient (e.g. {missing[0].name}; in an enhanced "
+                               "image, the Plane Position and Plane Orientation functional groups); "
+                               "slice order cannot be determined")
     no_spacing = [h for h in headers if h.pixel_spacing is None]
     if no_spacing:
         raise DataError(where, f"{len(no_spacing)} slice(s) lack PixelSpacing (e.g. "
-                               f"{no_spacing[0].path.name})")
+                               f"{no_spacing[0].name})")
     first = np.asarray(headers[0].orientation, dtype=np.float64)
     for h in headers[1:]:
         if np.abs(np.asarray(h.orientation) - first).max() > ORIENTATION_TOLERANCE:
-            raise DataError(where, f"slices have different orientations: {headers[0].path.name} "
-                                   f"has {_fmt(first)}, {h.path.name} has {_fmt(h.orientation)} "
+            raise DataError(where, f"slices have different orientations: {headers[0].name} "
+                                   f"has {_fmt(first)}, {h.name} has {_fmt(h.orientation)} "
                                    "(a localizer in the series?)")
     spacing0 = np.asarray(headers[0].pixel_spacing)
     for h in headers[1:]:
         if np.abs(np.asarray(h.pixel_spacing) - spacing0).max() > 1e-3 * max(1.0, spacing0.max()):
-            raise DataError(where, f"slices have different PixelSpacing: {headers[0].path.name} "
-                                   f"has {_fmt(spacing0)}, {h.path.name} has {_fmt(h.pixel_spacing)}")
+            raise DataError(where, f"slices have different PixelSpacing: {headers[0].name} "
+                                   f"has {_fmt(spacing0)}, {h.name} has {_fmt(h.pixel_spacing)}")
+    if not all(math.isfinite(v) and v > 0 for v in spacing0):
+        warnings.warn(f"{where}: PixelSpacing {_fmt(spacing0)} is not a positive voxel size; the "
+                      "scan's geometry is unknown (prediction does not need it; maps in its "
+                      "geometry cannot be written)", DataWarning, stacklevel=3)
     normal = _slice_normal(first, where)
     along = np.array([np.dot(np.asarray(h.position, dtype=np.float64), normal) for h in headers])
     order = np.argsort(along, kind="stable")
@@ -127,7 +134,7 @@ def order_slices(headers: Sequence[SliceHeader], where: str | os.PathLike,
     diffs = np.diff(positions)
     dup = np.flatnonzero(diffs < DUPLICATE_TOLERANCE_MM)
     if len(dup):
-        pairs = ", ".join(f"{ordered[i].path.name} and {ordered[i + 1].path.name} at "
+        pairs = ", ".join(f"{ordered[i].name} and {ordered[i + 1].name} at "
                           f"{positions[i]:.2f} mm" for i in dup[:5])
         raise DataError(where, f"{len(dup)} duplicate slice position(s) along the normal: {pairs}")
     if len(diffs):
@@ -137,8 +144,8 @@ def order_slices(headers: Sequence[SliceHeader], where: str | os.PathLike,
     if max_gap_ratio is not None and len(diffs) >= 2:
         gaps = np.flatnonzero(diffs > max_gap_ratio * slice_mm)
         if len(gaps):
-            listing = ", ".join(f"{diffs[i]:.2f} mm between {ordered[i].path.name} "
-                                f"({positions[i]:.2f}) and {ordered[i + 1].path.name} "
+            listing = ", ".join(f"{diffs[i]:.2f} mm between {ordered[i].name} "
+                                f"({positions[i]:.2f}) and {ordered[i + 1].name} "
                                 f"({positions[i + 1]:.2f})" for i in gaps[:5])
             raise DataError(where, f"{len(gaps)} gap(s) wider than {max_gap_ratio:g} x the median "
                                    f"spacing {slice_mm:.2f} mm (missing slices?): {listing}")
@@ -159,12 +166,12 @@ def _slice_normal(orientation: np.ndarray, where: str | os.PathLike) -> np.ndarr
 
 def _list_series(groups: dict[str, list[SliceHeader]]) -> str:
     items = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
-    text = ", ".join(f"{uid} ({len(hs)} file(s), e.g. {hs[0].path.name})" for uid, hs in items[:10])
+    text = ", ".join(f"{uid} ({len(hs)} file(s), e.g. {hs[0].name})" for uid, hs in items[:10])
     return text + (f", and {len(items) - 10} more" if len(items) > 10 else "")
 
 
 def _example(headers: Sequence[SliceHeader], pred) -> str:
-    return next(h.path.name for h in headers if pred(h))
+    return next(h.name for h in headers if pred(h))
 
 
 def _fmt(values) -> str:

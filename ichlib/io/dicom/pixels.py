@@ -11,12 +11,14 @@ import pydicom
 
 from ichlib.errors import DataError
 from ichlib.io.dicom.headers import (
+    SliceHeader,
     _header_from_dataset,
     _is_12bit_bug,
     _loaded_pixel_problem,
     _quiet_pydicom,
     _transfer_syntax_name,
     check_slice_header,
+    padding_value,
 )
 
 try:  # pydicom >= 3
@@ -66,9 +68,48 @@ def dataset_to_hu(ds: pydicom.Dataset, path: str | os.PathLike | None = None) ->
     signed = header.pixel_representation == 1 or header.has_12bit_bug
     stored = _stored_values(raw, header.bits_stored, signed)
     hu = _modality_lut(stored, ds).astype(np.float32)
-    hu[_padding_mask(ds, stored, header.bits_stored, signed)] = AIR_HU
+    hu[_padding_mask(ds, stored, header.bits_stored, signed, where)] = AIR_HU
     hu[hu < OUTSIDE_FOV_HU] = AIR_HU
     return hu
+
+
+def frames_to_hu(ds: pydicom.Dataset, headers: list[SliceHeader]) -> dict[int, np.ndarray]:
+    """The frames of an enhanced (multi-frame) CT image as float32 HU ``[Rows, Columns]`` each.
+
+    All frames are decoded at once; each gets its own rescale (from
+    :func:`~ichlib.io.dicom.enhanced.frame_headers`), then padding and outside-the-field-of-view
+    pixels become :data:`AIR_HU`, as for a single-frame image.
+
+    Args:
+        ds: The file's dataset, read with its pixel data.
+        headers: The headers of the frames wanted (``frame`` set), all of this file.
+
+    Returns:
+        HU per frame index.
+
+    Raises:
+        DataError: If the pixel data cannot be decoded into ``[frames, Rows, Columns]``.
+    """
+    first = headers[0]
+    check_slice_header(first)
+    try:
+        raw = np.asarray(_decode_pixels(ds))
+    except Exception as exc:
+        name = _transfer_syntax_name(first.transfer_syntax)
+        raise DataError(first.path, f"could not decode the pixel data ({name}): "
+                                    f"{type(exc).__name__}: {exc}") from exc
+    if raw.shape != (first.frames, first.rows, first.columns):
+        raise DataError(first.path, f"decoded pixel array has shape {raw.shape}, the header says "
+                                    f"{first.frames} frames of {first.rows}x{first.columns}")
+    signed = first.pixel_representation == 1
+    out = {}
+    for header in headers:
+        stored = _stored_values(raw[header.frame], header.bits_stored, signed)
+        hu = (stored.astype(np.float64) * header.rescale_slope + header.rescale_intercept).astype(np.float32)
+        hu[_padding_mask(ds, stored, header.bits_stored, signed, header.path)] = AIR_HU
+        hu[hu < OUTSIDE_FOV_HU] = AIR_HU
+        out[header.frame] = hu
+    return out
 
 
 def has_12bit_bug(ds: pydicom.Dataset) -> bool:
@@ -123,15 +164,16 @@ def _modality_lut(stored: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
     return stored.astype(np.float64) * slope + intercept
 
 
-def _padding_mask(ds: pydicom.Dataset, stored: np.ndarray, bits: int, signed: bool) -> np.ndarray:
-    """Pixels equal to PixelPaddingValue, or within [value, PixelPaddingRangeLimit]."""
-    pad = ds.get("PixelPaddingValue")
-    if pad is None or isinstance(pad, (bytes, list)) or pad == "":
+def _padding_mask(ds: pydicom.Dataset, stored: np.ndarray, bits: int, signed: bool,
+                  path: str | os.PathLike | None = None) -> np.ndarray:
+    """Pixels equal to PixelPaddingValue, or within [value, PixelPaddingRangeLimit].
+
+    Raises:
+        DataError: A padding value that is not a whole number.
+    """
+    padding = padding_value(ds, path)
+    if padding is None:
         return np.zeros(stored.shape, dtype=bool)
-    lo = int(_stored_values(np.array([int(pad)]), bits, signed)[0])
-    limit = ds.get("PixelPaddingRangeLimit")
-    if limit is None or isinstance(limit, (bytes, list)) or limit == "":
-        return stored == lo
-    hi = int(_stored_values(np.array([int(limit)]), bits, signed)[0])
+    lo, hi = (int(_stored_values(np.array([v]), bits, signed)[0]) for v in padding)
     lo, hi = min(lo, hi), max(lo, hi)
     return (stored >= lo) & (stored <= hi)

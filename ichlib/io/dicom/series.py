@@ -1,4 +1,6 @@
-"""Reading a CT DICOM series (one slice per file) into a :class:`~ichlib.io.volume.Volume`.
+"""Reading a CT DICOM series into a :class:`~ichlib.io.volume.Volume`: one slice per file, or
+the frames of an Enhanced CT (multi-frame) file, placed by their functional groups
+(:mod:`ichlib.io.dicom.enhanced`).
 
 The result follows the NIfTI loader's conventions: ``hu`` is float32 HU ``[slices, H, W]``
 and ``spacing`` is ``(slice, row, column)`` in mm.
@@ -51,17 +53,19 @@ import pydicom
 
 from ichlib.errors import DataError
 from ichlib.io.atomic import atomic_write_text
+from ichlib.io.dicom.enhanced import frame_headers
 from ichlib.io.dicom.headers import (
     NotDicomError,
     _header_from_dataset,
     _loaded_pixel_problem,
     _read_dataset,
     check_slice_header,
-    read_slice_header,
+    read_header_dataset,
 )
 from ichlib.io.dicom.ordering import MAX_GAP_RATIO, SeriesLayout, order_slices, select_series
-from ichlib.io.dicom.pixels import dataset_to_hu
-from ichlib.io.volume import MAX_EXTENT, MAX_VOXELS, Volume, VolumeHeader
+from ichlib.io.dicom.pixels import dataset_to_hu, frames_to_hu
+from ichlib.io.files import MAX_DICOM_BYTES, MAX_MANIFEST_BYTES, regular_file
+from ichlib.io.volume import MAX_EXTENT, MAX_VOXELS, Volume, VolumeHeader, hu_problem
 
 #: File name suffix of a series manifest.
 MANIFEST_SUFFIX = ".series"
@@ -97,9 +101,11 @@ def read_series_headers(source: str | os.PathLike | Sequence[str | os.PathLike],
     headers, ignored = [], []
     for path in files:
         try:
-            headers.append(read_slice_header(path))
+            ds, header = read_header_dataset(path)
         except NotDicomError as exc:
             ignored.append((path, exc.problem))
+            continue
+        headers += frame_headers(ds, header)
     _handle_ignored(where, ignored, non_dicom)
     chosen = select_series(headers, where, series_uid)
     return order_slices(chosen, where, max_gap_ratio)
@@ -156,18 +162,19 @@ def load_dicom_series(source: str | os.PathLike | Sequence[str | os.PathLike],
             ignored.append((path, exc.problem))
             continue
         datasets[path] = ds
-        headers.append(header)
+        headers += frame_headers(ds, header)
     _handle_ignored(where, ignored, non_dicom)
     layout = order_slices(select_series(headers, where, series_uid), where, max_gap_ratio)
     for header in layout.headers:
         check_slice_header(header)
     _check_size(layout)
-    hu = np.empty(layout.shape, dtype=np.float32)
-    for k, header in enumerate(layout.headers):
-        hu[k] = dataset_to_hu(datasets[header.path], header.path)
+    hu = _stack_hu(layout, datasets)
     if hu.size and float(hu.min()) == float(hu.max()):
         raise DataError(where, f"volume is constant ({float(hu.min()):g} HU everywhere); it "
                                "holds no image")
+    problem = hu_problem(hu)
+    if problem:
+        raise DataError(where, problem)
     return Volume(hu=hu, spacing=layout.spacing, path=where)
 
 
@@ -208,19 +215,20 @@ def read_series_manifest(path: str | os.PathLike) -> list[Path]:
         DataError: If the manifest is missing, empty, or lists a file that does not exist.
     """
     path = Path(path)
+    regular_file(path, "series manifest", MAX_MANIFEST_BYTES)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(path, "series manifest not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(path, f"cannot read the series manifest ({exc})") from exc
     files = [Path(s) for s in (line.strip() for line in lines) if s and not s.startswith("#")]
     files = [f if f.is_absolute() else path.parent / f for f in files]
     if not files:
         raise DataError(path, "series manifest lists no file")
-    missing = [f for f in files if not f.is_file()]
+    missing = [f for f in files if not f.exists()]
     if missing:
         raise DataError(path, f"{len(missing)} listed file(s) not found, e.g. {missing[0]}")
+    for f in files:
+        regular_file(f, "DICOM file", MAX_DICOM_BYTES)
     return files
 
 
@@ -240,6 +248,7 @@ def _resolve_source(source: str | os.PathLike | Sequence[str | os.PathLike]) -> 
             return path, read_series_manifest(path)
         if not path.exists():
             raise DataError(path, "series folder not found")
+        regular_file(path, "DICOM file", MAX_DICOM_BYTES)
         return path, [path]
     files = [Path(f) for f in source]
     if not files:
@@ -258,6 +267,21 @@ def _handle_ignored(where: Path, ignored: list[tuple[Path, str]], non_dicom: str
         raise DataError(where, f"{len(ignored)} file(s) are not DICOM images - {listing}{more}")
     warnings.warn(f"{where}: skipped {len(ignored)} file(s) that are not DICOM images - "
                   f"{listing}{more}", IgnoredFilesWarning, stacklevel=3)
+
+
+def _stack_hu(layout: SeriesLayout, datasets: dict[Path, pydicom.Dataset]) -> np.ndarray:
+    """HU ``[slices, H, W]`` in the layout's order; an enhanced file's frames are decoded once."""
+    hu = np.empty(layout.shape, dtype=np.float32)
+    frames: dict[Path, dict[int, np.ndarray]] = {}
+    for k, header in enumerate(layout.headers):
+        if header.frame is None:
+            hu[k] = dataset_to_hu(datasets[header.path], header.path)
+            continue
+        if header.path not in frames:
+            mine = [h for h in layout.headers if h.path == header.path]
+            frames[header.path] = frames_to_hu(datasets[header.path], mine)
+        hu[k] = frames[header.path][header.frame]
+    return hu
 
 
 def _check_size(layout: SeriesLayout) -> None:

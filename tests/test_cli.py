@@ -1,0 +1,277 @@
+"""The command line's contract: --version, exit statuses, option values checked before any
+work, the help, warnings as lines, Ctrl-C during training, and no progress bars in logs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import ichlib
+from ichlib.checkpoint import load_checkpoint
+from ichlib.cli import DEFAULT_WINDOWS, EXIT_STATUS, WINDOW_NAMES, build_parser, main
+from ichlib.labels import LABELS
+from ichlib.preprocess.windowing import WINDOWS
+from ichlib.training.config import TrainConfig
+from tests.conftest import labels_with, remount_read_only, write_ct_ich
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
+# --- version -------------------------------------------------------------------------------
+
+def test_version_has_one_source(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"ichlib {ichlib.__version__}"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "version" not in project and "version" in project["dynamic"]
+    assert not re.search(r"__version__\s*=\s*['\"]", (ROOT / "ichlib" / "__init__.py").read_text())
+
+
+# --- option values: one usage line, exit 2, before any work ---------------------------------
+
+def _bad_values(tmp: Path, write: bool = True) -> dict[str, tuple[list[str], str]]:
+    a_file = tmp / "a_file"
+    if write:
+        a_file.write_text("x")
+    train = ["train", "--data", str(tmp), "--out", str(tmp / "run")]
+    return {
+        "cam_label": (["predict", "--checkpoint", "x.pt", "scan.nii", "--cam-label", "blood"],
+                      "argument --cam-label: invalid choice: 'blood'"),
+        "seed_negative": ([*train, "--seed", "-1"], "argument --seed: must be at least 0, got -1"),
+        "lr_negative": ([*train, "--lr", "-1"], "argument --lr: must be above 0, got -1"),
+        "lr_nan": ([*train, "--lr", "nan"], "argument --lr: must be above 0, got nan"),
+        "num_workers_negative": ([*train, "--num-workers", "-1"], "argument --num-workers: must be at least 0"),
+        "device_bogus": ([*train, "--device", "bogus"], "argument --device: 'bogus' is not a device"),
+        "device_type_unsupported": ([*train, "--device", "meta"], "argument --device: device type 'meta'"),
+        "out_is_a_file": (["train", "--data", str(tmp), "--out", str(a_file)],
+                          f"argument --out: {a_file} is a file, not a folder"),
+        "out_under_a_file": (["train", "--data", str(tmp), "--out", str(a_file / "run")],
+                             f"argument --out: {a_file} is a file, so {a_file / 'run'} cannot be created"),
+        "cache_dir_is_a_file": ([*train, "--cache-dir", str(a_file)], "argument --cache-dir: .* is a file"),
+        "windows_unknown": ([*train, "--windows", "brain,lung"], "argument --windows: unknown window 'lung'"),
+        "aux_weight_above_1": ([*train, "--aux-weight", "2"], r"argument --aux-weight: must be in \[0, 1\]"),
+        "epochs_zero": ([*train, "--epochs", "0"], "argument --epochs: must be at least 1, got 0"),
+        "img_size_text": ([*train, "--img-size", "big"], "argument --img-size: 'big' is not a whole number"),
+        "resume_and_overwrite": ([*train, "--resume", "--overwrite"],
+                                 "argument --overwrite: not allowed with argument --resume"),
+        "backbone_unknown": ([*train, "--backbone", "vgg16"], "argument --backbone: invalid choice"),
+        "synth_no_patients": (["synth", str(tmp / "s"), "--patients", "0"], "argument --patients: must be at least 1"),
+        "synth_tiny": (["synth", str(tmp / "s"), "--size", "8"], "argument --size: must be at least 32"),
+        "cam_out_is_a_file": (["predict", "--checkpoint", "x.pt", "scan.nii", "--cam", str(a_file)],
+                              "argument --cam: .* is a file"),
+        "cam_top_k_zero": (["predict", "--checkpoint", "x.pt", "scan.nii", "--cam-top-k", "0"],
+                           "argument --cam-top-k: must be at least 1"),
+        "unknown_option": ([*train, "--learning-rate", "1"], "unrecognized arguments: --learning-rate"),
+    }
+
+
+BAD_VALUE_CASES = sorted(_bad_values(Path("/nonexistent"), write=False))
+
+
+@pytest.mark.parametrize("case", BAD_VALUE_CASES)
+def test_a_bad_option_value_fails_at_once_with_one_usage_line(case, tmp_path, capsys, monkeypatch):
+    argv, message = _bad_values(tmp_path)[case]
+    ran = []
+    for name in ("_cmd_train", "_cmd_predict", "_cmd_synth"):
+        monkeypatch.setattr(f"ichlib.cli.{name}", lambda args, name=name: ran.append(name))
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and not ran
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert re.match(rf"ichlib( {argv[0]})?: error: ", last) and re.search(message, last), err
+
+
+def test_cuda_that_is_not_there_is_a_usage_error(tmp_path, capsys):
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--device", f"cuda:{count}"])
+    assert info.value.code == 2
+    assert "argument --device: cuda" in capsys.readouterr().err
+
+
+def test_a_read_only_out_folder_is_a_usage_error(small_fs, capsys):
+    fs = small_fs(size="64k")
+    remount_read_only(fs)
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--data", str(fs), "--out", str(fs / "run")])
+    assert info.value.code == 2
+    assert f"argument --out: cannot write into {fs} (read-only file system" in capsys.readouterr().err
+
+
+# --- exit statuses ----------------------------------------------------------------------------
+
+def test_exit_status_1_for_data_and_run_problems(tmp_path, capsys):
+    missing = tmp_path / "missing.pt"
+    assert main(["predict", "--checkpoint", str(missing), str(tmp_path / "scan.nii")]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == f"ichlib predict: error: {missing}: checkpoint file not found"
+    assert main(["train", "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "run")]) == 1
+    assert "ichlib train: error:" in capsys.readouterr().err
+    assert main(["check", str(tmp_path / "nodata")]) == 1
+
+
+def test_the_exit_statuses_are_documented_in_help_and_readme(capsys):
+    for argv in (["--help"], ["train", "--help"], ["predict", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = capsys.readouterr().out
+        assert "exit status:" in out and "2    a usage error" in out and "130  interrupted" in out
+    readme = (ROOT / "README.md").read_text()
+    for code in ("0", "1", "2", "130"):
+        assert re.search(rf"^\| `{code}` \|", readme, re.M), f"exit status {code} not in the README table"
+    assert EXIT_STATUS.count("\n  ") == 6
+
+
+# --- help ---------------------------------------------------------------------------------------
+
+def _help(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_every_option_has_help_and_defaults_are_shown(capsys):
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, type(parser._subparsers._group_actions[0])))
+    for name, sub in subparsers.choices.items():
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+    synth = _help(["synth"], capsys)
+    assert "(default: 75)" in synth and "(default: 512)" in synth and "SYNTHETIC" in synth
+    assert "generated (default: 0)" in synth
+    train = _help(["train"], capsys)
+    assert f"(default: {DEFAULT_WINDOWS})" in train and "(default: 0.001)" in train
+    assert "worker processes (default: 0)" in train and "(default: off)" in train
+    assert all(name in train for name in WINDOW_NAMES)
+    predict = _help(["predict"], capsys)
+    assert "DICOM series folders" in predict and ".series manifests" in predict
+    assert "{" + ",".join(LABELS) + "}" in predict  # --cam-label lists its values
+
+
+def test_window_names_match_the_library():
+    assert WINDOW_NAMES == tuple(WINDOWS)
+    assert DEFAULT_WINDOWS == "brain,subdural,bone"
+
+
+def test_train_defaults_are_the_configs_except_the_design_windows(tmp_path):
+    args = build_parser().parse_args(["train", "--data", "d", "--out", str(tmp_path / "r")])
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    from ichlib.cli import _TRAIN_OPTIONS
+
+    for name in _TRAIN_OPTIONS:
+        expected = DEFAULT_WINDOWS if name == "windows" else defaults[name]
+        assert getattr(args, name) == expected, name
+    assert TrainConfig(data_dir="d", out_dir="r", windows=args.windows).windows == ("brain", "subdural", "bone")
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from ichlib.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=60)
+    assert done.stdout.strip() == "False", done.stderr
+
+
+def test_warnings_are_one_line_each(tmp_path, capsys, monkeypatch):
+    import warnings
+
+    def warn(args):
+        warnings.warn("something to know", UserWarning, stacklevel=1)
+        return 0
+
+    monkeypatch.setattr("ichlib.cli._cmd_check", warn)
+    assert main(["check", str(tmp_path)]) == 0
+    assert capsys.readouterr().err == "ichlib check: warning: something to know\n"
+
+
+# --- Ctrl-C during training, and no progress bars in a redirected log ---------------------------
+
+def _train_argv(data: Path, out: Path, epochs: int) -> list[str]:
+    return [sys.executable, "-m", "ichlib", "train", "--data", str(data), "--out", str(out),
+            "--epochs", str(epochs), "--batch-size", "2", "--img-size", "32", "--seq-len", "4",
+            "--n-boot", "5", "--amp", "off", "--device", "cpu", "--windows", "brain",
+            "--cache-dir", str(out.parent / "cache")]
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.02)
+
+
+def test_an_interrupted_command_exits_130_with_one_line(tmp_path, capsys, monkeypatch):
+    from ichlib.errors import RunInterrupted
+
+    def interrupted(config, **kwargs):
+        raise RunInterrupted("interrupted; run/last.pt holds epoch 2 of 9. Run the same command "
+                             "with --resume to continue from there.")
+
+    monkeypatch.setattr("ichlib.training.fit.fit", interrupted)
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--device", "cpu"]) == 130
+    err = capsys.readouterr().err
+    assert err.endswith("ichlib train: interrupted; run/last.pt holds epoch 2 of 9. Run the same "
+                        "command with --resume to continue from there.\n")
+    monkeypatch.setattr("ichlib.cli._cmd_check", lambda args: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert main(["check", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == "ichlib check: interrupted\n"
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_training_cleanly_and_says_how_to_resume(tmp_path):
+    data = write_ct_ich(tmp_path / "ds", {49 + i: labels_with(5, (i % 5) if i % 2 else None, 1, 3)
+                                          for i in range(12)}, size=32)
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_train_argv(data, run, epochs=200), env=_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for(run / "last.pt", proc)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "\r" not in err and "it/s" not in err  # no bars in a log
+    match = re.search(r"^ichlib train: interrupted; (.+) holds epoch (\d+) of 200\. Run the same "
+                      r"command with --resume to continue from there\.$", err, re.M)
+    assert match, err
+    assert Path(match.group(1)) == run / "last.pt"
+    assert load_checkpoint(run / "last.pt")["epoch"] == int(match.group(2)) >= 1
+    assert not (run / ".ichlib-run.lock").exists() and not (run / "metrics.json").exists()
+    assert "epoch 1/200" in out
+
+
+def test_check_json_has_ok_and_counts(small_ct_ich, capsys):
+    assert main(["check", str(small_ct_ich), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] is True
+    counts = doc["counts"]
+    assert counts["patients"] == 4 and counts["slices"] == 6 + 8 + 5 + 3 and counts["problems"] == 0
+    assert counts["positive_patients"]["epidural"] == 1 and counts["positive_slices"]["epidural"] == 2
+    assert counts["positive_patients"]["any"] == 2 and set(counts["positive_slices"]) == set(LABELS)
+    (small_ct_ich / "masks" / "052.nii").unlink()
+    assert main(["check", str(small_ct_ich), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] is False and doc["counts"]["problems"] == 1 and doc["counts"]["patients"] == 3
