@@ -12,19 +12,83 @@ degrees in the image, and row 0 is anterior. A slice at level ``t`` (0 = skull b
 * the cranial cavity: subarachnoid CSF, a grey-matter ribbon folded by sulci, white matter,
   the interhemispheric and sylvian fissures, basal cisterns, brainstem and cerebellum,
   ventricles, basal ganglia and thalami;
-* normal findings that are not blood: pineal, choroid-plexus, basal-ganglia and falx
-  calcifications, a dense dural venous sinus, a beam-hardening band near the skull base,
-  partial-volume skull at the vertex and a subgaleal swelling over fractures.
+* normal findings that are dense but not blood (below), and a subgaleal swelling over
+  fractures.
 
-Each slice averages its 5 mm slab in z at the edges of the head (so the vertex looks
-like a real tangential cut). Then come noise and a blur (``BLUR_PX`` pixels) that makes
-both the partial-volume edges and the grain of CT noise.
+Each slice averages its slab in z where the slice cuts a surface obliquely, then come noise
+and a blur (``BLUR_PX`` pixels) that makes both the in-plane partial volume and the grain of
+CT noise.
+
+Tissue HU (noise-free; commonly quoted ranges for unenhanced head CT, e.g. Barrett & Keat
+2004, Parizel et al. 2001). Per patient, inside these ranges: grey matter 35-45 (lower with
+atrophy), white matter 25-32 and 7-13 below grey, CSF 2-14 (range 0-15), deep grey nuclei
+3 below grey, cerebellum 33, brainstem 31, dura and falx 48, dural sinuses 38-62 (flowing
+blood, set by the haematocrit; Black et al. 2011), skin 45, fat -90 (-100..-50), vitreous
+10, lens 95, skull tables 1650 and diploe about 800 (bone 700-2000), calcification above
+100 (120-1100 before partial volume), acute blood 50-90. Oedema is white matter - 8.
+
+Mimics: dense things that are not blood and are not in any mask. Frequencies rise with age
+(:func:`_calcification_prevalence`) after CT series of normal adults summarised by Kiroglu
+et al. 2010; sizes are those commonly seen.
+
+* Calcified choroid plexus (glomus, in the atria): about half of adults, three quarters
+  over 60; bilateral in 85%; 1-4 nodules of about 1-6 mm radius, a cluster up to 1.5 cm.
+* Pineal calcification: about half of adults; 1-3 nodules of 1-4 mm radius (mostly < 1 cm).
+* Falx calcification: about 1 in 7 (3-30% with age); 1-3 plaques 6-20 mm long, a fifth
+  of them ossified (denser, 16-36 mm long).
+* Basal-ganglia (globus pallidus) calcification: 0.3-6%; punctate, on both sides.
+* Calcifications are 120-1100 HU but are averaged over the slab, so small or off-centre
+  ones look 60-150 HU, as on 5 mm slices.
+* Partial-volume bone: where the skull is cut obliquely (vertex, floors of the anterior
+  and middle cranial fossae) bone and brain share a band as wide as the wall moves
+  within the slab (up to a centimetre or more at the vertex), and the slice profile's tails
+  (:data:`_SSP_TAIL`) add a few per cent of bone beyond it: large areas of 50-200 HU.
+* Beam hardening near the skull base: a bright rim along the bone, a dark bar between the
+  petrous ridges, and per patient a shading and 2-7 streaks across the posterior fossa
+  (mostly bright, up to +40 HU; one severity per patient, from none to strong).
+* Dural venous sinuses (superior sagittal, transverse, sigmoid) at the patient's
+  flowing-blood density.
 
 Hemorrhages are 3D objects drawn in the same frame (one per subtype and patient): an
-epidural lens, a subdural crescent, subarachnoid blood in sulci and cisterns, an
-intraparenchymal clot with oedema, and intraventricular blood (layering or a cast). Each
-mask is exactly the set of voxels painted with blood. A subtype is present on a slice when
-its mask has at least one voxel there, and its slices are always consecutive.
+epidural lens (mostly thin, a few 2-2.5 cm), a subdural crescent, subarachnoid blood in
+sulci and cisterns, an intraparenchymal clot with oedema, and intraventricular blood
+(layering or a cast). Each mask is exactly the set of voxels painted with blood, whatever
+its age. A subtype is present on a slice when its mask has at least one voxel there, and
+its slices are always consecutive.
+
+Blood ages (:data:`_AGE_MIX`, :data:`_BLOOD_HU`; after Parizel et al. 2001, New & Aronow
+1976, Al-Nakshabandi 2001 and Nakaguchi et al. 2001):
+
+* acute: clotted blood 50-90 HU (denser with a higher haematocrit; a quarter faint);
+* hyperacute (swirl): an acute clot with unclotted foci of 30-50 HU (active bleeding);
+* subacute: isodense, 30-45 HU; a subacute intraparenchymal clot keeps a shrinking
+  dense core;
+* chronic: hypodense, 0-25 HU;
+* acute-on-chronic (mixed): chronic fluid with fresh clot in blobs;
+* layering (haematocrit effect, coagulopathy): a dense dependent part (patient supine:
+  posterior) under a fluid level and a light upper part of 15-40 HU.
+
+The mix per subtype: epidural 75% acute, 22% swirl, 3% subacute (almost always acute);
+subdural 35% acute, 5% swirl, 20% subacute, 20% chronic, 12% acute-on-chronic,
+8% layering (subdurals are often old); intraparenchymal 60% acute, 30% subacute,
+10% layering; subarachnoid 95% acute (diluted by CSF to 52-80 HU), 5% subacute;
+intraventricular acute. Each patient's note names the age of each lesion.
+
+Why: with blood always 50-90 HU and tiny mimics, the fraction of 50-90 HU voxels alone
+(:mod:`ichlib.baseline`) scored AUC 0.99-1.00 for ``any``. With the mimics and ages above it
+cannot separate the classes on its own, while the blood keeps its shape, place and mass
+effect for a CNN to learn (tests/test_phantom.py guards both).
+
+Sources: Barrett JF, Keat N. Artifacts in CT: recognition and avoidance. RadioGraphics
+2004;24:1679-91. Parizel PM et al. Intracranial hemorrhage: principles of CT and MRI
+interpretation. Eur Radiol 2001;11:1770-83. New PF, Aronow S. Attenuation measurements of
+whole blood and blood fractions in computed tomography. Radiology 1976;121:635-40.
+Al-Nakshabandi NA. The swirl sign. Radiology 2001;218:433. Nakaguchi H et al. Factors in
+the natural history of chronic subdural hematomas that influence their postoperative
+recurrence. J Neurosurg 2001;95:256-62. Black DF et al. Cerebral venous sinus density on
+noncontrast CT correlates with hematocrit. AJNR 2011;32:1354-7. Kiroglu Y et al.
+Intracranial calcifications on CT. Diagn Interv Radiol 2010;16:263-9. The exact numbers
+here are choices inside the ranges these give, not measurements.
 
 The number of slices sets how finely the head is sampled from skull base to vertex; the
 header always says 5 mm slices (as CT-ICH does), so scans with many slices are stretched
@@ -44,7 +108,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, special
 
 from ichlib.errors import ConfigError, DataError
 from ichlib.io.atomic import atomic_write_text
@@ -83,11 +147,37 @@ _PATIENT_ID_LIMIT = 999
 _LESION_TRIES = 4
 _MAX_SWELLING_MM = 10.0
 
+#: Noise-free HU range of each part of a haematoma (noise and blur come after).
+_BLOOD_HU: dict[str, tuple[float, float]] = {
+    "acute": (50.0, 90.0),        # clotted, retracted blood
+    "hyperacute": (30.0, 50.0),   # unclotted blood inside a fresh clot (swirl sign)
+    "subacute": (30.0, 45.0),     # isodense, days 3 to about 21
+    "chronic": (0.0, 25.0),       # hypodense, beyond about 3 weeks
+    "serum": (15.0, 40.0),        # the light upper part above a haematocrit level
+}
+#: The parts each age of blood is made of (a subacute clot keeps a dense core).
+_AGE_PARTS: dict[str, tuple[str, ...]] = {
+    "acute": ("acute",), "swirl": ("acute", "hyperacute"), "subacute": ("subacute", "acute"),
+    "chronic": ("chronic",), "mixed": ("chronic", "acute"), "layered": ("serum", "acute"),
+}
+#: Age mix per subtype (see the module docstring for why).
+_AGE_MIX: dict[str, dict[str, float]] = {
+    "epidural": {"acute": 0.75, "swirl": 0.22, "subacute": 0.03},
+    "subdural": {"acute": 0.35, "swirl": 0.05, "subacute": 0.20, "chronic": 0.20,
+                 "mixed": 0.12, "layered": 0.08},
+    "intraparenchymal": {"acute": 0.60, "subacute": 0.30, "layered": 0.10},
+    "subarachnoid": {"acute": 0.95, "subacute": 0.05},
+    "intraventricular": {"acute": 1.0},
+}
+_AGE_WORD = {"acute": "acute", "swirl": "hyperacute (swirl)", "subacute": "subacute",
+             "chronic": "chronic", "mixed": "acute-on-chronic", "layered": "layering"}
+
 _NB = 2048                       # angle bins of the polar look-up tables
 _BIN_ANGLE = ((np.arange(_NB) + 0.5) * (2 * np.pi / _NB) - np.pi).astype(np.float32)
 _COS, _SIN = np.cos(_BIN_ANGLE), np.sin(_BIN_ANGLE)
 _MARGIN_MM = 4.0                 # air kept around the head for the blur
 _HEIGHT_MM = 130.0               # skull base to vertex, for the caps of the outer layers
+_SSP_TAIL = 0.4                  # tails of the slice profile, as a share of the wall's movement
 
 
 # --- public API -------------------------------------------------------------------------
@@ -205,7 +295,8 @@ def make_phantom(rng: np.random.Generator, size: int = 512, n_slices: int = 36,
         clean, tissue, painted = _build_slices(head, grid, lesions)
         if all(painted):
             break
-    masks = _paint_lesions(clean, painted, lesions, grid, head)
+    _paint_oedema(clean, painted, head)
+    masks = _paint_blood(clean, painted, lesions, grid, head)
     hu = _finish(clean, grid, head, rng)
     return _assemble(head, grid, hu, tissue, masks, lesions)
 
@@ -408,7 +499,9 @@ class _Head:
     sulci: list[tuple[int, float, float, float]]
     frontal_sinus: bool
     bh_amp: float
-    calcs: list[tuple[float, float, float, float, float]]
+    calcs: list[tuple[str, float, float, float, float, float, float, float]]
+    streaks: list[tuple[float, ...]]
+    hct: float
     seed: int
     fracture: dict = field(default_factory=dict)
     shift: np.ndarray | None = None
@@ -449,9 +542,8 @@ def _draw_head(rng: np.random.Generator, size: int, n_slices: int) -> _Head:
     skull0 = rng.uniform(4.2, 6.2)
     skull = skull0 * (1 - 0.25 * np.cos(2 * _BIN_ANGLE)) * (1 + 0.08 * np.cos(
         3 * _BIN_ANGLE + rng.uniform(0, 6.3)))
-    hu = _TISSUE_HU.copy()
-    hu[[_T["grey"], _T["white"], _T["csf"]]] += rng.normal(0, [1.2, 1.2, 2.0]).astype(np.float32)
-    hu[_T["grey"]] -= 2.0 * atrophy
+    hct = float(np.clip(rng.normal(41, 5), 26, 56))
+    hu = _tissue_hu(rng, atrophy, hct)
     t_lo, t_hi = rng.uniform(0.0, 0.06), rng.uniform(0.955, 1.01)
     half = FOV_MM / 2
     centre = (float(rng.uniform(-0.04, 0.04) * half), float(rng.uniform(-0.05, 0.05) * half))
@@ -466,28 +558,114 @@ def _draw_head(rng: np.random.Generator, size: int, n_slices: int) -> _Head:
         cortex_mm=float(rng.uniform(2.4, 3.0)), sulci=sulci,
         frontal_sinus=bool(rng.random() < 0.8), bh_amp=float(rng.uniform(8, 22)),
         calcs=_draw_calcifications(rng, age, a / 66.0, atrophy),
-        seed=int(rng.integers(2**31)))
+        streaks=_draw_streaks(rng, a, b), hct=hct, seed=int(rng.integers(2**31)))
+
+
+def _tissue_hu(rng: np.random.Generator, atrophy: float, hct: float) -> np.ndarray:
+    """The patient's HU per tissue code: :data:`_TISSUE_HU` jittered inside published ranges.
+
+    Grey matter 35-45 HU (lower with atrophy), white matter 25-32 HU and 7-13 HU below grey,
+    CSF 0-15 HU; blood in the dural sinuses follows the haematocrit (38-62 HU).
+    """
+    hu = _TISSUE_HU.copy()
+    grey = float(np.clip(40 + rng.normal(0, 1.5) - 2.0 * atrophy, 35, 45))
+    white = float(np.clip(grey - rng.uniform(7, 11), 25, 32))
+    csf = float(np.clip(8 + rng.normal(0, 2.0), 2, 14))
+    hu[_T["grey"]], hu[_T["white"]], hu[_T["csf"]] = grey, white, csf
+    hu[_T["ventricle"]] = max(0.0, csf - 2)
+    hu[_T["deep_grey"]] = grey - 3
+    hu[_T["venous_sinus"]] = _sinus_hu(hct)
+    return hu
+
+
+def _sinus_hu(hct: float) -> float:
+    """HU of flowing blood in the dural sinuses for a haematocrit in per cent (38-62 HU)."""
+    return float(np.clip(14 + 0.85 * hct, 38, 62))
+
+
+def _calcification_prevalence(age: float) -> dict[str, float]:
+    """Chance that a patient of ``age`` years has each physiological calcification.
+
+    Rising with age, as in CT series of normal adults (see the module docstring): choroid
+    plexus and pineal in about half to three quarters of adults, falx in about one in
+    seven, basal ganglia in a few per cent.
+    """
+    a = float(age)
+    return {"choroid": float(np.clip(0.05 + 0.0135 * (a - 10), 0.03, 0.9)),
+            "pineal": float(np.clip(0.05 + 0.012 * (a - 10), 0.03, 0.8)),
+            "falx": float(np.clip(0.03 + 0.004 * (a - 20), 0.03, 0.3)),
+            "basal_ganglia": float(np.clip(0.003 + 0.001 * (a - 30), 0.003, 0.06))}
 
 
 def _draw_calcifications(rng: np.random.Generator, age: int, kb: float,
-                         atrophy: float) -> list[tuple[float, float, float, float, float]]:
-    """Physiological calcifications as ``(x, y, level, radius, HU)`` (not hemorrhage)."""
-    calcs = []
-    old = min(1.0, age / 60)
-    if rng.random() < 0.35 + 0.4 * old:   # pineal
-        calcs.append((rng.normal(0, 0.6), (21 + 2 * atrophy) * kb, rng.uniform(0.40, 0.45),
-                      rng.uniform(1.3, 3.0), rng.uniform(120, 450)))
-    for s in (-1, 1):                     # choroid plexus in the trigones
-        if rng.random() < 0.25 + 0.4 * old:
-            calcs.append((s * (15 + 3 * atrophy) * kb + rng.normal(0, 1), 25 * kb + rng.normal(0, 1.5),
-                          rng.uniform(0.44, 0.5), rng.uniform(1.2, 2.8), rng.uniform(100, 350)))
-    if rng.random() < 0.08 + 0.1 * old:   # globus pallidus, both sides
-        lvl, hu = rng.uniform(0.40, 0.46), rng.uniform(90, 180)
-        calcs += [(s * 17 * kb, -2 * kb, lvl, rng.uniform(0.9, 1.6), hu) for s in (-1, 1)]
-    if rng.random() < 0.15:               # falx plaque
-        calcs.append((0.0, rng.uniform(-45, 40), rng.uniform(0.62, 0.85), rng.uniform(1.0, 2.0),
-                      rng.uniform(200, 600)))
-    return [tuple(float(v) for v in c) for c in calcs]
+                         atrophy: float) -> list[tuple[str, float, float, float, float, float,
+                                                       float, float]]:
+    """Physiological calcifications (not hemorrhage), as clusters of ellipsoids.
+
+    Each is ``(kind, x, y, z, rx, ry, rz, HU)``: centre in the head frame and height above
+    the skull base (mm), semi-axes (mm), and the density of the calcified tissue itself.
+    A slice shows it averaged over its slab (:func:`_calcify`).
+    """
+    prev = _calcification_prevalence(age)
+    calcs: list[tuple] = []
+
+    def cluster(kind: str, x: float, y: float, t: float, n: int, spread: float,
+                r: tuple[float, float], hu: tuple[float, float]) -> None:
+        for _ in range(n):
+            rad = rng.uniform(*r)
+            calcs.append((kind, x + rng.normal(0, spread), y + rng.normal(0, spread),
+                          t * _HEIGHT_MM + rng.normal(0, spread),
+                          rad * rng.uniform(0.7, 1.3), rad * rng.uniform(0.7, 1.3),
+                          rad * rng.uniform(0.7, 1.3), rng.uniform(*hu)))
+
+    if rng.random() < prev["choroid"]:   # glomus of the choroid plexus, in both atria
+        size = rng.uniform(0.6, 1.0)
+        sides = (-1, 1) if rng.random() < 0.85 else (int(rng.choice([-1, 1])),)
+        for s in sides:
+            cluster("choroid", s * (15 + 3 * atrophy) * kb + rng.normal(0, 1),
+                    24 * kb + rng.normal(0, 1.5), rng.uniform(0.44, 0.49),
+                    int(rng.integers(1, 5)), 2.5, (2.0 * size, 5.0 * size), (150, 700))
+    if rng.random() < prev["pineal"]:
+        cluster("pineal", rng.normal(0, 0.6), (21 + 2 * atrophy) * kb, rng.uniform(0.40, 0.45),
+                int(rng.integers(1, 4)), 1.0, (1.0, 3.0), (150, 800))
+    if rng.random() < prev["basal_ganglia"]:   # globus pallidus, both sides alike
+        lvl, n = rng.uniform(0.40, 0.46), int(rng.integers(2, 6))
+        for s in (-1, 1):
+            cluster("basal_ganglia", s * 17 * kb, -2 * kb, lvl, n, 2.5, (0.8, 2.5), (120, 450))
+    if rng.random() < prev["falx"]:   # plaques in the falx, elongated front to back
+        ossified = rng.random() < 0.2
+        for _ in range(int(rng.integers(1, 4))):
+            y = rng.uniform(-50, 45) * kb
+            ry = rng.uniform(8, 18) if ossified else rng.uniform(3, 10)
+            calcs.append(("falx", 1.5 * math.sin(y / 40), y, rng.uniform(0.55, 0.88) * _HEIGHT_MM,
+                          rng.uniform(0.7, 1.5) * (2 if ossified else 1), ry,
+                          rng.uniform(5, 12) if ossified else rng.uniform(2, 6),
+                          rng.uniform(500, 1100) if ossified else rng.uniform(250, 900)))
+    return [(c[0], *(float(v) for v in c[1:])) for c in calcs]
+
+
+def _draw_streaks(rng: np.random.Generator, a: float, b: float) -> list[tuple[float, ...]]:
+    """Beam-hardening artefacts across the posterior fossa, between the petrous bones.
+
+    Each is ``(x0, y0, angle, across, along, HU, t_lo, t_hi)``: a Gaussian band through
+    (x0, y0) in the head frame (mm) running at ``angle`` (0 = left-right), with SDs
+    ``across`` and ``along`` it (mm), adding ``HU`` over levels ``t_lo..t_hi``. Streaks
+    are long thin bands, mostly bright and sometimes dark; the first entry is a broad
+    shading that raises the brain between the petrous ridges. How strong they all are
+    varies a lot between scanners and head positions, so one ``severity`` scales them.
+    """
+    severity = rng.uniform(0, 1) ** 1.3
+    t_lo = rng.uniform(0.04, 0.1)
+    out = [(0.0, rng.uniform(0.1, 0.25) * b, rng.normal(0, 0.1), rng.uniform(10, 18),
+            rng.uniform(0.3, 0.45) * a, severity * rng.uniform(5, 20), t_lo,
+            t_lo + rng.uniform(0.18, 0.26))]
+    for _ in range(int(rng.integers(2, 8))):
+        t_lo = rng.uniform(0.03, 0.18)
+        amp = severity * rng.uniform(10, 40) * (1.0 if rng.random() < 0.75 else -0.7)
+        out.append((rng.uniform(-0.2, 0.2) * a, rng.uniform(0.02, 0.35) * b,
+                    rng.normal(0, 0.35), rng.uniform(1.5, 5.0), 1000.0, amp, t_lo,
+                    t_lo + rng.uniform(0.08, 0.18)))
+    return [tuple(float(v) for v in s) for s in out]
 
 
 # --- one patient: lesions ---------------------------------------------------------------
@@ -497,7 +675,8 @@ class _Lesion:
     """One hemorrhage: a 3D shape, evaluated slice by slice.
 
     ``kc`` is the centre slice (float) and ``hz`` the half-span in slices: slice k holds
-    the lesion when ``|k - kc| < hz``. ``params`` depend on the subtype.
+    the lesion when ``|k - kc| < hz``. ``params`` depend on the subtype; ``age`` (a key of
+    :data:`_AGE_PARTS`) and ``look`` (HU of its parts, pattern) set how the blood looks.
     """
 
     subtype: str
@@ -506,6 +685,8 @@ class _Lesion:
     hu: float
     params: dict
     note: str
+    age: str = "acute"
+    look: dict = field(default_factory=dict)
 
     def u(self, k: int) -> float | None:
         """Relative z position of slice k in the lesion, or None outside it."""
@@ -539,27 +720,62 @@ def _region_word(theta: float) -> str:
 
 
 def _draw_lesion(rng: np.random.Generator, head: _Head, subtype: str) -> _Lesion:
-    """Draw one lesion of ``subtype`` with a varied size, place and density.
+    """Draw one lesion of ``subtype`` with a varied size, place, age and density.
 
-    A quarter are faint (53-62 HU); sizes run from a few voxels to large.
+    A quarter of the acute ones are faint (50-60 HU); fresh clot is denser with a higher
+    haematocrit. Sizes run from a few voxels to large. The age is drawn from
+    :data:`_AGE_MIX`.
     """
     faint = rng.random() < 0.25
-    hu = float(rng.uniform(53, 62) if faint else rng.uniform(62, 86))
+    hu = float(rng.uniform(51, 60) if faint else rng.uniform(60, 84))
+    hu = float(np.clip(hu + 0.4 * (head.hct - 41), _BLOOD_HU["acute"][0] + 1, 86))
     draw = {"epidural": _draw_extra_axial, "subdural": _draw_extra_axial,
             "subarachnoid": _draw_sah, "intraparenchymal": _draw_iph,
             "intraventricular": _draw_ivh}[subtype]
-    return draw(rng, head, subtype, hu, faint)
+    les = draw(rng, head, subtype, hu, faint)
+    mix = _AGE_MIX[subtype]
+    les.age = str(rng.choice(list(mix), p=np.array(list(mix.values())) / sum(mix.values())))
+    les.look = _draw_look(rng, les)
+    les.note = f"{_AGE_WORD[les.age]} {les.note}"
+    return les
+
+
+def _draw_look(rng: np.random.Generator, les: _Lesion) -> dict:
+    """HU of each part of a lesion of age ``les.age``, and where the parts lie.
+
+    ``frac``: share of the blood in the second part (swirl, mixed); ``level``: where the
+    fluid level cuts the lesion's extent from the top (layered); ``core``: radius of the
+    dense core as a fraction of the clot's (subacute intraparenchymal).
+    """
+    look: dict = {"acute": les.hu, "phase": rng.uniform(0, 2 * np.pi, 3).tolist(),
+                  "wave": float(rng.uniform(7, 13))}
+    age = les.age
+    if age == "swirl":
+        look |= {"hyperacute": rng.uniform(33, 46), "frac": rng.uniform(0.15, 0.35)}
+    elif age == "subacute":
+        look["subacute"] = rng.uniform(32, 44)
+        if les.subtype == "intraparenchymal":
+            look |= {"core": rng.uniform(0.3, 0.7), "acute": rng.uniform(55, 72)}
+    elif age == "chronic":
+        look["chronic"] = rng.uniform(6, 22)
+    elif age == "mixed":
+        look |= {"chronic": rng.uniform(8, 22), "acute": rng.uniform(55, 78),
+                 "frac": rng.uniform(0.15, 0.4)}
+    elif age == "layered":
+        look |= {"serum": rng.uniform(18, 36), "acute": rng.uniform(58, 82),
+                 "level": rng.uniform(0.3, 0.7)}
+    return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in look.items()}
 
 
 def _draw_extra_axial(rng: np.random.Generator, head: _Head, subtype: str, hu: float,
                       faint: bool) -> _Lesion:
     """An epidural lens (short, thick) or a subdural crescent (long, thin) on the convexity."""
     theta = float(rng.uniform(-np.pi, np.pi))
-    size = rng.uniform(0, 1) ** (1.4 if faint else 0.9)
-    if subtype == "epidural":
+    size = rng.uniform(0, 1) ** (2.0 if faint else 1.4)
+    if subtype == "epidural":   # most are thin; a few reach 2-3 cm
         kc, hz = _span(rng, head, 0.36, 0.8, 3, 8)
         params = {"theta": theta, "alpha": float(rng.uniform(0.2, 0.45)),
-                  "h": float(max(2.5 * head.px, 4 + 22 * size)), "power": 1.0}
+                  "h": float(max(2.5 * head.px, 3 + 22 * size)), "power": 1.0}
         note = f"{_side_word(math.cos(theta))} {_region_word(theta)} epidural"
     else:
         kc, hz = _span(rng, head, 0.38, 0.8, 4, 12)
@@ -588,8 +804,8 @@ def _draw_sah(rng: np.random.Generator, head: _Head, subtype: str, hu: float,
         params = {"theta": theta, "r": float(rng.uniform(14, 35))}
         s = math.cos(theta)
     side = "" if mode == "cisterns" else _side_word(s) + " "
-    return _Lesion(subtype, kc, hz, float(rng.uniform(60, 85)), params,
-                   f"{side}{mode} subarachnoid")
+    hu = float(np.clip(rng.uniform(54, 76) + 0.4 * (head.hct - 41), 52, 80))   # mixed with CSF
+    return _Lesion(subtype, kc, hz, hu, params, f"{side}{mode} subarachnoid")
 
 
 def _draw_iph(rng: np.random.Generator, head: _Head, subtype: str, hu: float,
@@ -826,6 +1042,22 @@ def _ramp(d: np.ndarray, width: float) -> np.ndarray:
     return _clip01(f)
 
 
+def _soft_ramp(d: np.ndarray, width: np.ndarray | float) -> np.ndarray:
+    """:func:`_ramp` seen through a slice profile with Gaussian tails (SD ``_SSP_TAIL * width``).
+
+    The ramp convolved with the Gaussian, in closed form: ``(G(d + w/2) - G(d - w/2)) / w``
+    with ``G(u) = u Phi(u/s) + s phi(u/s)``.
+    """
+    w = np.asarray(width, dtype=np.float32)
+    s = _SSP_TAIL * w + 0.05
+
+    def g(u: np.ndarray) -> np.ndarray:
+        z = u / s
+        return u * special.ndtr(z) + s * (0.3989423 * np.exp(-0.5 * z * z))
+
+    return _clip01(((g(d + 0.5 * w) - g(d - 0.5 * w)) / w).astype(np.float32))
+
+
 def _clip01(a: np.ndarray) -> np.ndarray:
     """Clip to [0, 1] in place (faster than ``np.clip``) and return ``a``."""
     np.maximum(a, 0.0, out=a)
@@ -886,19 +1118,23 @@ def _slice_anatomy(head: _Head, grid: _Grid, k: int, t: float,
     """
     d_c = lay["c"][grid.tbin] - grid.rho
     xw = grid.x - head.shift[k] * grid.warp if head.shift is not None else grid.x
-    depth = _cavity_depth(head, grid, t, d_c)
+    depth, width = _cavity_depth(head, grid, t, d_c, lay["wc"])
     brain, cortex = _brain_tissue(head, grid, xw, t, k, depth, d_c)
     hu = head.hu[brain]
     _calcify(head, grid, xw, t, brain, hu)
-    if t < 0.32:
+    if t < 0.36:
         _beam_hardening(head, grid, t, depth, hu)
     air = d_c < -float((lay["s"] - lay["c"]).max() + lay["ws"] + 1.0)
     hu[air] = _TISSUE_HU[_T["air"]]
     tissue = brain
     tissue[air] = _T["air"]
     depth_flat = depth.ravel()
-    shell = np.flatnonzero((depth_flat < 0.5 * lay["wc"]) & ~air.ravel())
-    _shell(head, grid, k, t, lay, shell, depth_flat[shell], hu, tissue)
+    reach = (0.5 + 3 * _SSP_TAIL) * width + 0.15
+    near = depth < reach
+    near &= ~air
+    shell = np.flatnonzero(near)
+    w_shell = width.ravel()[shell] if isinstance(width, np.ndarray) else width
+    _shell(head, grid, k, t, lay, shell, depth_flat[shell], w_shell, hu, tissue)
     if t < 0.42:
         _skull_base(head, grid, t, lay, hu, tissue)
     depth[air] = -1.0
@@ -909,20 +1145,42 @@ def _slice_anatomy(head: _Head, grid: _Grid, k: int, t: float,
 
 def _beam_hardening(head: _Head, grid: _Grid, t: float, depth: np.ndarray,
                     hu: np.ndarray) -> None:
-    """Skull-base artefacts, in place: a bright rim along the bone and a dark bar between
-    the petrous ridges (both mimic blood or hide it; neither is in the masks)."""
-    hu += head.bh_amp * (1 - t / 0.32) * np.exp(-np.maximum(depth, 0) * (1 / 2.5))
+    """Skull-base artefacts in the brain, in place (none of them is in the masks).
+
+    A bright rim along the bone, a dark bar between the petrous ridges, and the patient's
+    streaks across the posterior fossa (:func:`_draw_streaks`), which raise the brain
+    into the range of blood where they are bright.
+    """
+    if t < 0.32:
+        hu += head.bh_amp * (1 - t / 0.32) * np.exp(-np.maximum(depth, 0) * (1 / 2.5))
     bar = _bump(t, 0.06, 0.24)
     if bar > 0:
         y_bar = 0.14 * head.b
         win = grid.box(head, -0.7 * head.a, 0.7 * head.a, y_bar - 10, y_bar + 10)
         dy = (grid.y[win] - y_bar) * (1 / 3.5)
         hu[win] -= (0.8 * head.bh_amp * bar) * np.exp(-dy * dy)
+    live = [(st, _bump(t, st[6], st[7])) for st in head.streaks]
+    live = [(st, f) for st, f in live if f > 0]
+    if not live:
+        return
+    win = grid.box(head, -0.9 * head.a, 0.9 * head.a, -0.15 * head.b, 0.95 * head.b)
+    x, y, view = grid.x[win], grid.y[win], hu[win]
+    for (x0, y0, angle, across, along, amp, _, _), f in live:
+        c, s = math.cos(angle), math.sin(angle)
+        u = ((x - x0) * s - (y - y0) * c) * (1 / across)
+        v = ((x - x0) * c + (y - y0) * s) * (1 / along)
+        view += (amp * f) * np.exp(-0.5 * (u * u + v * v))
 
 
 def _shell(head: _Head, grid: _Grid, k: int, t: float, lay: dict, idx: np.ndarray,
-           depth: np.ndarray, hu: np.ndarray, tissue: np.ndarray) -> None:
-    """Mix air, scalp, bone and brain at the flat pixel indices ``idx``, in place."""
+           depth: np.ndarray, width: np.ndarray | float, hu: np.ndarray,
+           tissue: np.ndarray) -> None:
+    """Mix air, scalp, bone and brain at the flat pixel indices ``idx``, in place.
+
+    ``width`` (mm) is how far the inner table moves across the slab at each pixel: where
+    the slice cuts the skull obliquely (vertex, fossa floors) bone and brain share a
+    wide band, with the slice profile's tails adding a little bone beyond it.
+    """
     rho, tb = grid.rho.ravel()[idx], grid.tbin.ravel()[idx]
     d_b = lay["b"][tb] - rho
     d_s = lay["s"][tb] - rho
@@ -930,7 +1188,7 @@ def _shell(head: _Head, grid: _Grid, k: int, t: float, lay: dict, idx: np.ndarra
         d_b = np.minimum(d_b, _skull_base_bone(head, grid, t, depth, idx, tb))
     f_s = _ramp(d_s, lay["ws"])
     f_b = np.minimum(_ramp(d_b, lay["wb"]), f_s)
-    f_c = np.minimum(_ramp(depth, lay["wc"]), f_b)
+    f_c = np.minimum(_soft_ramp(depth, width), f_b)
     bone = _bone_hu(head, grid, k, idx, tb, rho, d_b, lay["b"] - lay["c"])
     fat = (d_s > 1.5) & (d_s < 1.5 + head.fat)
     scalp = np.where(fat, head.hu[_T["fat"]], head.hu[_T["skin"]])
@@ -944,19 +1202,32 @@ def _shell(head: _Head, grid: _Grid, k: int, t: float, lay: dict, idx: np.ndarra
     tissue.ravel()[idx] = np.where(f_c >= 0.5, tissue.ravel()[idx], codes)
 
 
-def _cavity_depth(head: _Head, grid: _Grid, t: float, d_c: np.ndarray) -> np.ndarray:
-    """Depth (mm) inside the cranial cavity: the vault, or the skull-base fossae below it.
+def _cavity_depth(head: _Head, grid: _Grid, t: float, d_c: np.ndarray,
+                  wc: float) -> tuple[np.ndarray, np.ndarray | float]:
+    """Depth (mm) inside the cranial cavity, and how far its wall moves across the slab.
 
-    Below level 0.32 the cavity is the union of the posterior fossa, the two middle
-    cranial fossae (temporal lobes) and the anterior fossa, which grow and merge upward.
+    Above level 0.32 the cavity is the vault (wall movement ``wc``, one value per slice).
+    Below, it is the union of the posterior fossa, the two middle cranial fossae
+    (temporal lobes) and the anterior fossa, which grow and merge upward. Their floors
+    are also found at the bottom and top of the slab: a slice through a floor gets a
+    partial-volume band as wide as the floor moves within it (depths below -6 mm are
+    taken as -6 there, so only walls near the slice count).
     """
     if t >= 0.32:
-        return d_c
-    low = np.full(grid.x.shape, -30.0, dtype=np.float32)
-    for cx, cy, a, b, angle in _fossae(head, t):
-        _max_ellipse(low, grid, head, cx, cy, a, b, angle)
-    low += _wobble(head, t, 2.0, 3, 14)[grid.tbin] * np.minimum(grid.rho * (1 / 40), 1.0)
-    return np.minimum(d_c, low)
+        return d_c, wc
+    half = head.dt / 2
+    wobble = _wobble(head, t, 2.0, 3, 14)[grid.tbin] * np.minimum(grid.rho * (1 / 40), 1.0)
+    depths = []
+    for level in (t, t - half, t + half):
+        low = np.full(grid.x.shape, -30.0, dtype=np.float32)
+        for cx, cy, a, b, angle in _fossae(head, level):
+            _max_ellipse(low, grid, head, cx, cy, a, b, angle)
+        low += wobble
+        depths.append(np.minimum(d_c, low))
+    depth, lo, hi = depths
+    width = np.abs(np.maximum(hi, -6.0) - np.maximum(lo, -6.0))
+    width += wc
+    return depth, width
 
 
 def _wobble(head: _Head, t: float, amp: float, lo: int, hi: int) -> np.ndarray:
@@ -1292,31 +1563,56 @@ def _max_segment(out: np.ndarray, grid: _Grid, head: _Head, p0: tuple[float, flo
 
 def _calcify(head: _Head, grid: _Grid, xw: np.ndarray, t: float, brain: np.ndarray,
              brain_hu: np.ndarray) -> None:
-    """Paint the patient's physiological calcifications that fall on this slice, in place."""
-    for cx, cy, level, r, hu in head.calcs:
-        dz = abs(level - t) / head.dt
-        if dz >= 0.8:
+    """Blend the calcifications that reach this slice's slab into it, in place.
+
+    A pixel takes the share of its slab (in z) that the ellipsoid fills, so small or
+    off-centre calcifications look faint (60-150 HU) as they do on 5 mm slices. Pixels
+    above 100 HU get the calcification code.
+    """
+    half = head.dt * _HEIGHT_MM / 2
+    zk = t * _HEIGHT_MM
+    for _, cx, cy, cz, rx, ry, rz, hu in head.calcs:
+        if abs(cz - zk) >= rz + half:
             continue
-        rz = r * math.sqrt(1 - (dz / 0.8) ** 2)
-        win = grid.window(head, cx, cy, rz + 1)
+        win = grid.window(head, cx, cy, max(rx, ry) + 1)
         if win is None:
             continue
-        dot = (xw[win] - cx) ** 2 + (grid.y[win] - cy) ** 2 < rz * rz
-        brain[win][dot] = _T["calcification"]
-        brain_hu[win][dot] = hu
+        q = 1 - ((xw[win] - cx) * (1 / rx)) ** 2 - ((grid.y[win] - cy) * (1 / ry)) ** 2
+        h = rz * np.sqrt(np.maximum(q, 0))
+        share = (np.minimum(cz + h, zk + half) - np.maximum(cz - h, zk - half)) * (0.5 / half)
+        share = np.maximum(share, 0) * (q > 0)
+        view = brain_hu[win]
+        view += share * (hu - view)
+        brain[win][view > 100] = _T["calcification"]
 
 
 def _venous_sinus(head: _Head, grid: _Grid, t: float, depth: np.ndarray, brain: np.ndarray) -> None:
-    """The superior sagittal sinus: a dense triangle at the back of the falx (a mimic)."""
-    if not 0.4 < t < 0.92:
+    """Dural venous sinuses, dense with flowing blood (mimics; HU set by the haematocrit).
+
+    The superior sagittal sinus is a triangle at the back of the falx; lower down, the
+    transverse sinuses run along the occipital bone from the torcula, and the sigmoid
+    sinuses curve forward beside the petrous bones.
+    """
+    if 0.4 < t < 0.92:
+        cy = float(np.interp(np.pi / 2, _BIN_ANGLE, _outline(head, t))) - 4
+        win = grid.window(head, 0, cy, 12)
+        if win is not None:
+            d, x = depth[win], grid.x[win]
+            tri = (d > 0) & (d < 7) & (np.abs(x) < 0.55 * (7 - d)) & (grid.y[win] > 0)
+            brain[win][tri] = _T["venous_sinus"]
+    f_tr, f_sg = _bump(t, 0.2, 0.4), _bump(t, 0.05, 0.25)
+    if f_tr == 0 and f_sg == 0:
         return
-    cy = float(np.interp(np.pi / 2, _BIN_ANGLE, _outline(head, t))) - 4
-    win = grid.window(head, 0, cy, 12)
-    if win is None:
-        return
-    d, x = depth[win], grid.x[win]
-    tri = (d > 0) & (d < 7) & (np.abs(x) < 0.55 * (7 - d)) & (grid.y[win] > 0)
-    brain[win][tri] = _T["venous_sinus"]
+    win = grid.box(head, -1.2 * head.a, 1.2 * head.a, 0.0, 1.3 * head.b)
+    d = depth[win]
+    off = np.abs(_BIN_ANGLE[grid.tbin[win]] - np.pi / 2)   # 0 straight behind
+    band = np.zeros(d.shape, dtype=bool)
+    if f_tr > 0:
+        band |= (off < 1.1) & (d < (4.0 + 2.0 * (off < 0.25)) * f_tr)
+    if f_sg > 0:
+        band |= (off > 0.9) & (off < 1.4) & (d < 5.0 * f_sg)
+    band &= d > 0
+    brain[win][band] = _T["venous_sinus"]
 
 
 def _bone_hu(head: _Head, grid: _Grid, k: int, idx: np.ndarray, tb: np.ndarray,
@@ -1489,10 +1785,8 @@ def _longest_run(ks: list[int]) -> list[int]:
     return best
 
 
-def _paint_lesions(clean: np.ndarray, painted: list[dict], lesions: list[_Lesion],
-                   grid: _Grid, head: _Head) -> dict[str, np.ndarray]:
-    """Paint oedema then blood into ``clean`` (in place); return bbox masks per subtype."""
-    masks: dict[str, np.ndarray] = {}
+def _paint_oedema(clean: np.ndarray, painted: list[dict], head: _Head) -> None:
+    """Keep each lesion's longest run of slices, and paint its oedema into ``clean``."""
     for per_slice in painted:
         keep = _longest_run(list(per_slice))
         for k in list(per_slice):
@@ -1501,18 +1795,68 @@ def _paint_lesions(clean: np.ndarray, painted: list[dict], lesions: list[_Lesion
         for k, (_, oed) in per_slice.items():
             if oed is not None:
                 clean[k][oed] = head.hu[_T["white"]] - 8.0
+
+
+def _paint_blood(clean: np.ndarray, painted: list[dict], lesions: list[_Lesion],
+                 grid: _Grid, head: _Head) -> dict[str, np.ndarray]:
+    """Paint each lesion's blood into ``clean`` (in place); return bbox masks per subtype.
+
+    The masks are exactly the painted voxels, whatever the blood's age.
+    """
+    masks: dict[str, np.ndarray] = {}
     h, w = grid.x.shape
     for les, per_slice in zip(lesions, painted):
         m = masks.setdefault(les.subtype, np.zeros((head.n, h, w), dtype=bool))
+        level = _fluid_level(les, per_slice)
         for k, (blood, _) in per_slice.items():
-            o1, o2 = (k * 11) % 60, (k * 5) % 60
-            tex = grid.texture[o1:o1 + h, o2:o2 + w]
-            value = les.hu + 3.5 * tex
-            if les.subtype == "intraventricular" and les.params["mode"] == "layer":
-                value = value + 8.0   # the dependent layer of cells is denser
-            clean[k][blood] = value[blood]
+            rows, cols = np.nonzero(blood)
+            clean[k][rows, cols] = _blood_hu(les, k, rows, cols, grid, head, level)
             m[k] |= blood
     return masks
+
+
+def _fluid_level(les: _Lesion, per_slice: dict) -> float | None:
+    """Grid row of a layering lesion's fluid level (horizontal in the image), else None."""
+    if les.age != "layered" or not per_slice:
+        return None
+    rows = np.concatenate([np.nonzero(b.any(axis=1))[0] for b, _ in per_slice.values()])
+    return float(rows.min() + les.look["level"] * (rows.max() - rows.min()))
+
+
+def _blood_hu(les: _Lesion, k: int, rows: np.ndarray, cols: np.ndarray, grid: _Grid,
+              head: _Head, level: float | None) -> np.ndarray:
+    """Noise-free HU of a lesion's blood pixels on slice k, each part inside its range."""
+    look = les.look
+    tex = grid.texture[rows + (k * 11) % 60, cols + (k * 5) % 60]
+    part = np.zeros(rows.shape, dtype=bool)   # True: the age's second part (_AGE_PARTS)
+    if les.age in ("swirl", "mixed"):
+        field_ = _blob_field(look, grid.x[rows, cols], grid.y[rows, cols],
+                             k * head.dt * _HEIGHT_MM)
+        part = field_ < np.quantile(field_, look["frac"]) if rows.size else part
+    elif les.age == "layered":
+        part = rows >= level   # dependent (posterior, patient supine) part
+    elif les.age == "subacute" and "core" in look:   # intraparenchymal: a shrinking dense core
+        p, u = les.params, les.u(k)
+        x = grid.x[rows, cols]
+        if head.shift is not None:
+            x = x - head.shift[k] * grid.warp[rows, cols]
+        r = p["r"] * math.sqrt(1 - u * u) if u is not None else p["r"]
+        part = np.hypot(x - p["x"], grid.y[rows, cols] - p["y"]) < look["core"] * r
+    main, alt = _AGE_PARTS[les.age][0], _AGE_PARTS[les.age][-1]
+    base = np.where(part, look[alt], look[main]).astype(np.float32)
+    if les.subtype == "intraventricular" and les.params.get("mode") == "layer":
+        base += 8.0   # the dependent layer of cells is denser
+    lo = np.where(part, _BLOOD_HU[alt][0], _BLOOD_HU[main][0])
+    hi = np.where(part, _BLOOD_HU[alt][1], _BLOOD_HU[main][1])
+    return np.clip(base + 3.5 * tex, lo, hi).astype(np.float32)
+
+
+def _blob_field(look: dict, x: np.ndarray, y: np.ndarray, z: float) -> np.ndarray:
+    """A smooth random field (blobs about ``look['wave']`` mm across) for mixed patterns."""
+    w = 2 * np.pi / look["wave"]
+    p0, p1, p2 = look["phase"]
+    return (np.sin(w * x + p0 + 0.6 * w * z) + np.sin(w * (0.6 * x + 0.8 * y) + p1)
+            + np.sin(w * (0.6 * x - 0.8 * y) + p2 - 0.5 * w * z))
 
 
 # --- one patient: noise, blur, assembly --------------------------------------------------
