@@ -36,14 +36,18 @@ def test_intensity_map_is_the_blood_band_inside_the_skull():
 
 def test_chance_prior_is_the_brain_share_of_each_grid_cell():
     hu, _ = head(n=1, size=32)
-    prior = chance_prior(hu, (2, 2))
-    # a centred round brain fills the four quadrants alike: a flat-topped, symmetric map
+    prior = chance_prior(hu, (4, 4))
+    # the brain disc (radius 12 of 32) covers the four centre cells and little of the corners
+    yy, xx = np.mgrid[:32, :32]
+    brain = np.hypot(yy - 15.5, xx - 15.5) < 12
+    share = brain.reshape(4, 8, 4, 8).mean(axis=(1, 3))
     assert prior.shape == hu.shape and prior.max() == pytest.approx(1.0)
+    assert prior[0, 12:20, 12:20].min() == pytest.approx(1.0)          # centre cells are all brain
+    assert prior[0, 0, 0] == pytest.approx(share[0, 0] / share.max(), abs=0.02)
     np.testing.assert_allclose(prior[0], prior[0][::-1, ::-1], atol=1e-5)
     np.testing.assert_allclose(prior[0], prior[0].T, atol=1e-5)
-    assert prior[0, 0, 0] < prior[0, 16, 16]
-    # on a 1 x 1 grid it is one number everywhere: a flat map
-    assert np.ptp(chance_prior(hu, (1, 1))) == 0
+    # a centred brain fills the four quadrants of a 2 x 2 grid alike: a flat map
+    assert np.ptp(chance_prior(hu, (2, 2))) == pytest.approx(0, abs=1e-6)
 
 
 def test_chance_prior_scores_near_its_expected_value_on_random_masks():
