@@ -98,6 +98,16 @@ class CNNBiLSTM(nn.Module):
         """
         return self.encoder.layer4[-1]
 
+    def cam_layer(self, name: str) -> nn.Module:
+        """The last block of a ResNet stage by name (``"layer1"`` .. ``"layer4"``), for Grad-CAM.
+
+        Raises:
+            ConfigError: On another name.
+        """
+        if name not in ("layer1", "layer2", "layer3", "layer4"):
+            raise ConfigError(f"unknown CAM layer {name!r}; choose layer1, layer2, layer3 or layer4")
+        return getattr(self.encoder, name)[-1]
+
     def forward(self, x: torch.Tensor) -> ModelOutput:
         """Predict from a batch of slice sequences.
 

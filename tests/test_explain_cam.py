@@ -305,3 +305,27 @@ def test_cuda_lstm_backward_in_eval_mode():
     result = scan_grad_cam(model, scan_input(s=4, size=64).cuda(), "any")
     assert np.isfinite(result.maps).all() and result.maps.max() == pytest.approx(1.0)
     assert torch.backends.cudnn.enabled
+
+
+@pytest.mark.parametrize("method", ["gradcam", "hirescam", "gradcam++", "layercam"])
+def test_every_method_gives_a_map_per_slice_of_the_real_model(method):
+    model = real_model().eval()
+    result = scan_grad_cam(model, scan_input(s=4, size=64), "any", method=method,
+                           target_layer="layer3")
+    assert result.maps.shape == (4, 64, 64) and result.raw.shape == (4, 4, 4)   # layer3: stride 16
+    assert np.isfinite(result.maps).all() and result.maps.max() == pytest.approx(1.0)
+
+
+def test_a_fusion_of_layers_averages_their_scan_normalised_maps():
+    model = real_model().eval()
+    x = scan_input(s=3, size=64)
+    three = scan_grad_cam(model, x, "any", target_layer="layer3", normalize=None)
+    four = scan_grad_cam(model, x, "any", target_layer="layer4", normalize=None)
+    fused = scan_grad_cam(model, x, "any", target_layer=["layer3", "layer4"], normalize=None)
+    expected = (normalize_scan(upsample_maps(three.raw, (64, 64)))
+                + normalize_scan(upsample_maps(four.raw, (64, 64)))) / 2
+    np.testing.assert_allclose(fused.raw, expected, atol=1e-6)
+    with pytest.raises(ConfigError, match="unknown CAM"):
+        scan_grad_cam(model, x, "any", method="eigencam")
+    with pytest.raises(ConfigError, match="layer5"):
+        scan_grad_cam(model, x, "any", target_layer="layer5")

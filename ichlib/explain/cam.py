@@ -31,7 +31,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
 from torch import nn
 
 from ichlib.errors import ConfigError, IchlibError
@@ -142,16 +142,13 @@ class ScanAsBatch(nn.Module):
         return out.scan_logits if hasattr(out, "scan_logits") else out
 
 
-class _ScanGradCAM(GradCAM):
-    """GradCAM that also keeps the un-normalised ReLU'd maps and checks the layout.
+class _ScanCAMHooks:
+    """Hooks added to a ``grad-cam`` method class: keep the un-normalised ReLU'd maps, and
+    check that the CNN ran once on all slices as a batch.
 
-    Only two hooks of the library are extended; the weights, the weighted sum and the
-    per-slice scaling are the library's own code.
+    Only these two hooks of the library are extended; the weights, the weighted sum and the
+    per-slice scaling are the library's own code for each method.
     """
-
-    def __init__(self, model: nn.Module, target_layers: list[nn.Module]) -> None:
-        super().__init__(model, target_layers)
-        self.raw_cams: list[np.ndarray] = []
 
     def get_cam_image(self, *args, **kwargs) -> np.ndarray:
         cam = super().get_cam_image(*args, **kwargs)
@@ -167,11 +164,29 @@ class _ScanGradCAM(GradCAM):
                 f"the target layer ran {len(acts)} time(s) and got {len(grads)} gradient(s) in one "
                 f"forward pass; scan Grad-CAM needs the CNN to run once on all {n} slices as a batch "
                 "([B*S, C, H, W]) and the score to depend on the target layer")
-        for a, g in zip(acts, grads):
+        for a, g in zip(acts, grads, strict=True):
             if a.ndim != 4 or a.shape[0] != n or tuple(g.shape) != tuple(a.shape):
                 raise IchlibError(f"target layer activations {tuple(a.shape)} / gradients "
                                   f"{tuple(g.shape)} are not [S={n}, F, h, w]")
         return super().compute_cam_per_layer(input_tensor, targets, eigen_smooth)
+
+
+#: The ``grad-cam`` methods a scan can be explained with.
+CAM_METHODS: dict[str, type] = {"gradcam": GradCAM, "hirescam": HiResCAM,
+                                "gradcam++": GradCAMPlusPlus, "layercam": LayerCAM}
+_SCAN_CLASSES: dict[str, type] = {}
+
+
+def _scan_cam(method: str, model: nn.Module, layers: list[nn.Module]):
+    """An instance of ``grad-cam``'s ``method`` with :class:`_ScanCAMHooks`."""
+    if method not in CAM_METHODS:
+        raise ConfigError(f"unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}")
+    if method not in _SCAN_CLASSES:
+        _SCAN_CLASSES[method] = type(f"_Scan{CAM_METHODS[method].__name__}",
+                                     (_ScanCAMHooks, CAM_METHODS[method]), {})
+    cam = _SCAN_CLASSES[method](model, layers)
+    cam.raw_cams = []
+    return cam
 
 
 # --- the result -------------------------------------------------------------------------
@@ -220,7 +235,8 @@ class ScanCAM:
 def scan_grad_cam(model: nn.Module, x: torch.Tensor | np.ndarray,
                   target: str | Target | None = "any", *, normalize: Normalize = "scan",
                   slice_indices: Sequence[int] | np.ndarray | None = None,
-                  target_layer: nn.Module | None = None) -> ScanCAM:
+                  target_layer: nn.Module | str | Sequence[nn.Module | str] | None = None,
+                  method: str = "gradcam") -> ScanCAM:
     """Grad-CAM maps for every slice of one scan.
 
     Args:
@@ -237,7 +253,12 @@ def scan_grad_cam(model: nn.Module, x: torch.Tensor | np.ndarray,
             biases) give zeros, never NaN.
         slice_indices: The scan's 0-based slice index of each sampled slice, kept in the
             result for plots and NIfTI output.
-        target_layer: Layer to explain; default ``model.target_layer``.
+        target_layer: Layer to explain: a module, a name the model resolves with
+            ``model.cam_layer(name)`` (``"layer3"``, ``"layer4"`` for :class:`~ichlib.model.CNNBiLSTM`),
+            or several of them, whose maps are fused (each brought to the input size and
+            divided by its scan maximum, then averaged); default ``model.target_layer``.
+        method: One of :data:`CAM_METHODS` (``grad-cam``'s GradCAM, HiResCAM, GradCAM++,
+            LayerCAM).
 
     Returns:
         A :class:`ScanCAM`.
@@ -250,9 +271,7 @@ def scan_grad_cam(model: nn.Module, x: torch.Tensor | np.ndarray,
     if normalize not in _NORMALIZE:
         raise ConfigError(f"normalize must be 'scan', 'slice' or None, got {normalize!r}")
     x, target, slice_pos, slice_indices = _checked_inputs(x, target, slice_indices)
-    layer = target_layer if target_layer is not None else getattr(model, "target_layer", None)
-    if layer is None:
-        raise ConfigError("the model has no .target_layer; pass target_layer=")
+    layers = _resolve_layers(model, target_layer)
 
     first = next(model.parameters())
     device = first.device
@@ -261,17 +280,14 @@ def scan_grad_cam(model: nn.Module, x: torch.Tensor | np.ndarray,
     with _preserved_state(model), torch.inference_mode(False), torch.enable_grad(), \
             _cudnn_off(device):
         inp = x.detach().clone().to(device=device, dtype=dtype).requires_grad_(True)
-        cam = _ScanGradCAM(ScanAsBatch(model, head), [layer])
+        cam = _scan_cam(method, ScanAsBatch(model, head), layers)
         try:
             per_slice = cam(inp, [target])
             outputs = cam.outputs.detach().float().cpu()[0]
         finally:
             cam.activations_and_grads.release()
-    raw = cam.raw_cams[0]
-    if not np.isfinite(raw).all():
-        raise IchlibError("Grad-CAM maps are not finite: the model's output or gradients hold NaN/Inf")
-
     height, width = int(x.shape[-2]), int(x.shape[-1])
+    raw = _fuse(cam.raw_cams, (height, width))
     if normalize == "slice":
         maps = np.asarray(per_slice, dtype=np.float32)
     else:
@@ -285,6 +301,36 @@ def scan_grad_cam(model: nn.Module, x: torch.Tensor | np.ndarray,
         label=target.label, probability=float(probabilities[target.index]),
         probabilities=probabilities, slice_indices=slice_indices, head=head,
         slice_pos=slice_pos, normalize=normalize)
+
+
+def _resolve_layers(model: nn.Module, target_layer) -> list[nn.Module]:
+    if target_layer is None:
+        target_layer = getattr(model, "target_layer", None)
+        if target_layer is None:
+            raise ConfigError("the model has no .target_layer; pass target_layer=")
+    chosen = list(target_layer) if isinstance(target_layer, (list, tuple)) else [target_layer]
+    if not chosen:
+        raise ConfigError("target_layer names no layer")
+    resolve = getattr(model, "cam_layer", None)
+    layers = []
+    for layer in chosen:
+        if isinstance(layer, str):
+            if resolve is None:
+                raise ConfigError(f"the model cannot resolve the layer name {layer!r}; pass the module")
+            layer = resolve(layer)
+        layers.append(layer)
+    return layers
+
+
+def _fuse(raw_cams: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    """One layer's un-normalised maps as they are; several layers' brought to ``size``, each
+    divided by its scan maximum, and averaged."""
+    for raw in raw_cams:
+        if not np.isfinite(raw).all():
+            raise IchlibError("Grad-CAM maps are not finite: the model's output or gradients hold NaN/Inf")
+    if len(raw_cams) == 1:
+        return raw_cams[0]
+    return np.mean([normalize_scan(upsample_maps(raw, size)) for raw in raw_cams], axis=0).astype(np.float32)
 
 
 def _checked_inputs(x: torch.Tensor | np.ndarray, target: str | Target | None,
