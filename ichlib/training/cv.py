@@ -21,7 +21,9 @@ solutions trained their sequence models: first every fold's stage 1 (the slice C
 trained; then each patient is embedded by the CNN of the fold that tested it, so no
 embedding comes from a CNN that trained on its patient; then the sequence model of fold
 ``k`` is trained on the embeddings of fold ``k``'s training and validation patients (none
-made by CNN ``k``) and tested, with CNN ``k``, on fold ``k``'s test patients.
+made by CNN ``k``) and tested, with CNN ``k``, on fold ``k``'s test patients. Stage 2 thus
+reads embeddings of several CNNs; they stay comparable because every fold starts from the
+same weights (the same ``seed``), as the RSNA solutions' folds all started from ImageNet's.
 
 A pooled AUC ranks patients scored by ``K`` different models; the per-fold AUCs, and
 their spread, are reported beside it.
