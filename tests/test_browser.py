@@ -200,7 +200,7 @@ import numpy as np
 from scipy import ndimage
 from ichlib.synthetic.phantom import make_phantom
 from ichlib.viz.figures import SYNTHETIC_NOTE
-from ichlib.viz import SliceViewer
+from ichlib.viz.viewer import SliceViewer
 p = make_phantom(np.random.default_rng(0), size=64, n_slices=16,
                  subtypes=('subdural', 'intraparenchymal'))
 cam = ndimage.gaussian_filter(p.mask.astype(np.float32), (0.7, 3, 3))  # a stand-in for Grad-CAM

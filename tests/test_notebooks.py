@@ -16,7 +16,7 @@ EXTRA = {"03": {"WINDOWS": "brain,subdural"}, "04": {"WINDOWS": "brain,subdural"
 
 @pytest.fixture(scope="module")
 def tiny_phantom(tmp_path_factory) -> Path:
-    from ichlib.synthetic.phantom import write_synthetic_ct_ich
+    from ichlib.synthetic.writer import write_synthetic_ct_ich
 
     return write_synthetic_ct_ich(tmp_path_factory.mktemp("phantom"), n_patients=12, size=96, seed=1)
 

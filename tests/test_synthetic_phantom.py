@@ -15,14 +15,11 @@ from ichlib.io.load import load_mask, load_volume, read_header
 from ichlib.io.nifti import save_volume
 from ichlib.labels import CT_ICH_COLUMNS, SUBTYPES
 from ichlib.preprocess.resize import resample_volume
-from ichlib.synthetic import phantom
-from ichlib.synthetic.phantom import (
-    TISSUE,
-    make_phantom,
-    patient_ids,
-    plan_subtypes,
-    write_synthetic_ct_ich,
-)
+from ichlib.synthetic import head as synth_head
+from ichlib.synthetic import lesions, phantom, writer
+from ichlib.synthetic.head import TISSUE
+from ichlib.synthetic.phantom import make_phantom
+from ichlib.synthetic.writer import patient_ids, plan_subtypes, write_synthetic_ct_ich
 from ichlib.training.baseline import IntensityBaseline, hyperdense_fraction
 from ichlib.training.metrics import roc_auc
 
@@ -44,7 +41,7 @@ def sick() -> phantom.Phantom:
     """One patient with all five subtypes, all acute, at a resolution where shapes can be checked."""
     with pytest.MonkeyPatch.context() as mp:
         for sub in SUBTYPES:
-            mp.setitem(phantom._AGE_MIX, sub, {"acute": 1.0})
+            mp.setitem(lesions._AGE_MIX, sub, {"acute": 1.0})
         return make_phantom(np.random.default_rng(11), size=160, n_slices=30, subtypes=SUBTYPES)
 
 
@@ -124,7 +121,7 @@ def test_an_interrupted_run_leaves_no_completion_marker(tmp_path: Path, monkeypa
     def crash(task):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(phantom, "_write_patient", crash)
+    monkeypatch.setattr(writer, "_write_patient", crash)
     with pytest.raises(RuntimeError):
         write_synthetic_ct_ich(out, n_patients=2, size=48, n_slices_range=(8, 8), workers=1)
     assert not (out / "synthetic.json").exists()
@@ -300,7 +297,7 @@ def test_normal_heads_have_no_blood_but_may_have_dense_mimics():
 def _heads(n: int, seed: int = 0) -> list:
     """``n`` patients' drawn parameters (no images: cheap)."""
     rng = np.random.default_rng(seed)
-    return [phantom._draw_head(rng, 64, 12) for _ in range(n)]
+    return [synth_head._draw_head(rng, 64, 12) for _ in range(n)]
 
 
 def test_tissue_hu_stay_in_published_ranges():
@@ -314,7 +311,7 @@ def test_tissue_hu_stay_in_published_ranges():
     sinus = hu[:, TISSUE["venous_sinus"]]
     assert sinus.min() >= 38 and sinus.max() <= 62                      # flowing blood
     assert np.corrcoef(sinus, [h.hct for h in heads])[0, 1] > 0.9       # denser with haematocrit
-    table = phantom._TISSUE_HU
+    table = synth_head._TISSUE_HU
     assert -100 <= table[TISSUE["fat"]] <= -50 and 700 <= table[TISSUE["bone"]] <= 2000
 
 
@@ -384,17 +381,17 @@ def test_calcifications_are_as_common_and_as_big_as_in_adults():
 
 def test_each_calcification_is_drawn_dense_where_it_belongs(monkeypatch):
     """With every kind forced on, each cluster shows > 100 HU at its place in the image."""
-    monkeypatch.setattr(phantom, "_calcification_prevalence",
+    monkeypatch.setattr(synth_head, "_calcification_prevalence",
                         lambda age: dict.fromkeys(("choroid", "pineal", "falx", "basal_ganglia"), 1.0))
     size = 256
-    head = phantom._draw_head(np.random.default_rng(6), size, 36)
+    head = synth_head._draw_head(np.random.default_rng(6), size, 36)
     ph = make_phantom(np.random.default_rng(6), size=size, n_slices=36)
     c, s = np.cos(head.angle), np.sin(head.angle)
     peak: dict[str, float] = {}
     for kind, x, y, z, *_ in head.calcs:   # the densest voxel near each nodule, per kind
         col = (c * x - s * y + head.centre[0]) / head.px + (size - 1) / 2
         row = (s * x + c * y + head.centre[1]) / head.px + (size - 1) / 2
-        k = head.slice_at(z / phantom._HEIGHT_MM)
+        k = head.slice_at(z / synth_head._HEIGHT_MM)
         r0, c0 = int(round(row)), int(round(col))
         patch = ph.hu[max(k - 1, 0):k + 2, r0 - 3:r0 + 4, c0 - 3:c0 + 4]
         peak[kind] = max(peak.get(kind, -1000.0), float(patch.max()))
@@ -437,12 +434,12 @@ def test_oblique_skull_gives_wide_partial_volume_at_vertex_and_skull_base():
 
 def _with_streaks(monkeypatch, hu: float | None):
     """Make _draw_streaks draw as usual (same random numbers) but set every band's HU."""
-    draw = phantom._draw_streaks
+    draw = synth_head._draw_streaks
 
     def fixed(rng, a, b):
         return [(*st[:5], st[5] if hu is None else hu, *st[6:]) for st in draw(rng, a, b)]
 
-    monkeypatch.setattr(phantom, "_draw_streaks", fixed)
+    monkeypatch.setattr(synth_head, "_draw_streaks", fixed)
 
 
 def test_streaks_raise_the_posterior_fossa_and_stay_out_of_the_masks(monkeypatch):
@@ -466,7 +463,7 @@ def test_streaks_raise_the_posterior_fossa_and_stay_out_of_the_masks(monkeypatch
 def _spy_paint(monkeypatch) -> dict:
     """Record the noise-free volume before and after blood is painted, and the masks."""
     seen: dict = {}
-    paint = phantom._paint_blood
+    paint = lesions._paint_blood
 
     def spy(clean, painted, lesions, grid, head):
         before = clean.copy()
@@ -478,40 +475,40 @@ def _spy_paint(monkeypatch) -> dict:
     return seen
 
 
-AGES = [(sub, age) for sub, mix in phantom._AGE_MIX.items() for age in mix]
+AGES = [(sub, age) for sub, mix in lesions._AGE_MIX.items() for age in mix]
 
 
 @pytest.mark.parametrize(("subtype", "age"), AGES)
 def test_each_blood_age_has_its_hu_and_the_mask_is_exactly_the_blood(monkeypatch, subtype, age):
-    monkeypatch.setitem(phantom._AGE_MIX, subtype, {age: 1.0})
+    monkeypatch.setitem(lesions._AGE_MIX, subtype, {age: 1.0})
     seen = _spy_paint(monkeypatch)
     ph = make_phantom(np.random.default_rng(21), size=128, n_slices=30, subtypes=(subtype,))
     mask = seen["masks"][subtype]
     changed = seen["after"] != seen["before"]
     assert mask.sum() > 20 and np.array_equal(changed, mask)         # all the blood, only blood
     assert ph.masks[subtype].sum() == mask.sum()
-    assert ph.notes[0].startswith(phantom._AGE_WORD[age])
+    assert ph.notes[0].startswith(lesions._AGE_WORD[age])
     values = seen["after"][mask]
-    parts = phantom._AGE_PARTS[age]
+    parts = lesions._AGE_PARTS[age]
     if age == "subacute" and subtype != "intraparenchymal":
         parts = ("subacute",)                                     # no dense core
     ok = np.zeros(values.shape, dtype=bool)
     for part in parts:
-        lo, hi = phantom._BLOOD_HU[part]
+        lo, hi = lesions._BLOOD_HU[part]
         ok |= (values >= lo) & (values <= hi)
     assert ok.all(), (values.min(), values.max())
     if len(set(parts)) == 2:                                      # both parts show
-        dense = phantom._BLOOD_HU["acute"][0]
+        dense = lesions._BLOOD_HU["acute"][0]
         assert (values > dense).sum() > 3 and (values < dense).sum() > 3
 
 
 def test_blood_age_mix_is_plausible_per_subtype():
-    head = phantom._draw_head(np.random.default_rng(3), 128, 36)
+    head = synth_head._draw_head(np.random.default_rng(3), 128, 36)
     rng = np.random.default_rng(4)
     for sub in SUBTYPES:
-        mix = phantom._AGE_MIX[sub]
+        mix = lesions._AGE_MIX[sub]
         assert sum(mix.values()) == pytest.approx(1.0)
-        ages = [phantom._draw_lesion(rng, head, sub).age for _ in range(400)]
+        ages = [lesions._draw_lesion(rng, head, sub).age for _ in range(400)]
         share = {a: ages.count(a) / len(ages) for a in set(ages)}
         fresh = share.get("acute", 0) + share.get("swirl", 0)
         if sub in ("epidural", "subarachnoid", "intraventricular"):
@@ -537,7 +534,7 @@ def test_the_intensity_rule_cannot_solve_the_phantom():
     plan = plan_subtypes(n, seed=0)
     feature, labels = [], []
     for pid, sub in zip(patient_ids(n), plan, strict=True):
-        rng, n_slices = phantom._patient_rng(0, pid, (28, 58))
+        rng, n_slices = writer._patient_rng(0, pid, (28, 58))
         ph = make_phantom(rng, size=128, n_slices=n_slices, subtypes=sub)
         feature.append(hyperdense_fraction(resample_volume(np.rint(ph.hu), 64))[0])
         labels.append([int(bool(sub))] + [int(s in sub) for s in SUBTYPES])

@@ -8,8 +8,8 @@ from ichlib._lazy import lazy_exports
 _NAMES = {
     "Phantom": ".phantom",
     "make_phantom": ".phantom",
-    "plan_subtypes": ".phantom",
-    "write_synthetic_ct_ich": ".phantom",
+    "plan_subtypes": ".writer",
+    "write_synthetic_ct_ich": ".writer",
     "write_synthetic_rsna": ".rsna",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _NAMES)

@@ -41,10 +41,11 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from ichlib.errors import ConfigError, DataError
 from ichlib.io.atomic import atomic_path, atomic_write_text
-from ichlib.io.dicom.headers import _quiet_pydicom
+from ichlib.io.dicom.headers import quiet_pydicom
 from ichlib.io.rsna import RSNA_LABEL_ORDER
 from ichlib.labels import SUBTYPES
-from ichlib.synthetic.phantom import Phantom, make_phantom, plan_subtypes
+from ichlib.synthetic.phantom import Phantom, make_phantom
+from ichlib.synthetic.writer import plan_subtypes
 
 #: Gantry tilt of the tilted series, degrees.
 TILT_DEGREES = 20.0
@@ -121,7 +122,7 @@ def ct_dataset(stored: np.ndarray, *, sop_uid: str, series_uid: str, study_uid: 
     if stored.ndim != 2:
         raise ValueError(f"expected one slice [Rows, Columns], got shape {stored.shape}")
     dtype = np.int16 if pixel_representation == 1 else np.uint16
-    with _quiet_pydicom():
+    with quiet_pydicom():
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CTImageStorage
         meta.MediaStorageSOPInstanceUID = sop_uid
@@ -162,7 +163,7 @@ def ct_dataset(stored: np.ndarray, *, sop_uid: str, series_uid: str, study_uid: 
 def write_dataset(path: str | os.PathLike, ds: Dataset) -> Path:
     """Write ``ds`` as a DICOM Part 10 file (preamble and file meta), atomically."""
     path = Path(path)
-    with _quiet_pydicom(), atomic_path(path, suffix=".dcm") as tmp:
+    with quiet_pydicom(), atomic_path(path, suffix=".dcm") as tmp:
         if _PYDICOM3:
             pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
         else:  # pydicom 2.4

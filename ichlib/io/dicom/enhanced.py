@@ -26,8 +26,8 @@ from ichlib.io.dicom.headers import (
     SliceHeader,
     _float_or_none,
     _floats,
-    _quiet_pydicom,
     multiframe_problem,
+    quiet_pydicom,
     rescale_value,
 )
 
@@ -62,7 +62,7 @@ def frame_headers(ds: pydicom.Dataset, header: SliceHeader) -> list[SliceHeader]
         if header.frames > 1:  # say so before the missing geometry is noticed
             raise DataError(header.path, multiframe_problem(header.frames))
         return [header]
-    with _quiet_pydicom():
+    with quiet_pydicom():
         per_frame = list(ds.PerFrameFunctionalGroupsSequence)
         shared_sequence = ds.get("SharedFunctionalGroupsSequence")
         shared = shared_sequence[0] if shared_sequence else None

@@ -186,7 +186,7 @@ def read_header_dataset(path: str | os.PathLike) -> tuple[pydicom.Dataset, Slice
     path = Path(path)
     size = _file_size(path)
     try:
-        with _quiet_pydicom(), open(path, "rb") as fh:
+        with quiet_pydicom(), open(path, "rb") as fh:
             ds = pydicom.dcmread(fh, stop_before_pixels=True)
             pixel_tell = fh.tell()
             element = fh.read(12)
@@ -282,7 +282,7 @@ if not any(isinstance(f, _UidNoiseFilter) for f in _PYDICOM_LOGGER.filters):
 
 
 @contextlib.contextmanager
-def _quiet_pydicom() -> Iterator[None]:
+def quiet_pydicom() -> Iterator[None]:
     """Silence pydicom's per-value warning (and log record) on RSNA's ``ID_...`` UIDs.
 
     The real RSNA files use ``ID_<hex>`` identifiers where DICOM expects digits and dots;
@@ -308,7 +308,7 @@ def _file_size(path: Path) -> int:
 def _read_dataset(path: Path) -> pydicom.Dataset:
     _file_size(path)
     try:
-        with _quiet_pydicom():
+        with quiet_pydicom():
             return pydicom.dcmread(path)
     except InvalidDicomError as exc:
         raise NotDicomError(path, "not a DICOM file (no 'DICM' marker after the 128-byte "
@@ -321,7 +321,7 @@ def _read_dataset(path: Path) -> pydicom.Dataset:
 
 def _header_from_dataset(ds: pydicom.Dataset, path: Path, pixel_problem: str | None) -> SliceHeader:
     """Build a :class:`SliceHeader`; NotDicomError for DICOM that holds no image."""
-    with _quiet_pydicom():
+    with quiet_pydicom():
         meta = getattr(ds, "file_meta", None)
         sop_class = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
         if "Rows" not in ds or "Columns" not in ds:
@@ -465,7 +465,7 @@ def _loaded_pixel_problem(ds: pydicom.Dataset) -> str | None:
     if not ts.is_transfer_syntax or ts.is_compressed:
         return None  # an unknown syntax is refused by the header check
     expected = _expected_bytes(ds)
-    with _quiet_pydicom():
+    with quiet_pydicom():
         actual = len(ds.PixelData or b"")
     if expected is not None and actual < expected:
         return f"pixel data is truncated: {actual} bytes, Rows x Columns x BitsAllocated need {expected}"

@@ -15,10 +15,10 @@ from ichlib.io.dicom.headers import (
     _header_from_dataset,
     _is_12bit_bug,
     _loaded_pixel_problem,
-    _quiet_pydicom,
     _transfer_syntax_name,
     check_slice_header,
     padding_value,
+    quiet_pydicom,
 )
 
 try:  # pydicom >= 3
@@ -146,7 +146,7 @@ def _stored_values(raw: np.ndarray, bits_stored: int, signed: bool) -> np.ndarra
 
 def _decode_pixels(ds: pydicom.Dataset) -> np.ndarray:
     """Decode without touching ``ds`` (pydicom 3); pydicom 2.4 caches the array on ``ds``."""
-    with _quiet_pydicom():
+    with quiet_pydicom():
         try:
             from pydicom.pixels import pixel_array
         except ImportError:  # pydicom 2.4
