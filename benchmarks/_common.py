@@ -237,7 +237,7 @@ def synthetic_dataset(root: Path, n_patients: int, size: int, n_slices: tuple[in
     """
     folder = Path(root) / f"ctich-{size}px-{n_patients}p-{n_slices[0]}to{n_slices[1]}sl-seed{seed}"
     if not (folder / "synthetic.json").exists():
-        from ichlib.synthetic.phantom import write_synthetic_ct_ich
+        from ichlib.synthetic.writer import write_synthetic_ct_ich
 
         print(f"writing {n_patients} synthetic scans ({size}², {n_slices[0]}-{n_slices[1]} slices) "
               f"to {folder} ...", flush=True)

@@ -153,7 +153,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
                                    seed=args.seed, workers=args.workers)
         what = f"{args.patients} synthetic patients ({args.patients + 1} DICOM series, RSNA layout)"
     else:
-        from ichlib.synthetic.phantom import write_synthetic_ct_ich  # lazy: start-up time
+        from ichlib.synthetic.writer import write_synthetic_ct_ich  # lazy: start-up time
 
         out = write_synthetic_ct_ich(args.out_dir, n_patients=args.patients, size=args.size,
                                      seed=args.seed, workers=args.workers)

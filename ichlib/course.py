@@ -14,8 +14,8 @@ from matplotlib.figure import Figure
 
 from ichlib.io.folder import is_synthetic, read_dataset
 from ichlib.io.tables import CtIchData
-from ichlib.synthetic.phantom import write_synthetic_ct_ich
 from ichlib.synthetic.rsna import write_synthetic_rsna
+from ichlib.synthetic.writer import write_synthetic_ct_ich
 from ichlib.viz.figures import SYNTHETIC_NOTE, save_figure
 
 
