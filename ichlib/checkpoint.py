@@ -38,6 +38,8 @@ from ichlib.version import __version__
 FORMAT = "ichlib-checkpoint"
 FORMAT_VERSION = 1
 _REQUIRED = ("model", "model_config", "preprocess")
+#: The pooling of checkpoints whose model_config predates the ``pooling`` key.
+LEGACY_POOLING = "last"
 _PLAIN = (str, int, float, bool, type(None), torch.Tensor)
 
 
@@ -212,6 +214,9 @@ def model_from_checkpoint(ckpt: Mapping, device: str | torch.device = "cpu",
                           source: str | os.PathLike | None = None) -> tuple[CNNBiLSTM, PreprocessConfig]:
     """Rebuild the model (in eval mode) and its preprocessing from a loaded checkpoint.
 
+    A ``model_config`` without ``pooling`` comes from an ichlib whose scan head read the
+    BiLSTM's last states, and is rebuilt with ``pooling="last"``.
+
     Args:
         ckpt: From :func:`load_checkpoint`.
         device: Where to put the model.
@@ -221,7 +226,7 @@ def model_from_checkpoint(ckpt: Mapping, device: str | torch.device = "cpu",
         CheckpointError: If the weights do not fit the stored model configuration.
     """
     try:
-        model = CNNBiLSTM(**{**ckpt["model_config"], "pretrained": False})
+        model = CNNBiLSTM(**{"pooling": LEGACY_POOLING, **ckpt["model_config"], "pretrained": False})
         model.load_state_dict(ckpt["model"])
         preprocess = PreprocessConfig.from_dict(ckpt["preprocess"])
     except (RuntimeError, TypeError, KeyError, ValueError, IchlibError) as exc:

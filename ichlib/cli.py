@@ -166,7 +166,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 #: ``ichlib train`` options passed to TrainConfig under the same name.
 _TRAIN_OPTIONS = ("epochs", "batch_size", "img_size", "seq_len", "aux_weight", "backbone", "windows",
                   "seed", "lr", "patience", "amp", "device", "num_workers", "cache_dir", "n_boot",
-                  "sequence_epochs", "pos_weight", "deterministic", "two_stage", "skip_bad", "folds")
+                  "sequence_epochs", "pos_weight", "deterministic", "two_stage", "skip_bad", "folds",
+                  "pooling")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -375,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resized-volume cache (default: $ICHLIB_CACHE or ~/.cache/ichlib)")
     p.add_argument("--n-boot", type=_int_at_least(0), default=1000,
                    help="bootstrap replicates for the confidence intervals")
+    p.add_argument("--pooling", choices=("max", "mean", "attention", "last"), default="max",
+                   help="how the BiLSTM's per-slice outputs become the scan's prediction (last: the "
+                        "final states, an ablation)")
     p.add_argument("--pos-weight", action="store_true", help="weight positives by training prevalence")
     p.add_argument("--two-stage", action="store_true",
                    help="train the CNN (stage 1), then the BiLSTM on its cached slice embeddings")

@@ -1,9 +1,13 @@
 """Prediction on new scans with a trained checkpoint.
 
 Every preprocessing setting (windows, image size, number of slices ``S``) comes from the
-checkpoint, so a scan is prepared exactly as in training. The ``S`` slices are picked
-with :func:`ichlib.preprocess.sampling.uniform_indices` (first and last slice included); per-slice
-probabilities are reported at those slices, by their 1-based CT-ICH ``SliceNumber``.
+checkpoint, so a scan is prepared exactly as in training. Every slice of the scan counts:
+the CNN reads all ``N`` slices, the BiLSTM reads ``ceil(N / S)`` interleaved samplings of
+``S`` slices spaced as in training (:func:`ichlib.preprocess.sampling.covering_indices`), and the
+patient-level logits of the samplings are combined by their maximum
+(:meth:`ichlib.model.CNNBiLSTM.forward_scan`). Blood on a single slice, wherever it is,
+reaches the prediction. Per-slice probabilities are reported for every slice, by its
+1-based CT-ICH ``SliceNumber``.
 
 Inference runs under ``torch.inference_mode()`` in channels-last format, with bfloat16
 autocast where it is faster (``amp="auto"``; see :func:`ichlib.device.resolve_amp`);
@@ -32,6 +36,7 @@ from ichlib.io.volume import Volume
 from ichlib.labels import LABELS
 from ichlib.model import CNNBiLSTM
 from ichlib.preprocess.dataset import PreprocessConfig, prepare_scan
+from ichlib.preprocess.sampling import covering_indices
 
 ScanInput = str | os.PathLike | Volume | np.ndarray
 
@@ -43,9 +48,8 @@ class ScanPrediction:
     Attributes:
         path: The scan file (None for an array).
         probabilities: Patient-level probability per label name.
-        slice_numbers: 1-based SliceNumber of each of the ``S`` slices the model read
-            (a slice repeats when the scan has fewer than ``S`` slices).
-        slice_probabilities: ``[S, 6]`` slice-head probabilities; columns as LABELS.
+        slice_numbers: 1-based SliceNumber of every slice of the scan (``1 .. N``).
+        slice_probabilities: ``[N, 6]`` slice-head probabilities; columns as LABELS.
         thresholds: Per-label thresholds chosen on validation when the model was trained
             (empty if the checkpoint has none).
         trained_on: ``"synthetic"`` or ``"real"``: the data the model was trained on.
@@ -64,7 +68,7 @@ class ScanPrediction:
         return {label: self.probabilities[label] >= t for label, t in self.thresholds.items()}
 
     def slice_table(self) -> pd.DataFrame:
-        """One row per sampled slice: ``SliceNumber`` and a probability column per label."""
+        """One row per slice: ``SliceNumber`` and a probability column per label."""
         table = pd.DataFrame(self.slice_probabilities, columns=list(LABELS))
         table.insert(0, "SliceNumber", self.slice_numbers)
         return table
@@ -103,7 +107,7 @@ def predict_scan(model: CNNBiLSTM, config: PreprocessConfig, path_or_hu: ScanInp
                  device: str | torch.device = "cpu", amp: str = "auto",
                  thresholds: Mapping[str, float] | None = None,
                  trained_on: str = "real") -> ScanPrediction:
-    """Predict one scan.
+    """Predict one scan from all its slices (see the module docstring).
 
     Args:
         model: A trained model (it is put in eval mode).
@@ -132,10 +136,11 @@ def predict_scan(model: CNNBiLSTM, config: PreprocessConfig, path_or_hu: ScanInp
     if not np.isfinite(hu).all():
         raise DataError(path, "volume holds NaN or Inf values")
     device = torch.device(device)
-    x, indices = prepare_scan(hu, config)
+    x, indices = prepare_scan(hu, config, np.arange(hu.shape[0]))
+    samplings = covering_indices(hu.shape[0], config.seq_len)
     model.eval()
     with torch.inference_mode(), autocast(device, resolve_amp(amp, device)):
-        output = model(x.unsqueeze(0).to(device))
+        output = model.forward_scan(x.to(device), samplings)
     scan = torch.sigmoid(output.scan_logits.float())[0].cpu().numpy()
     slices = torch.sigmoid(output.slice_logits.float())[0].cpu().numpy()
     if not (np.isfinite(scan).all() and np.isfinite(slices).all()):

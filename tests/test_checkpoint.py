@@ -168,3 +168,37 @@ def test_rng_state_round_trip(tmp_path):
     assert torch.equal(first[0], second[0])
     np.testing.assert_array_equal(first[1], second[1])
     assert first[2] == second[2]
+
+
+@pytest.mark.parametrize("pooling", ["max", "attention", "last"])
+def test_pooling_travels_in_the_model_config(tmp_path, pooling):
+    torch.manual_seed(0)
+    model = CNNBiLSTM(lstm_hidden=8, pooling=pooling).eval()
+    path = save_checkpoint(tmp_path / "best.pt", {
+        "model": model.state_dict(), "model_config": model.model_config,
+        "preprocess": PreprocessConfig(("brain",), 32, 4).to_dict()})
+    rebuilt, _ = model_from_checkpoint(load_checkpoint(path))
+    assert rebuilt.pooling == pooling and rebuilt.model_config["pooling"] == pooling
+    x = torch.rand(2, 4, 1, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(rebuilt(x).scan_logits, model(x).scan_logits)
+
+
+def test_checkpoint_without_pooling_is_read_as_last_state_pooling(tmp_path):
+    # Checkpoints from before pooling was configurable read the BiLSTM's final states. Their
+    # weights also fit max pooling, so the key's absence must not silently mean the default.
+    torch.manual_seed(0)
+    model = CNNBiLSTM(lstm_hidden=8, pooling="last").eval()
+    old_config = {k: v for k, v in model.model_config.items() if k != "pooling"}
+    path = save_checkpoint(tmp_path / "old.pt", {
+        "model": model.state_dict(), "model_config": old_config,
+        "preprocess": PreprocessConfig(("brain",), 32, 4).to_dict()})
+    rebuilt, _ = model_from_checkpoint(load_checkpoint(path))
+    assert rebuilt.pooling == "last"
+    x = torch.rand(2, 4, 1, 32, 32)
+    with torch.inference_mode():
+        expected = model(x).scan_logits
+        torch.testing.assert_close(rebuilt(x).scan_logits, expected)
+        as_max = CNNBiLSTM(lstm_hidden=8, pooling="max").eval()
+        as_max.load_state_dict(model.state_dict())
+        assert not torch.allclose(as_max(x).scan_logits, expected)

@@ -329,3 +329,26 @@ def test_a_fusion_of_layers_averages_their_scan_normalised_maps():
         scan_grad_cam(model, x, "any", method="eigencam")
     with pytest.raises(ConfigError, match="layer5"):
         scan_grad_cam(model, x, "any", target_layer="layer5")
+
+
+def test_whole_scan_cam_explains_the_prediction_from_every_slice():
+    from ichlib.explain.cam import whole_scan_grad_cam
+    from ichlib.preprocess.sampling import covering_indices
+
+    model = real_model().eval()
+    x = scan_input(s=11, size=64)
+    samplings = covering_indices(11, 4)          # 3 interleaved samplings of 4
+    result = whole_scan_grad_cam(model, x, samplings, target_layer="layer3")
+    assert result.maps.shape == (11, 64, 64) and list(result.slice_indices) == list(range(11))
+    assert (result.maps.reshape(11, -1).max(axis=1) > 0).all()       # every slice has a map
+    assert result.maps.max() == pytest.approx(1.0)
+    with torch.inference_mode():
+        whole = torch.sigmoid(model.forward_scan(x, samplings).scan_logits)[0].numpy()
+    np.testing.assert_allclose(result.probabilities, whole, atol=1e-6)
+    assert result.label == LABELS[int(np.argmax(whole))]
+    # each slice's map is the one its own sampling gives
+    row = samplings[1]
+    part = scan_grad_cam(model, x[row], result.label, normalize=None, target_layer="layer3")
+    np.testing.assert_allclose(result.raw[row], part.raw, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ConfigError, match="covering"):
+        whole_scan_grad_cam(model, x, samplings[:1])

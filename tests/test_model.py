@@ -10,7 +10,8 @@ import torchvision
 
 from ichlib.errors import ConfigError, IchlibError
 from ichlib.labels import LABELS
-from ichlib.model import CNNBiLSTM, ModelOutput, adapt_first_conv
+from ichlib.model import DEFAULT_POOLING, POOLINGS, CNNBiLSTM, ModelOutput, adapt_first_conv
+from ichlib.preprocess.sampling import covering_indices
 
 # Numbers that go through amp="auto": CI runs these again under ICHLIB_AMP=bf16.
 pytestmark = pytest.mark.amp
@@ -68,13 +69,16 @@ def test_contract_attributes():
     assert isinstance(model.slice_head, torch.nn.Linear) and model.slice_head.in_features == 512
     assert model.lstm.bidirectional and model.lstm.batch_first
     assert isinstance(model.lstm_norm, torch.nn.LayerNorm) and model.lstm.input_size == 512
-    # The scan head reads the final states of both directions, concatenated.
+    # The scan head reads a BiLSTM output (both directions, concatenated) of each slice.
     linear = [m for m in model.scan_head.modules() if isinstance(m, torch.nn.Linear)]
     assert linear[-1].in_features == 2 * 8
     assert not any(k.startswith("target_layer") for k in model.state_dict())
     assert model.encoder(torch.rand(3, 1, 32, 32)).shape == (3, 512)
     assert model.model_config == {"backbone": "resnet18", "in_channels": 1, "n_labels": 6,
-                                  "lstm_hidden": 8, "lstm_layers": 2, "dropout": 0.3}
+                                  "lstm_hidden": 8, "lstm_layers": 2, "dropout": 0.3,
+                                  "pooling": DEFAULT_POOLING}
+    assert model.attention is None and model.sequence_modules() == [model.lstm_norm, model.lstm,
+                                                                    model.scan_head]
 
 
 @pytest.mark.parametrize(("backbone", "features"), [("resnet34", 512), ("resnet50", 2048)])
@@ -93,6 +97,8 @@ def test_bad_settings_are_refused():
         CNNBiLSTM(dropout=1.0)
     with pytest.raises(ConfigError, match=r"\[B, S, C, H, W\]"):
         CNNBiLSTM()(torch.rand(2, 1, 32, 32))
+    with pytest.raises(ConfigError, match="unknown pooling 'sum'"):
+        CNNBiLSTM(pooling="sum")
 
 
 def test_bf16_autocast_returns_float32_logits(models):
@@ -140,3 +146,97 @@ def test_adapt_first_conv_keeps_the_response_to_grey_input():
         assert adapted.shape == (4, c, 3, 3)
         torch.testing.assert_close(torch.nn.functional.conv2d(grey.repeat(1, c, 1, 1), adapted),
                                    rgb_response, rtol=1e-4, atol=1e-5)
+
+
+# --- pooling over the slices ---------------------------------------------------------
+
+def _pooled_by_hand(model: CNNBiLSTM, embeddings: torch.Tensor) -> torch.Tensor:
+    """The scan logits of ``model.sequence_logits``, recomputed from the LSTM's outputs."""
+    outputs, (h_n, _) = model.lstm(model.lstm_norm(embeddings))
+    if model.pooling == "last":
+        # forward direction after the last slice, backward direction after the first
+        torch.testing.assert_close(h_n[-2], outputs[:, -1, :model.lstm.hidden_size])
+        torch.testing.assert_close(h_n[-1], outputs[:, 0, model.lstm.hidden_size:])
+        return model.scan_head(torch.cat([h_n[-2], h_n[-1]], dim=1))
+    if model.pooling == "attention":
+        scores = model.attention(outputs)[..., 0]  # [B, S]
+        weights = scores.exp() / scores.exp().sum(dim=1, keepdim=True)
+        return model.scan_head((weights[..., None] * outputs).sum(dim=1))
+    per_slice = torch.stack([model.scan_head(outputs[:, t]) for t in range(outputs.shape[1])], dim=1)
+    return per_slice.max(dim=1).values if model.pooling == "max" else per_slice.sum(dim=1) / outputs.shape[1]
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_each_pooling_matches_its_definition(pooling):
+    torch.manual_seed(0)
+    model = CNNBiLSTM(lstm_hidden=8, pooling=pooling).eval()
+    assert model.model_config["pooling"] == pooling
+    assert (model.attention is not None) == (pooling == "attention")
+    embeddings = torch.randn(3, 5, 512)
+    with torch.inference_mode():
+        torch.testing.assert_close(model.sequence_logits(embeddings), _pooled_by_hand(model, embeddings))
+        out = model(torch.rand(2, 5, 1, 32, 32))
+    assert out.scan_logits.shape == (2, 6) and out.slice_logits.shape == (2, 5, 6)
+
+
+def _gradient_profile(pooling: str, seeds: int = 5, n_scans: int = 64, seq_len: int = 16) -> torch.Tensor:
+    """Mean gradient norm of the scan loss w.r.t. each slice position's embedding, in
+    untrained models (each seed's profile scaled to mean 1, then averaged over seeds)."""
+    profile = torch.zeros(seq_len)
+    for seed in range(seeds):
+        torch.manual_seed(seed)
+        model = CNNBiLSTM(pooling=pooling).eval()
+        # ResNet embeddings are non-negative with an offset shared by all slices
+        embeddings = (torch.randn(n_scans, seq_len, model.feature_dim).relu() + 1.0).requires_grad_(True)
+        logits = model.sequence_logits(embeddings)
+        torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits)).backward()
+        grad = embeddings.grad.norm(dim=2).mean(dim=0)
+        profile += grad / grad.mean()
+    return profile / seeds
+
+
+def test_last_state_pooling_favours_the_end_slices():
+    # The ablation: most of the scan loss's gradient reaches the first and last slices.
+    profile = _gradient_profile("last")
+    ends, middle = profile[[0, -1]].mean(), profile[4:12].mean()
+    assert ends / middle > 8 and profile.max() / profile.min() > 8
+
+
+@pytest.mark.parametrize("pooling", ["max", "mean", "attention"])
+def test_pooling_over_slices_spreads_the_gradient_evenly(pooling):
+    profile = _gradient_profile(pooling)
+    assert profile.max() / profile.min() < 2.0, profile
+
+
+# --- a whole scan -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_forward_scan_combines_covering_samplings(pooling):
+    torch.manual_seed(0)
+    model = CNNBiLSTM(lstm_hidden=8, pooling=pooling).eval()
+    slices = torch.rand(21, 1, 32, 32)
+    samplings = covering_indices(21, 8)  # 3 samplings of 8 slices
+    index = torch.from_numpy(samplings)
+    with torch.inference_mode():
+        whole = model.forward_scan(slices, samplings)
+        each = model(slices[index])  # the samplings as a batch of 3 sequences
+        mean = model.forward_scan(slices, samplings, combine="mean")
+        single = model(slices[None])
+    assert whole.scan_logits.shape == (1, 6) and whole.slice_logits.shape == (1, 21, 6)
+    torch.testing.assert_close(whole.scan_logits[0], each.scan_logits.max(dim=0).values, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(mean.scan_logits[0], each.scan_logits.mean(dim=0), rtol=1e-4, atol=1e-5)
+    # the slice head reads every slice once, independently of the samplings
+    torch.testing.assert_close(whole.slice_logits, single.slice_logits, rtol=1e-4, atol=1e-5)
+
+
+def test_forward_scan_refuses_bad_samplings():
+    model = CNNBiLSTM(lstm_hidden=8).eval()
+    slices = torch.rand(5, 1, 32, 32)
+    with pytest.raises(ConfigError, match="samplings"):
+        model.forward_scan(slices, [[0, 1, 5]])
+    with pytest.raises(ConfigError, match="samplings"):
+        model.forward_scan(slices, [0, 1, 2])
+    with pytest.raises(ConfigError, match="combine"):
+        model.forward_scan(slices, [[0, 1, 2]], combine="median")
+    with pytest.raises(ConfigError, match=r"\[N, C, H, W\]"):
+        model.forward_scan(slices[None], [[0, 1, 2]])

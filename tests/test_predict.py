@@ -12,7 +12,9 @@ from ichlib.checkpoint import load_checkpoint, model_from_checkpoint
 from ichlib.cli import main
 from ichlib.io.load import load_volume
 from ichlib.labels import LABELS
+from ichlib.model import CNNBiLSTM
 from ichlib.predict import Predictor, format_prediction, predict_files, predict_scan
+from ichlib.preprocess.dataset import PreprocessConfig
 from ichlib.preprocess.sampling import uniform_indices
 from ichlib.training.config import TrainConfig
 from ichlib.training.fit import fit
@@ -62,9 +64,8 @@ def test_prediction_contents(trained, scans):
     assert list(prediction.probabilities) == list(LABELS)
     assert all(0.0 <= p <= 1.0 for p in prediction.probabilities.values())
     n = load_volume(good[2]).n_slices
-    assert prediction.slice_numbers == [int(i) + 1 for i in uniform_indices(n, 6)]
-    assert prediction.slice_numbers[0] == 1 and prediction.slice_numbers[-1] == n
-    assert prediction.slice_probabilities.shape == (6, 6)
+    assert prediction.slice_numbers == list(range(1, n + 1))  # every slice, not only S = 6 of them
+    assert prediction.slice_probabilities.shape == (n, 6)
     assert prediction.thresholds == ckpt["thresholds"] and set(prediction.positive) == set(LABELS)
     assert prediction.trained_on == "synthetic"
     table = prediction.slice_table()
@@ -167,3 +168,38 @@ def test_predict_a_dicom_series(trained, tmp_path):
     for prediction, sid in zip(predictions, data.patient_ids):
         assert set(prediction.probabilities) == set(LABELS)
         assert prediction.slice_numbers[0] == 1 and prediction.slice_numbers[-1] == data.patients.loc[sid, "n_slices"]
+
+
+class IntensityToy(CNNBiLSTM):
+    """A stand-in for a trained model: each slice's patient-level logit is
+    ``20 * (brightest windowed pixel - 0.5)``, pooled by max over the sequence read."""
+
+    def __init__(self) -> None:
+        super().__init__(in_channels=1, lstm_hidden=4, pooling="max")
+
+    def embed(self, slices):
+        return slices.amax(dim=(1, 2, 3))[:, None].repeat(1, self.feature_dim)
+
+    def sequence_logits(self, embeddings):
+        per_slice = 20.0 * (embeddings[..., :1] - 0.5)  # [B, S, 1]
+        return per_slice.amax(dim=1).repeat(1, 6)
+
+
+@pytest.mark.parametrize("n_slices", [5, 16, 17, 28, 43, 58])
+def test_blood_on_one_slice_anywhere_reaches_the_scan_decision(n_slices):
+    config = PreprocessConfig(windows=("brain",), img_size=16, seq_len=16)
+    model = IntensityToy().eval()
+    missed_by_one_sampling = []
+    for k in range(n_slices):
+        hu = np.full((n_slices, 16, 16), 20.0, dtype=np.float32)  # brain window: 0.25
+        hu[k, 6:10, 6:10] = 70.0  # one hyperdense spot on slice k alone: 0.875
+        prediction = predict_scan(model, config, hu, device="cpu", amp="off")
+        assert prediction.probabilities["any"] > 0.99, (n_slices, k)
+        assert prediction.slice_numbers == list(range(1, n_slices + 1))
+        if k not in uniform_indices(n_slices, 16):
+            missed_by_one_sampling.append(k)
+    # with more slices than S, a single uniform sampling would not have read every one
+    assert (len(missed_by_one_sampling) > 0) == (n_slices > 16)
+    negative = predict_scan(model, config, np.full((n_slices, 16, 16), 20.0, dtype=np.float32),
+                            device="cpu", amp="off")
+    assert negative.probabilities["any"] < 0.01

@@ -11,8 +11,14 @@ from ichlib.io.ctich import read_ct_ich
 from ichlib.io.load import load_volume
 from ichlib.labels import LABELS
 from ichlib.preprocess.cache import CacheWarning, VolumeCache
-from ichlib.preprocess.dataset import PreprocessConfig, ScanDataset, prepare_scan, sampled_mask
-from ichlib.preprocess.sampling import uniform_indices
+from ichlib.preprocess.dataset import (
+    PreprocessConfig,
+    ScanDataset,
+    prepare_scan,
+    sampled_mask,
+    sequence_labels,
+)
+from ichlib.preprocess.sampling import covering_indices, uniform_indices
 from ichlib.preprocess.windowing import window
 
 
@@ -147,3 +153,57 @@ def test_unknown_patient(small_ct_ich):
     data = read_ct_ich(small_ct_ich)
     with pytest.raises(DataError, match="999"):
         ScanDataset(data, ["999"])
+
+
+# --- targets that match the input, and whole scans for evaluation --------------------------
+
+def test_sequence_labels_are_the_or_of_the_slices():
+    y = np.zeros((4, 6), dtype=np.float32)
+    y[2, [0, 3]] = 1
+    y[3, [0, 5]] = 1
+    np.testing.assert_array_equal(sequence_labels(y), [1, 0, 0, 1, 0, 1])
+    np.testing.assert_array_equal(sequence_labels(np.zeros((3, 6))), np.zeros(6))
+    with pytest.raises(ConfigError, match="slice labels"):
+        sequence_labels(np.zeros((0, 6)))
+
+
+def test_training_targets_say_blood_only_when_a_sampled_slice_shows_it(make_ct_ich, tmp_path):
+    # 40 slices, epidural on slice 20 alone: 4 jittered slices (one per 10-slice segment)
+    # pick it about one time in ten.
+    lab = np.zeros((40, 5), dtype=int)
+    lab[20, 3] = 1
+    data = read_ct_ich(make_ct_ich({7: lab}, size=16))
+    assert data.scan_labels("007")[0] == 1
+    train = ScanDataset(data, ["007"], PreprocessConfig(img_size=16, seq_len=4), tmp_path / "c", train=True)
+    hits = misses = 0
+    for epoch in range(60):
+        train.set_epoch(epoch)
+        item = train[0]
+        shows_blood = bool(item["slice_labels"][:, 0].max() > 0)
+        np.testing.assert_array_equal(item["scan_labels"].numpy(), item["slice_labels"].numpy().max(axis=0))
+        assert bool(item["scan_labels"][0] > 0) == shows_blood
+        hits, misses = hits + shows_blood, misses + (not shows_blood)
+    assert hits >= 1 and misses >= 30  # both cases occurred
+    # evaluation keeps the patient's label
+    evaluation = ScanDataset(data, ["007"], PreprocessConfig(img_size=16, seq_len=4), tmp_path / "c")
+    np.testing.assert_array_equal(evaluation[0]["scan_labels"].numpy(), data.scan_labels("007"))
+
+
+def test_all_slices_items_hold_the_whole_scan_and_its_samplings(small_ct_ich, tmp_path):
+    data = read_ct_ich(small_ct_ich)
+    cfg = PreprocessConfig(windows=("brain", "subdural"), img_size=16, seq_len=3)
+    whole = ScanDataset(data, data.patient_ids, cfg, tmp_path / "c", all_slices=True)
+    sampled = ScanDataset(data, data.patient_ids, cfg, tmp_path / "c")
+    item = whole[1]  # patient 050: 8 slices
+    assert item["x"].shape == (8, 2, 16, 16)
+    assert item["slice_indices"].tolist() == list(range(8))
+    np.testing.assert_array_equal(item["slice_labels"].numpy(), data.slice_labels("050"))
+    np.testing.assert_array_equal(item["scan_labels"].numpy(), data.scan_labels("050"))
+    np.testing.assert_array_equal(item["samplings"].numpy(), covering_indices(8, 3))
+    # the same pixels as the sampled item at the sampled slices
+    part = sampled[1]
+    torch.testing.assert_close(item["x"][part["slice_indices"]], part["x"])
+    batch = next(iter(DataLoader(whole, batch_size=1)))
+    assert batch["x"].shape == (1, 6, 2, 16, 16) and batch["samplings"].shape == (1, 2, 3)
+    with pytest.raises(ConfigError, match="all_slices"):
+        ScanDataset(data, data.patient_ids, cfg, tmp_path / "c", train=True, all_slices=True)

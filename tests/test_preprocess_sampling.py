@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from ichlib.errors import ConfigError
-from ichlib.preprocess.sampling import uniform_indices
+from ichlib.preprocess.sampling import covering_indices, uniform_indices
 
 
 def test_hand_computed_example():
@@ -60,3 +60,45 @@ def test_jitter_varies_over_draws():
 def test_bad_arguments(n, s):
     with pytest.raises(ConfigError):
         uniform_indices(n, s)
+
+
+# --- covering samplings: every slice counts at evaluation -------------------------------
+
+@pytest.mark.parametrize("s", [16, 1, 5])
+def test_covering_samplings_reach_every_slice(s):
+    for n in range(1, 121):
+        samplings = covering_indices(n, s)
+        k = -(-n // s)
+        assert samplings.shape == (k, s) and samplings.dtype == np.int64
+        assert samplings.min() >= 0 and samplings.max() < n
+        # every slice is read by at least one sampling
+        assert set(samplings.ravel().tolist()) == set(range(n)), n
+        lo, hi = n // s, -(-n // s)
+        for row in samplings:
+            steps = np.diff(row)
+            # sorted, and evenly spaced like a training draw: neighbours n / s slices apart
+            assert np.all(steps >= 0)
+            assert set(steps.tolist()) <= {lo, hi}, (n, row)
+
+
+def test_covering_samplings_hand_computed():
+    # 32 slices, S = 16: two samplings, the even and the odd slices
+    np.testing.assert_array_equal(covering_indices(32, 16), [list(range(0, 32, 2)), list(range(1, 32, 2))])
+    # 5 slices, S = 4: K = 2, grid step 5 / 8; sampling 0 at (0.5, 2.5, 4.5, 6.5) * 0.625
+    np.testing.assert_array_equal(covering_indices(5, 4), [[0, 1, 2, 4], [0, 2, 3, 4]])
+    # as many slices as S: one sampling, each slice once
+    np.testing.assert_array_equal(covering_indices(16, 16), [list(range(16))])
+    # fewer slices than S: one sampling, every slice in order, some repeated
+    np.testing.assert_array_equal(covering_indices(3, 6), [[0, 0, 1, 1, 2, 2]])
+
+
+def test_a_single_uniform_sampling_misses_slices_that_covering_reads():
+    # what covering fixes: one sampling of 16 out of 43 slices skips 27 of them
+    assert len(set(uniform_indices(43, 16).tolist())) == 16
+    assert len(set(covering_indices(43, 16).ravel().tolist())) == 43
+
+
+@pytest.mark.parametrize(("n", "s"), [(0, 16), (10, 0), (-3, 4)])
+def test_covering_refuses_bad_sizes(n, s):
+    with pytest.raises(ConfigError):
+        covering_indices(n, s)

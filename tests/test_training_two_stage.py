@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from ichlib.io.ctich import read_ct_ich
 from ichlib.model import CNNBiLSTM
 from ichlib.predict import Predictor
 from ichlib.preprocess.dataset import PreprocessConfig, ScanDataset, to_model_input
+from ichlib.preprocess.sampling import covering_indices
 from ichlib.training.config import TrainConfig
 from ichlib.training.fit import fit
 from ichlib.training.two_stage import (
@@ -23,6 +25,7 @@ from ichlib.training.two_stage import (
     SliceSampler,
     SliceStage,
     SliceStageConfig,
+    covering_logits,
     embed_scans,
     sample_sequences,
     sequence_parameters,
@@ -118,11 +121,54 @@ def test_sequence_stage_stops_early_and_keeps_the_best_epoch(one_thread):
     result = train_sequence_stage(model, embeddings, labels, ids[:12], ids[12:], seq_len=6, config=config)
     assert len(result.history) < 200
     assert len(result.history) - result.best_epoch == 3
-    x = sample_sequences(embeddings, ids[12:], 6, False, np.random.default_rng(0))
     target = torch.stack([torch.from_numpy(labels[pid]) for pid in ids[12:]])
+    # validation reads every slice: the two interleaved samplings of 6 out of 12, max-combined
     with torch.inference_mode():
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model.sequence_logits(x), target).item()
+        per_sampling = [model.sequence_logits(embeddings[pid][torch.from_numpy(covering_indices(12, 6))])
+                        for pid in ids[12:]]
+        logits = torch.stack([rows.max(dim=0).values for rows in per_sampling])
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target).item()
+        torch.testing.assert_close(covering_logits(model, embeddings, ids[12:], 6), logits)
     assert loss == pytest.approx(result.best_val_scan_loss, rel=1e-5)
+
+
+def test_sequence_stage_targets_are_the_or_of_the_sampled_slices(monkeypatch, one_thread):
+    import ichlib.training.two_stage as two_stage
+
+    embeddings, labels = toy_embeddings(16, np.random.default_rng(2))
+    # blood (any + subtype 1) on slice 5 alone of each positive scan: a jittered draw of 4
+    # out of 12 slices (one per 3-slice segment) reads it one time in three
+    slice_labels = {pid: np.zeros((12, 6), dtype=np.float32) for pid in embeddings}
+    for pid, y in labels.items():
+        slice_labels[pid][5] = y
+    drawn: list[tuple[list[str], list[np.ndarray]]] = []
+    targets: list[torch.Tensor] = []
+    draw = two_stage.draw_indices
+
+    def recording_draw(embeddings, ids, *args):
+        drawn.append((list(ids), draw(embeddings, ids, *args)))
+        return drawn[-1][1]
+
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+
+    def recording_bce(logits, target, pos_weight=None):
+        targets.append(target.clone())
+        return bce(logits, target, pos_weight=pos_weight)
+
+    monkeypatch.setattr(two_stage, "draw_indices", recording_draw)
+    monkeypatch.setattr(two_stage, "F", SimpleNamespace(binary_cross_entropy_with_logits=recording_bce))
+    ids = sorted(embeddings)
+    config = SequenceStageConfig(epochs=3, batch_size=4, patience=None)
+    train_sequence_stage(TinySequenceModel(), embeddings, labels, ids[:12], ids[12:], seq_len=4,
+                         config=config, slice_labels=slice_labels)
+    steps = [t for i, t in enumerate(targets) if i % 4 != 3]  # each epoch: 3 steps, then validation
+    assert len(steps) == len(drawn) == 9
+    unseen_blood = 0
+    for (batch, indices), target in zip(drawn, steps, strict=True):
+        for pid, idx, row in zip(batch, indices, target, strict=True):
+            np.testing.assert_array_equal(row.numpy(), slice_labels[pid][idx].max(axis=0))
+            unseen_blood += int(labels[pid][0] == 1 and 5 not in idx.tolist())
+    assert unseen_blood > 0  # positive patients whose draw missed the blood got target 0
 
 
 def test_sequence_stage_refuses_missing_embeddings_and_bad_settings():

@@ -163,10 +163,8 @@ def test_write_cam_report_png_and_aligned_nifti(make_ct_ich, tmp_path):
     assert written.shape == source.shape
     maps = np.transpose(np.asarray(written.dataobj, dtype=np.float32), (2, 1, 0))
     assert maps.shape == load_volume(scan).hu.shape == (7, 48, 48)
-    sampled = [0, 2, 4, 6]                                    # uniform_indices(7, 4)
     assert maps.min() >= 0 and maps.max() == pytest.approx(1.0, abs=1e-3)
-    assert not maps[[1, 3, 5]].any()                          # not sampled: zeros
-    assert any(maps[k].any() for k in sampled)
+    assert all(maps[k].any() for k in range(7))               # every slice is explained
 
     only_png = write_cam_report(model, config, scan, tmp_path / "png", save_nifti=False,
                                 label="epidural")

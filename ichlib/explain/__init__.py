@@ -9,6 +9,7 @@ _NAMES = {
     "SliceLabelTarget": ".cam",
     "normalize_scan": ".cam",
     "scan_grad_cam": ".cam",
+    "whole_scan_grad_cam": ".cam",
     "cascading_randomization": ".localization",
     "collect_localization": ".localization",
     "energy_in_mask": ".localization",

@@ -303,6 +303,52 @@ def scan_grad_cam(model: nn.Module, x: torch.Tensor | np.ndarray,
         slice_pos=slice_pos, normalize=normalize)
 
 
+def whole_scan_grad_cam(model: nn.Module, slices: torch.Tensor | np.ndarray, samplings: np.ndarray,
+                        label: str | None = None, *, method: str = "gradcam",
+                        target_layer: nn.Module | str | Sequence[nn.Module | str] | None = None) -> ScanCAM:
+    """A map for every slice of a scan, explaining the prediction made from every slice.
+
+    The model predicts the scan from all its slices (``model.forward_scan`` over the
+    covering ``samplings``, :func:`ichlib.preprocess.sampling.covering_indices`); ``label``
+    (default: the most probable one) is then explained on each sampling with
+    :func:`scan_grad_cam`, and each slice keeps its own map (the largest where a short scan
+    repeats a slice). The maps of all samplings are normalised together across the scan.
+
+    Args:
+        model: A :class:`~ichlib.model.CNNBiLSTM` (it needs ``forward_scan``).
+        slices: Every slice of the scan, windowed: ``[N, C, H, W]``.
+        samplings: ``[K, S]`` slice indices that together cover ``0 .. N - 1``.
+        label: The label to explain; None for the most probable.
+        method, target_layer: As for :func:`scan_grad_cam`.
+
+    Returns:
+        A :class:`ScanCAM` over all ``N`` slices (``slice_indices = 0 .. N - 1``) whose
+        probabilities are the whole-scan prediction's.
+    """
+    x = torch.as_tensor(slices)
+    samplings = np.asarray(samplings, dtype=np.int64)
+    n = int(x.shape[0])
+    if x.ndim != 4 or samplings.ndim != 2 or set(np.unique(samplings)) != set(range(n)):
+        raise ConfigError(f"need slices [N, C, H, W] and samplings [K, S] covering all {n} slices")
+    device = next(model.parameters()).device
+    with torch.inference_mode(), _preserved_state(model):
+        model.eval()
+        logits = model.forward_scan(x.to(device), samplings).scan_logits.float().cpu()[0]
+    probabilities = torch.sigmoid(logits).numpy().astype(np.float32)
+    label = LABELS[int(np.argmax(probabilities))] if label is None else ScanLabelTarget(label).label
+    raws: list[np.ndarray | None] = [None] * n
+    for row in samplings:
+        part = scan_grad_cam(model, x[row], label, normalize=None, slice_indices=row, method=method,
+                             target_layer=target_layer)
+        for pos, k in enumerate(row):
+            raws[k] = part.raw[pos] if raws[k] is None else np.maximum(raws[k], part.raw[pos])
+    raw = np.stack(raws).astype(np.float32)
+    maps = normalize_scan(upsample_maps(raw, (int(x.shape[-2]), int(x.shape[-1]))))
+    return ScanCAM(maps=maps, importance=raw.mean(axis=(1, 2)).astype(np.float32), raw=raw, label=label,
+                   probability=float(probabilities[label_index(label)]), probabilities=probabilities,
+                   slice_indices=np.arange(n, dtype=np.int64))
+
+
 def _resolve_layers(model: nn.Module, target_layer) -> list[nn.Module]:
     if target_layer is None:
         target_layer = getattr(model, "target_layer", None)

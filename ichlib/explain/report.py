@@ -13,12 +13,13 @@ import torch
 from torch import nn
 
 from ichlib.errors import ConfigError, DataError
-from ichlib.explain.cam import ScanCAM, scan_grad_cam
+from ichlib.explain.cam import ScanCAM, whole_scan_grad_cam
 from ichlib.io.load import is_dicom_series, load_volume
 from ichlib.io.nifti import save_like, save_volume
 from ichlib.io.volume import Volume
 from ichlib.preprocess.dataset import PreprocessConfig, prepare_scan
 from ichlib.preprocess.resize import resize_slices
+from ichlib.preprocess.sampling import covering_indices
 
 
 @dataclass
@@ -42,7 +43,8 @@ class ScanExplanation:
 
 def explain_scan(model: nn.Module, config: PreprocessConfig, scan_path: str | os.PathLike,
                  label: str | None = None) -> ScanExplanation:
-    """Read a scan, prepare it as for prediction, and compute its scan-normalised Grad-CAM.
+    """Read a scan, prepare every slice as for prediction, and compute a scan-normalised
+    Grad-CAM for every slice (:func:`~ichlib.explain.cam.whole_scan_grad_cam`).
 
     Args:
         model: Trained model (its device is used).
@@ -54,8 +56,9 @@ def explain_scan(model: nn.Module, config: PreprocessConfig, scan_path: str | os
         DataError: If the scan cannot be read.
     """
     volume = load_volume(scan_path)
-    x, indices = prepare_scan(volume.hu, config)
-    return ScanExplanation(volume, x, scan_grad_cam(model, x, label, slice_indices=indices))
+    x, _ = prepare_scan(volume.hu, config, np.arange(volume.n_slices))
+    samplings = covering_indices(volume.n_slices, config.seq_len)
+    return ScanExplanation(volume, x, whole_scan_grad_cam(model, x, samplings, label))
 
 
 def maps_to_volume(maps: np.ndarray, slice_indices: np.ndarray,

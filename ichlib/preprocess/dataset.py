@@ -22,7 +22,7 @@ from ichlib.io.load import load_mask, load_volume
 from ichlib.io.tables import CtIchData
 from ichlib.preprocess.cache import VolumeCache
 from ichlib.preprocess.resize import resample_volume, resize_slices
-from ichlib.preprocess.sampling import uniform_indices
+from ichlib.preprocess.sampling import covering_indices, uniform_indices
 from ichlib.preprocess.windowing import multi_window, resolve_windows
 
 Augment = Callable[[torch.Tensor, np.random.Generator], torch.Tensor]
@@ -104,11 +104,19 @@ class ScanDataset(Dataset):
 
     - ``x``: float32 ``[S, C, H, W]`` windowed slices;
     - ``slice_labels``: float32 ``[S, 6]`` for the sampled slices (columns as LABELS);
-    - ``scan_labels``: float32 ``[6]`` patient-level labels;
+    - ``scan_labels``: float32 ``[6]``: the patient-level labels, except in training,
+      where they are the OR of the sampled slices' labels (:func:`sequence_labels`), so
+      no target says "blood" for a sequence none of whose slices shows any;
     - ``slice_indices``: int64 ``[S]`` 0-based indices into the scan (SliceNumber - 1);
     - ``patient_id``: str.
 
     The default DataLoader collate turns these into ``x [B, S, C, H, W]`` etc.
+
+    With ``all_slices`` (evaluation) an item holds every slice of the scan instead:
+    ``x [N, C, H, W]``, ``slice_labels [N, 6]``, ``slice_indices = 0 .. N - 1``, plus
+    ``samplings``: int64 ``[K, S]`` from :func:`~ichlib.sampling.covering_indices`, for
+    :meth:`ichlib.model.CNNBiLSTM.forward_scan`. Scans differ in ``N``, so load them one
+    per batch.
 
     Attributes:
         data: The validated folder from :func:`~ichlib.io.ctich.read_ct_ich`.
@@ -120,6 +128,7 @@ class ScanDataset(Dataset):
         augment: Called as ``augment(x, rng)`` on training items; must transform all S
             slices of a scan the same way.
         seed: Base seed; an item's randomness depends only on (seed, epoch, index).
+        all_slices: Serve whole scans (every slice) with their covering samplings.
     """
 
     data: CtIchData
@@ -130,8 +139,11 @@ class ScanDataset(Dataset):
     augment: Augment | None = None
     seed: int = 0
     epoch: int = 0
+    all_slices: bool = False
 
     def __post_init__(self) -> None:
+        if self.all_slices and self.train:
+            raise ConfigError("all_slices is for evaluation; training samples S slices per scan")
         self.patient_ids = list(self.patient_ids)
         unknown = [p for p in self.patient_ids if p not in self.data.scans]
         if unknown:
@@ -157,7 +169,10 @@ class ScanDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         labels = self._labels[pid]
         n_slices = labels.shape[0]
-        idx = uniform_indices(n_slices, self.config.seq_len, jitter=self.train, rng=rng)
+        if self.all_slices:
+            idx = np.arange(n_slices, dtype=np.int64)
+        else:
+            idx = uniform_indices(n_slices, self.config.seq_len, jitter=self.train, rng=rng)
         if self._cache is not None:
             volume = self._cache.get(self.data.scans[pid], n_slices=n_slices)
             x = to_model_input(np.asarray(volume[idx], dtype=np.float32), self.config.windows)
@@ -165,13 +180,17 @@ class ScanDataset(Dataset):
             x, _ = prepare_scan(load_volume(self.data.scans[pid]).hu, self.config, idx)
         if self.train and self.augment is not None:
             x = self.augment(x, rng)
-        return {
+        scan_labels = sequence_labels(labels[idx]) if self.train else self.data.scan_labels(pid)
+        item = {
             "x": x.contiguous(),
             "slice_labels": torch.from_numpy(labels[idx]),
-            "scan_labels": torch.from_numpy(self.data.scan_labels(pid)),
+            "scan_labels": torch.from_numpy(scan_labels),
             "slice_indices": torch.from_numpy(idx),
             "patient_id": pid,
         }
+        if self.all_slices:
+            item["samplings"] = torch.from_numpy(covering_indices(n_slices, self.config.seq_len))
+        return item
 
     def warm_cache(self) -> list[str]:
         """Build the cache for every patient; returns the ids that failed (and why, via errors)."""
@@ -186,6 +205,23 @@ class ScanDataset(Dataset):
             except DataError:
                 failed.append(pid)
         return failed
+
+
+def sequence_labels(slice_labels: np.ndarray) -> np.ndarray:
+    """The target of a sequence of slices: per label, whether any of its slices has it.
+
+    Args:
+        slice_labels: ``[S, 6]`` 0/1 labels of the slices the model reads.
+
+    Returns:
+        float32 ``[6]``. For the sampled slices of a scan this can be 0 where the
+        patient's label is 1 (the blood lies between the sampled slices); never the other
+        way round.
+    """
+    labels = np.asarray(slice_labels, dtype=np.float32)
+    if labels.ndim != 2 or labels.shape[0] == 0:
+        raise ConfigError(f"expected slice labels [S, labels] with S >= 1, got shape {labels.shape}")
+    return labels.max(axis=0)
 
 
 def sampled_mask(data: CtIchData, patient_id: str, indices: np.ndarray, img_size: int) -> np.ndarray:

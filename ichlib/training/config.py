@@ -7,10 +7,12 @@ from dataclasses import dataclass
 
 from ichlib.errors import ConfigError
 from ichlib.losses import AUXILIARY_LOSS_WEIGHT
-from ichlib.model import BACKBONES
+from ichlib.model import BACKBONES, DEFAULT_POOLING, POOLINGS
 from ichlib.preprocess.dataset import PreprocessConfig
 from ichlib.training.engine import MONITORS
 
+#: What validation and test predictions read: every slice of a scan, or the S sampled ones.
+EVAL_SLICES = ("all", "sampled")
 #: Config fields that may differ when resuming (they do not change what is computed).
 RESUME_FREE = frozenset({"data_dir", "out_dir", "cache_dir", "num_workers", "device", "progress",
                           "n_boot"})
@@ -58,6 +60,12 @@ class TrainConfig:
         augment: Flip/rotate/shift/intensity augmentation of training scans.
         lstm_hidden: Hidden size of each LSTM direction.
         dropout: Dropout before the heads.
+        pooling: How the BiLSTM's per-slice outputs become the scan's prediction (one of
+            :data:`ichlib.model.POOLINGS`; ``"last"`` is the ablation of the former design).
+        eval_slices: ``"all"``: validation and test scans are predicted from every slice
+            (:func:`ichlib.preprocess.sampling.covering_indices` samplings, combined by
+            :meth:`ichlib.model.CNNBiLSTM.forward_scan`); ``"sampled"``: from the ``S``
+            uniformly sampled slices only (the former evaluation, for comparison).
         pretrained: Start from torchvision ImageNet weights (must be in the torch hub cache
             when offline).
         max_train_batches: Stop each training epoch after this many batches (smoke runs).
@@ -106,6 +114,8 @@ class TrainConfig:
     augment: bool = True
     lstm_hidden: int = 256
     dropout: float = 0.3
+    pooling: str = DEFAULT_POOLING
+    eval_slices: str = "all"
     pretrained: bool = False
     max_train_batches: int | None = None
     n_boot: int = 1000
@@ -125,6 +135,10 @@ class TrainConfig:
             raise ConfigError("epochs and batch_size must be >= 1")
         if self.backbone not in BACKBONES:
             raise ConfigError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"unknown pooling {self.pooling!r}; choose one of {', '.join(POOLINGS)}")
+        if self.eval_slices not in EVAL_SLICES:
+            raise ConfigError(f"eval_slices must be one of {', '.join(EVAL_SLICES)}, got {self.eval_slices!r}")
         if self.monitor not in MONITORS:
             raise ConfigError(f"unknown monitor {self.monitor!r}; choose one of {', '.join(MONITORS)}")
         if not 0.0 <= self.aux_weight <= 1.0:

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from torch.utils.data import DataLoader
+
 from ichlib.errors import ConfigError, DataError, WriteError
 from ichlib.io.cachedir import default_cache_dir
 from ichlib.io.folder import read_dataset
@@ -15,6 +17,7 @@ from ichlib.preprocess.dataset import ScanDataset
 from ichlib.preprocess.splits import check_disjoint, cv_split, patient_split, rsna_group_split
 from ichlib.training.config import TrainConfig
 from ichlib.training.distributed import LOCAL, DistContext
+from ichlib.training.loaders import make_loader
 from ichlib.training.log import QUIET, RunLog
 
 _FIX_HINT = "Fix or remove them, or pass skip_bad=True (--skip-bad) to leave them out."
@@ -70,12 +73,13 @@ def prepare_data(config: TrainConfig, dist: DistContext = LOCAL, log: RunLog = Q
     split = _split_patients(data, config)
     augment = ScanAugment() if config.augment else None
     preprocess = config.preprocess
+    whole = config.eval_slices == "all"
     return PreparedData(
         data=data, split=split, skipped=skipped, cache_dir=cache_dir,
         train=ScanDataset(data, split["train"], preprocess, cache_dir, train=True, augment=augment,
                           seed=config.seed),
-        val=ScanDataset(data, split["val"], preprocess, cache_dir, seed=config.seed),
-        test=ScanDataset(data, split["test"], preprocess, cache_dir, seed=config.seed),
+        val=ScanDataset(data, split["val"], preprocess, cache_dir, seed=config.seed, all_slices=whole),
+        test=ScanDataset(data, split["test"], preprocess, cache_dir, seed=config.seed, all_slices=whole),
     )
 
 
@@ -134,3 +138,13 @@ def _build_cache(data: CtIchData, config: TrainConfig, cache_dir: Path, dist: Di
         listing = "\n  ".join(str(e) for e in failed.values())
         raise DataError(data.root, f"{len(failed)} scan(s) could not be read:\n  {listing}\n{_FIX_HINT}")
     return failed
+
+
+def make_eval_loader(dataset: ScanDataset, config: TrainConfig, dist: DistContext = LOCAL,
+                     pin_memory: bool = False) -> DataLoader:
+    """The unshuffled validation or test loader: one whole scan per batch when the dataset
+    serves all slices, else ``config.batch_size`` scans (under ``torchrun``: this rank's share)."""
+    batch_size = 1 if dataset.all_slices else config.batch_size
+    if dist.enabled:
+        return dist.eval_loader(dataset, batch_size, config.num_workers, pin_memory=pin_memory)
+    return make_loader(dataset, batch_size, num_workers=config.num_workers, pin_memory=pin_memory)

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from ichlib.device import autocast
 from ichlib.errors import ConfigError, IchlibError
 from ichlib.losses import ScanSliceLoss
-from ichlib.model import CNNBiLSTM
+from ichlib.model import CNNBiLSTM, ModelOutput
 from ichlib.training.distributed import LOCAL, LOSS_WEIGHT_KEY, DistContext
 from ichlib.training.log import QUIET, RunLog
 from ichlib.training.metrics import flatten_slices
@@ -187,6 +187,10 @@ def evaluate(model: CNNBiLSTM, criterion: ScanSliceLoss, loader: DataLoader, dev
     (:meth:`~ichlib.training.distributed.DistContext.eval_loader`); the result is gathered from
     all ranks and equals a single-process evaluation of the whole split.
 
+    Batches of whole scans (``ScanDataset(all_slices=True)``, one scan per batch) are
+    predicted from all their slices (:func:`predict_batch`); their slice arrays are padded
+    to the longest scan by repeating its last slice (:func:`concat_slices`).
+
     Returns:
         :class:`EvalResult` with probabilities per patient and per sampled slice, and the
         mean losses.
@@ -202,7 +206,7 @@ def evaluate(model: CNNBiLSTM, criterion: ScanSliceLoss, loader: DataLoader, dev
             scan_y = batch["scan_labels"].to(device)
             slice_y = batch["slice_labels"].to(device)
             with autocast(device, amp_dtype):
-                output = model(x)
+                output = predict_batch(model, batch, x)
             parts = criterion(output, scan_y, slice_y)
             batch_totals.append(x.shape[0] * np.array([parts.total.item(), parts.scan.item(),
                                                        parts.slice.item()]))
@@ -218,7 +222,7 @@ def evaluate(model: CNNBiLSTM, criterion: ScanSliceLoss, loader: DataLoader, dev
     if not ids:
         raise ConfigError(f"nothing to evaluate: the {desc} loader is empty")
     mean = totals / len(ids)
-    cat = {k: np.concatenate(v) for k, v in arrays.items()}
+    cat = {k: concat_slices(v) for k, v in arrays.items()}
     return EvalResult(patient_ids=ids, scan_probs=cat["sp"], scan_labels=cat["sy"],
                       slice_probs=cat["lp"], slice_labels=cat["ly"], slice_indices=cat["li"],
                       loss=float(mean[0]), scan_loss=float(mean[1]), slice_loss=float(mean[2]))
@@ -271,3 +275,26 @@ def steps_per_epoch(n_train: int, batch_size: int, max_train_batches: int | None
     """Optimizer steps in one epoch."""
     steps = math.ceil(n_train / batch_size)
     return steps if max_train_batches is None else min(steps, max_train_batches)
+
+
+def predict_batch(model: CNNBiLSTM, batch: dict, x: torch.Tensor) -> ModelOutput:
+    """The model's output for a batch: ``model(x)``, or for a whole-scan batch (one scan
+    with ``samplings``, see :class:`~ichlib.preprocess.dataset.ScanDataset`) ``model.forward_scan``."""
+    if "samplings" not in batch:
+        return model(x)
+    if x.shape[0] != 1:
+        raise ConfigError(f"whole-scan batches hold one scan, got {x.shape[0]}")
+    return model.forward_scan(x[0], batch["samplings"][0].to(x.device))
+
+
+def concat_slices(parts: list[np.ndarray]) -> np.ndarray:
+    """Concatenate per-batch arrays along the scans; arrays with a slice axis (``[B, N, ...]``)
+    whose ``N`` differs are padded to the longest by repeating each scan's last slice, so a
+    padded slice carries its slice index again (counted once by
+    :func:`~ichlib.training.metrics.flatten_slices`)."""
+    if not parts or parts[0].ndim < 2 or len({p.shape[1] for p in parts}) == 1:
+        return np.concatenate(parts)
+    longest = max(p.shape[1] for p in parts)
+    padded = [np.concatenate([p, np.repeat(p[:, -1:], longest - p.shape[1], axis=1)], axis=1)
+              for p in parts]
+    return np.concatenate(padded)

@@ -13,10 +13,9 @@ from ichlib.checkpoint import load_checkpoint, model_from_checkpoint
 from ichlib.labels import LABELS
 from ichlib.training.baseline import run_intensity_baseline
 from ichlib.training.config import TrainConfig
-from ichlib.training.data import PreparedData
+from ichlib.training.data import PreparedData, make_eval_loader
 from ichlib.training.distributed import LOCAL, DistContext
 from ichlib.training.engine import evaluate
-from ichlib.training.loaders import make_loader
 from ichlib.training.log import QUIET, RunLog
 from ichlib.training.metrics import (
     choose_thresholds,
@@ -50,11 +49,7 @@ def final_evaluation(config: TrainConfig, prepared: PreparedData, best_path: Pat
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     criterion = build_criterion(config, prepared).to(device)
-    loaders = {name: make_loader(getattr(prepared, name), config.batch_size,
-                                 num_workers=config.num_workers) for name in ("val", "test")}
-    if dist.enabled:
-        loaders = {name: dist.eval_loader(getattr(prepared, name), config.batch_size, config.num_workers)
-                   for name in ("val", "test")}
+    loaders = {name: make_eval_loader(getattr(prepared, name), config, dist) for name in ("val", "test")}
     val = evaluate(model, criterion, loaders["val"], device, None, log, desc="val", dist=dist)
     test = evaluate(model, criterion, loaders["test"], device, None, log, desc="test", dist=dist)
 

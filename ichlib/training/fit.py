@@ -36,11 +36,10 @@ from ichlib.io.atomic import atomic_write_text
 from ichlib.io.cachedir import default_cache_dir
 from ichlib.io.folder import is_synthetic
 from ichlib.training.config import RESUME_FREE, TrainConfig
-from ichlib.training.data import PreparedData, prepare_data
+from ichlib.training.data import PreparedData, make_eval_loader, prepare_data
 from ichlib.training.distributed import DistContext, is_main_process, session
 from ichlib.training.engine import EarlyStopping, deterministic_mode, evaluate, seed_everything
 from ichlib.training.evaluation import final_evaluation, json_safe
-from ichlib.training.loaders import make_loader
 from ichlib.training.log import RunLog
 from ichlib.training.metrics import choose_thresholds, score_predictions
 from ichlib.training.runfolder import RunProgress, run_folder
@@ -142,7 +141,7 @@ def _fit(config: TrainConfig, resume: bool, log: RunLog | None,
         base = {"config": config.to_dict(), "preprocess": config.preprocess.to_dict(),
                 "model_config": model.model_config, "data": data_kind, "split": prepared.split,
                 "distributed": dist.describe(config.batch_size)}
-        val_loader = _eval_loader(prepared, config, device, dist)
+        val_loader = make_eval_loader(prepared.val, config, dist, pin_memory=device.type == "cuda")
         for epoch in range(len(history), config.epochs):
             if tracker.stopped:
                 break
@@ -232,14 +231,6 @@ def _start_line(config: TrainConfig, prepared: PreparedData, data_kind: str, str
             f"{n['val']} val / {n['test']} test patients, {data_kind.upper()} data, "
             f"{config.img_size} px, S = {config.seq_len}, {strategy.describe()}\n"
             + _describe_batch(strategy.dist.describe(config.batch_size), config.lr))
-
-
-def _eval_loader(prepared: PreparedData, config: TrainConfig, device: torch.device,
-                 dist: DistContext) -> torch.utils.data.DataLoader:
-    pin = device.type == "cuda"
-    if dist.enabled:
-        return dist.eval_loader(prepared.val, config.batch_size, config.num_workers, pin_memory=pin)
-    return make_loader(prepared.val, config.batch_size, num_workers=config.num_workers, pin_memory=pin)
 
 
 def _history_row(epoch: int, lr: float, stats: dict, val, strategy: Strategy) -> tuple[dict, dict]:

@@ -28,7 +28,7 @@ from ichlib.model import CNNBiLSTM
 from ichlib.preprocess.augment import ScanAugment
 from ichlib.preprocess.dataset import ScanDataset
 from ichlib.training.config import TrainConfig
-from ichlib.training.data import PreparedData
+from ichlib.training.data import PreparedData, make_eval_loader
 from ichlib.training.distributed import DistContext
 from ichlib.training.engine import (
     EvalResult,
@@ -56,7 +56,7 @@ def build_model(config: TrainConfig) -> CNNBiLSTM:
     """The model described by ``config`` (on the CPU, float32)."""
     return CNNBiLSTM(backbone=config.backbone, in_channels=len(config.windows),
                      lstm_hidden=config.lstm_hidden, dropout=config.dropout,
-                     pretrained=config.pretrained)
+                     pretrained=config.pretrained, pooling=config.pooling)
 
 
 def build_criterion(config: TrainConfig, prepared: PreparedData) -> ScanSliceLoss:
@@ -245,8 +245,9 @@ def sequence_stage_on_embeddings(config: TrainConfig, prepared: PreparedData, st
                                 seed=config.seed)
     result = train_sequence_stage(
         model, embeddings, {pid: prepared.data.scan_labels(pid) for pid in ids}, prepared.split["train"],
-        prepared.split["val"], config.seq_len, stage, device, pos_weight=criterion.scan_pos_weight, log=log)
-    val_loader = make_loader(prepared.val, config.batch_size, num_workers=config.num_workers)
+        prepared.split["val"], config.seq_len, stage, device, pos_weight=criterion.scan_pos_weight, log=log,
+        slice_labels={pid: prepared.data.slice_labels(pid) for pid in ids})
+    val_loader = make_eval_loader(prepared.val, config)
     val = evaluate(model, criterion.to(device), val_loader, device, amp_dtype, log, desc="val")
     thresholds, _ = choose_thresholds(val.scan_labels, val.scan_probs)
     save_checkpoint(best_path, {**{k: v for k, v in ckpt.items() if k not in TRAINING_STATE},

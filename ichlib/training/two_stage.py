@@ -38,8 +38,8 @@ from ichlib.device import autocast
 from ichlib.errors import ConfigError, IchlibError
 from ichlib.model import CNNBiLSTM
 from ichlib.preprocess.augment import ScanAugment
-from ichlib.preprocess.dataset import ScanDataset, to_model_input
-from ichlib.preprocess.sampling import uniform_indices
+from ichlib.preprocess.dataset import ScanDataset, sequence_labels, to_model_input
+from ichlib.preprocess.sampling import covering_indices, uniform_indices
 from ichlib.training.engine import EarlyStopping, make_optimizer, optimizer_step
 from ichlib.training.log import QUIET, RunLog
 
@@ -269,34 +269,57 @@ def embed_scans(model: CNNBiLSTM, dataset: ScanDataset, device: torch.device,
 def sample_sequences(embeddings: Mapping[str, torch.Tensor], patient_ids: Sequence[str], seq_len: int,
                      jitter: bool, rng: np.random.Generator) -> torch.Tensor:
     """Stack ``S`` embeddings per patient, chosen by :func:`uniform_indices`: ``[B, S, F]``."""
-    rows = []
-    for pid in patient_ids:
-        emb = embeddings[pid]
-        rows.append(emb[torch.from_numpy(uniform_indices(emb.shape[0], seq_len, jitter=jitter, rng=rng))])
-    return torch.stack(rows)
+    return gather_sequences(embeddings, patient_ids, draw_indices(embeddings, patient_ids, seq_len, jitter, rng))
+
+
+def draw_indices(embeddings: Mapping[str, torch.Tensor], patient_ids: Sequence[str], seq_len: int,
+                 jitter: bool, rng: np.random.Generator) -> list[np.ndarray]:
+    """``S`` slice indices per patient (:func:`uniform_indices`), in ``patient_ids`` order."""
+    return [uniform_indices(embeddings[pid].shape[0], seq_len, jitter=jitter, rng=rng) for pid in patient_ids]
+
+
+def gather_sequences(embeddings: Mapping[str, torch.Tensor], patient_ids: Sequence[str],
+                     indices: Sequence[np.ndarray]) -> torch.Tensor:
+    """The embeddings at ``indices`` of each patient, stacked: ``[B, S, F]``."""
+    return torch.stack([embeddings[pid][torch.from_numpy(np.asarray(idx))]
+                        for pid, idx in zip(patient_ids, indices, strict=True)])
+
+
+def covering_logits(model: CNNBiLSTM, embeddings: Mapping[str, torch.Tensor], patient_ids: Sequence[str],
+                    seq_len: int, device: torch.device | None = None) -> torch.Tensor:
+    """Patient-level logits ``[B, 6]`` from every slice of each scan, as prediction computes
+    them: the sequence half reads the :func:`~ichlib.sampling.covering_indices` samplings of
+    each scan, and each label takes the largest logit over a scan's samplings."""
+    samplings = [covering_indices(embeddings[pid].shape[0], seq_len) for pid in patient_ids]
+    owners = [pid for pid, rows in zip(patient_ids, samplings, strict=True) for _ in rows]
+    x = gather_sequences(embeddings, owners, [row for rows in samplings for row in rows])
+    logits = model.sequence_logits(x.to(device) if device is not None else x)
+    bounds = np.cumsum([0] + [len(rows) for rows in samplings])
+    return torch.stack([logits[a:b].amax(dim=0) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
 
 
 def sequence_parameters(model: CNNBiLSTM, reset: bool = False) -> list[torch.nn.Parameter]:
-    """The parameters stage 2 trains: the LSTM's LayerNorm, the BiLSTM and the scan head
-    (re-initialised first when ``reset``)."""
+    """The parameters stage 2 trains: the LSTM's LayerNorm, the BiLSTM, the scan head and,
+    with attention pooling, the attention scorer (:meth:`CNNBiLSTM.sequence_modules`),
+    re-initialised first when ``reset``."""
     if reset:
-        for module in (model.lstm_norm, model.lstm, *model.scan_head):
+        for module in (m for top in model.sequence_modules() for m in top.modules()):
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
-    return [*model.lstm_norm.parameters(), *model.lstm.parameters(), *model.scan_head.parameters()]
+    return [p for module in model.sequence_modules() for p in module.parameters()]
 
 
 def train_sequence_stage(model: CNNBiLSTM, embeddings: Mapping[str, torch.Tensor],
                          scan_labels: Mapping[str, np.ndarray], train_ids: Sequence[str],
                          val_ids: Sequence[str], seq_len: int,
                          config: SequenceStageConfig | None = None, device: torch.device | None = None,
-                         pos_weight: torch.Tensor | None = None,
-                         log: RunLog = QUIET) -> SequenceStageResult:
+                         pos_weight: torch.Tensor | None = None, log: RunLog = QUIET,
+                         slice_labels: Mapping[str, np.ndarray] | None = None) -> SequenceStageResult:
     """Train the sequence half of ``model`` in place on cached embeddings (stage 2).
 
     The CNN and the slice head are not touched. Each epoch draws one jittered sequence of
-    ``seq_len`` slices per training scan; validation uses the fixed uniform sequence that
-    prediction uses. The weights of the epoch with the lowest validation scan loss are
+    ``seq_len`` slices per training scan; validation reads every slice of each scan, as
+    prediction does (:func:`covering_logits`). The weights of the epoch with the lowest validation scan loss are
     loaded into ``model`` at the end.
 
     Args:
@@ -309,6 +332,10 @@ def train_sequence_stage(model: CNNBiLSTM, embeddings: Mapping[str, torch.Tensor
         device: Where to train (the model's device if None).
         pos_weight: Optional ``[6]`` weight of positives in the BCE.
         log: Prints a line every 25 epochs.
+        slice_labels: ``{patient_id: [N_slices, 6]}``; when given, the target of each
+            training sequence is the OR of its sampled slices' labels
+            (:func:`ichlib.preprocess.dataset.sequence_labels`), as in end-to-end training,
+            instead of the patient's label. Validation always uses the patient's label.
 
     Raises:
         ConfigError: If a split is empty or a patient has no embedding.
@@ -323,8 +350,7 @@ def train_sequence_stage(model: CNNBiLSTM, embeddings: Mapping[str, torch.Tensor
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
     weight = None if pos_weight is None else pos_weight.to(device)
     y = {pid: torch.as_tensor(np.asarray(scan_labels[pid]), dtype=torch.float32) for pid in [*train_ids, *val_ids]}
-    val_x = sample_sequences(embeddings, val_ids, seq_len, False, np.random.default_rng(0)).to(device)
-    val_y = torch.stack([y[pid] for pid in val_ids]).to(device)
+    val_y = _targets(y, None, val_ids, []).to(device)
     rng = np.random.default_rng([config.seed, 2])
     history: list[dict] = []
     tracker = EarlyStopping("scan_loss", config.patience)
@@ -337,20 +363,20 @@ def train_sequence_stage(model: CNNBiLSTM, embeddings: Mapping[str, torch.Tensor
             model.train()
             train_loss = 0.0
             for ids in batches:
-                x = sample_sequences(embeddings, ids, seq_len, True, rng).to(device)
-                target = torch.stack([y[pid] for pid in ids]).to(device)
+                indices = draw_indices(embeddings, ids, seq_len, True, rng)
+                x = gather_sequences(embeddings, ids, indices).to(device)
+                target = _targets(y, slice_labels, ids, indices).to(device)
                 loss = F.binary_cross_entropy_with_logits(model.sequence_logits(x), target, pos_weight=weight)
                 optimizer_step(loss, optimizer, scheduler=scheduler, where=f"in stage 2 at epoch {epoch + 1}")
                 train_loss += loss.item() * len(ids) / len(order)
             model.eval()
             with torch.inference_mode():
-                val_loss = F.binary_cross_entropy_with_logits(model.sequence_logits(val_x), val_y,
-                                                              pos_weight=weight).item()
+                val_logits = covering_logits(model, embeddings, val_ids, seq_len, device)
+                val_loss = F.binary_cross_entropy_with_logits(val_logits, val_y, pos_weight=weight).item()
             improved = tracker.update(val_loss, epoch + 1)
             if improved:
                 best_state = [p.detach().clone() for p in params]
-            history.append({"epoch": epoch + 1, "train_scan_loss": train_loss, "val_scan_loss": val_loss,
-                            "best": improved})
+            history.append({"epoch": epoch + 1, "train_scan_loss": train_loss, "val_scan_loss": val_loss, "best": improved})
             if (epoch + 1) % 25 == 0 or epoch == 0:
                 log.info(f"stage 2 epoch {epoch + 1}/{config.epochs}  train scan loss {train_loss:.4f}  "
                          f"val scan loss {val_loss:.4f}  (best {tracker.best_score:.4f} at {tracker.best_epoch})")
@@ -363,6 +389,15 @@ def train_sequence_stage(model: CNNBiLSTM, embeddings: Mapping[str, torch.Tensor
     return SequenceStageResult(history=history, best_epoch=tracker.best_epoch,
                                best_val_scan_loss=tracker.best_score,
                                seconds=time.perf_counter() - start)
+
+
+def _targets(scan_labels: Mapping[str, torch.Tensor], slice_labels: Mapping[str, np.ndarray] | None,
+             ids: Sequence[str], indices: Sequence[np.ndarray]) -> torch.Tensor:
+    """Each sequence's target: the patient's labels, or the OR of its sampled slices' labels."""
+    if slice_labels is None:
+        return torch.stack([scan_labels[pid] for pid in ids])
+    return torch.stack([torch.from_numpy(sequence_labels(slice_labels[pid][idx]))
+                        for pid, idx in zip(ids, indices, strict=True)])
 
 
 def _check_stage_inputs(embeddings: Mapping[str, torch.Tensor], train_ids: Sequence[str],
