@@ -53,7 +53,8 @@ _LAZY = {
     # explain
     "scan_grad_cam": "ichlib.explain", "ScanCAM": "ichlib.explain", "ScanLabelTarget": "ichlib.explain",
     "SliceLabelTarget": "ichlib.explain", "explain_scan": "ichlib.explain",
-    "cascading_randomization": "ichlib.explain", "intensity_baseline": "ichlib.explain",
+    "cascading_randomization": "ichlib.explain", "intensity_map": "ichlib.explain",
+    "chance_prior": "ichlib.explain", "compare_cams": "ichlib.explain", "CamSpec": "ichlib.explain",
     "energy_in_mask": "ichlib.explain", "pointing_game": "ichlib.explain",
     "localization_table": "ichlib.explain", "collect_localization": "ichlib.explain",
     # figures

@@ -190,6 +190,16 @@ class ToyBiLSTM(nn.Module):
     def target_layer(self) -> nn.Module:
         return self.encoder[self._target]
 
+    def cam_layer(self, name: str) -> nn.Module:
+        """``"layer4"``: the last stride-2 block; ``"layer3"``: the one before (or the first conv)."""
+        return {"layer4": self.encoder[self._target], "layer3": self.encoder[max(0, self._target - 1)]}[name]
+
+    def forward_scan(self, slices: torch.Tensor, samplings: np.ndarray) -> ToyOutput:
+        """The scan from every slice: each sampling read as a sequence, the largest logit kept."""
+        out = self(slices[torch.as_tensor(np.asarray(samplings))])
+        return ToyOutput(out.scan_logits.amax(dim=0, keepdim=True),
+                         self.slice_head(self.encoder(slices))[None])
+
     def forward(self, x: torch.Tensor) -> ToyOutput:
         b, s = x.shape[:2]
         e = self.encoder(x.flatten(0, 1)).view(b, s, -1)

@@ -106,37 +106,35 @@ def test_importance_plot_shades_the_labelled_slices(tmp_path):
         plot_slice_importance(result, labels[:5])
 
 
-def test_plot_localization_draws_one_bar_per_method_and_metric(tmp_path):
+def test_plot_localization_draws_one_bar_per_method_and_score_with_intervals(tmp_path):
     import pandas as pd
 
-    table = pd.DataFrame({"n_scans": [4, 4], "energy": [0.3, 0.1], "pointing": [0.5, 0.25],
-                          "pointing_scan": [0.75, 0.5], "energy[epidural]": [0.9, 0.2]},
-                         index=pd.Index(["trained", "randomized"], name="method"))
-    fig = plot_localization(table, path=tmp_path / "loc.png")
+    table = pd.DataFrame({"method": ["trained", "chance"], "label": ["any", "any"],
+                          "n_patients": [4, 4], "n_slices": [9, 9],
+                          "pointing_0mm": [0.5, 0.25], "pointing_0mm_ci_low": [0.4, 0.1],
+                          "pointing_0mm_ci_high": [0.6, 0.3], "energy": [0.3, 0.1],
+                          "energy_ci_low": [0.2, 0.05], "energy_ci_high": [0.35, 0.2]})
+    other_label = table.assign(label="subdural", pointing_0mm=0.9)
+    fig = plot_localization(pd.concat([table, other_label]), path=tmp_path / "loc.png")
     ax = fig.axes[0]
     heights = sorted(round(p.get_height(), 6) for p in ax.patches if isinstance(p, Rectangle))
-    assert heights == sorted([0.3, 0.1, 0.5, 0.25, 0.75, 0.5])   # subtype columns left out
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["trained", "randomized"]
-    assert "n = 4" in ax.get_title()
+    assert heights == sorted([0.5, 0.25, 0.3, 0.1])               # the 'any' rows only
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["trained", "chance"]
+    assert "4 patients, 9 slices" in ax.get_title()
     assert (tmp_path / "loc.png").read_bytes()[:8] == PNG_MAGIC
 
 
-@pytest.mark.parametrize("table", ["no rows", "nothing scored"])
-def test_plot_localization_says_so_when_nothing_was_scored(table, tmp_path):
+def test_plot_localization_says_so_when_nothing_was_scored(tmp_path):
     import pandas as pd
 
-    from ichlib.explain.localization import RECORD_COLUMNS, localization_table
+    from ichlib.explain.localization import localization_table
 
-    if table == "no rows":
-        table = localization_table(pd.DataFrame(columns=list(RECORD_COLUMNS)))
-    else:
-        table = pd.DataFrame({"n_scans": [0], "energy": [np.nan], "pointing": [np.nan],
-                              "pointing_scan": [np.nan]}, index=["trained"])
+    table = localization_table(pd.DataFrame(columns=["method", "label", "patient_id"]))
     fig = plot_localization(table, path=tmp_path / "loc.png")
     ax = fig.axes[0]
     assert not [p for p in ax.patches if isinstance(p, Rectangle)]
     assert "nothing to localise" in " ".join(t.get_text() for t in ax.texts)
-    assert "n = 0" in ax.get_title()
+    assert "0 patients" in ax.get_title()
     assert (tmp_path / "loc.png").exists()
 
 

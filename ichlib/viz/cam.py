@@ -150,36 +150,46 @@ def plot_slice_importance(result: ScanCAM, slice_labels: np.ndarray | None = Non
     return _save(fig, path)
 
 
-LOCALIZATION_METRICS = ("energy", "pointing", "pointing_scan")
+#: The columns of a localisation table drawn by :func:`plot_localization`.
+LOCALIZATION_METRICS = ("pointing_0mm", "pointing_5mm", "energy", "dice")
 
 
-def plot_localization(table: pd.DataFrame, *, title: str | None = None,
+def plot_localization(table: pd.DataFrame, label: str = "any", *, title: str | None = None,
                       path: str | os.PathLike | None = None) -> Figure:
-    """Bars of a localisation table: one group per metric, one bar per method.
+    """Bars of a localisation table for one label: a group per score, a bar per method, with
+    the bootstrap intervals as error bars.
 
     Args:
-        table: From :func:`~ichlib.explain.localization.localization_table` (index: method).
-        title: Figure title (default: the number of positive scans scored).
+        table: From :func:`~ichlib.explain.localization.localization_table`.
+        label: Which label's rows to draw.
+        title: Figure title (default: the numbers of patients and slices scored).
         path: Save the figure here as PNG.
 
     Returns:
-        The figure. When no method scored any scan (no test scan with blood on a sampled
-        slice), the axes say so in words instead of drawing empty bars.
+        The figure. When nothing was scored (no scan with blood), the axes say so.
     """
-    columns = [c for c in LOCALIZATION_METRICS if c in table]
-    scored = table[columns].dropna(how="all") if columns else table.iloc[:0]
-    n = int(table["n_scans"].max()) if "n_scans" in table and len(table) else 0
-    fig, ax = plt.subplots(figsize=(7, 3.2), layout="constrained")
-    if scored.empty:
-        ax.text(0.5, 0.5, "no positive scan with blood on a sampled slice:\nnothing to localise",
+    rows = table[table["label"] == label] if "label" in table else table.iloc[:0]
+    columns = [c for c in LOCALIZATION_METRICS if c in rows]
+    fig, ax = plt.subplots(figsize=(8, 3.4), layout="constrained")
+    if rows.empty or not columns:
+        ax.text(0.5, 0.5, "no scan with blood in its mask:\nnothing to localise",
                 ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
     else:
-        scored.T.plot.bar(ax=ax, rot=0)
+        width = 0.8 / len(rows)
+        for i, (_, row) in enumerate(rows.iterrows()):
+            values = np.array([row[c] for c in columns], dtype=float)
+            low = values - np.array([row.get(f"{c}_ci_low", np.nan) for c in columns], dtype=float)
+            high = np.array([row.get(f"{c}_ci_high", np.nan) for c in columns], dtype=float) - values
+            ax.bar(np.arange(len(columns)) + (i - (len(rows) - 1) / 2) * width, values, width,
+                   yerr=np.nan_to_num([low, high]), capsize=2, label=row["method"])
+        ax.set_xticks(np.arange(len(columns)), [c.replace("_", " ") for c in columns])
         ax.set_ylim(0, 1)
-        ax.set_ylabel("mean over positive scans")
-        ax.legend(fontsize=8)
-    ax.set_title(title or f"localisation on positive scans (n = {n})", fontsize=9)
+        ax.set_ylabel("mean over slices with blood")
+        ax.legend(fontsize=7)
+    n = (int(rows["n_patients"].max()), int(rows["n_slices"].max())) if len(rows) else (0, 0)
+    ax.set_title(title or f"'{label}': {n[0]} patients, {n[1]} slices with blood (95% CI over patients)",
+                 fontsize=9)
     return _save(fig, path)
 
 
