@@ -542,3 +542,25 @@ def test_the_intensity_rule_cannot_solve_the_phantom():
     p_any = IntensityBaseline().fit(np.array(feature), y).predict_proba(np.array(feature))[:, 0]
     auc = roc_auc(y[:, 0], p_any)
     assert 0.55 < auc < 0.85, auc
+
+
+def test_ages_and_calcifications_can_be_forced():
+    def subdural(age):
+        return make_phantom(np.random.default_rng(4), size=96, n_slices=16, subtypes=("subdural",),
+                            ages={"subdural": age}, calcifications=())
+
+    chronic, acute = subdural("chronic"), subdural("acute")
+    assert chronic.notes[0].startswith("chronic") and acute.notes[0].startswith("acute")
+    assert np.array_equal(chronic.masks["subdural"], acute.masks["subdural"])   # same lesion
+    assert np.median(chronic.hu[chronic.masks["subdural"]]) < np.median(acute.hu[acute.masks["subdural"]]) - 20
+    assert not (chronic.tissue == TISSUE["calcification"]).any()
+    pineal = make_phantom(np.random.default_rng(4), size=96, n_slices=16, calcifications=("pineal",))
+    assert (pineal.tissue == TISSUE["calcification"]).any()
+    drawn = make_phantom(np.random.default_rng(4), size=96, n_slices=16, subtypes=("subdural",))
+    forced_as_drawn = make_phantom(np.random.default_rng(4), size=96, n_slices=16, subtypes=("subdural",),
+                                   ages={"subdural": drawn.notes[0].split()[0]
+                                         .replace("acute-on-chronic", "mixed").replace("layering", "layered")})
+    assert np.array_equal(drawn.hu, forced_as_drawn.hu)      # forcing the drawn age changes nothing
+    with pytest.raises(ConfigError, match="blood age"):
+        make_phantom(np.random.default_rng(4), size=96, n_slices=16, subtypes=("subdural",),
+                     ages={"subdural": "ancient"})

@@ -26,3 +26,13 @@ def test_show_slice_without_mask_draws_no_contour():
     show_slice(ax, np.zeros((8, 8)), np.zeros((8, 8), bool), "t")
     assert ax.get_title() == "t" and len(ax.collections) == 0
     plt.close(fig)
+
+
+def test_the_phantom_gallery_shows_mimics_and_blood_ages():
+    from ichlib.viz.phantom import plot_phantom_findings
+
+    fig = plot_phantom_findings(size=64, n_slices=12)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(titles) == 8 and "chronic subdural" in " ".join(titles) and "pineal" in " ".join(titles)
+    assert "SYNTHETIC" in fig._suptitle.get_text()
+    plt.close(fig)

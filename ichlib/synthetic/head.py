@@ -7,6 +7,7 @@ See :mod:`ichlib.synthetic.phantom` for the model and the sources of every range
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -116,8 +117,9 @@ class _Head:
         return int(np.clip(round((t - self.levels[0]) / self.dt), 0, self.n - 1))
 
 
-def _draw_head(rng: np.random.Generator, size: int, n_slices: int) -> _Head:
-    """Draw one patient's anatomy parameters."""
+def _draw_head(rng: np.random.Generator, size: int, n_slices: int,
+               calcifications: Collection[str] | None = None) -> _Head:
+    """Draw one patient's anatomy parameters (``calcifications``: force exactly these kinds)."""
     age = int(np.clip(rng.normal(48, 19), 16, 92))
     sex = "Male" if rng.random() < 0.6 else "Female"
     atrophy = float(np.clip((age - 35) / 50 + rng.normal(0, 0.12), 0, 1))
@@ -147,7 +149,7 @@ def _draw_head(rng: np.random.Generator, size: int, n_slices: int) -> _Head:
         atrophy=atrophy, age=age, sex=sex, hu=hu, noise_sd=float(rng.uniform(4.0, 6.0)),
         cortex_mm=float(rng.uniform(2.4, 3.0)), sulci=sulci,
         frontal_sinus=bool(rng.random() < 0.8), bh_amp=float(rng.uniform(8, 22)),
-        calcs=_draw_calcifications(rng, age, a / 66.0, atrophy),
+        calcs=_draw_calcifications(rng, age, a / 66.0, atrophy, calcifications),
         streaks=_draw_streaks(rng, a, b), hct=hct, seed=int(rng.integers(2**31)))
 
 
@@ -187,9 +189,9 @@ def _calcification_prevalence(age: float) -> dict[str, float]:
             "basal_ganglia": float(np.clip(0.003 + 0.001 * (a - 30), 0.003, 0.06))}
 
 
-def _draw_calcifications(rng: np.random.Generator, age: int, kb: float,
-                         atrophy: float) -> list[tuple[str, float, float, float, float, float,
-                                                       float, float]]:
+def _draw_calcifications(rng: np.random.Generator, age: int, kb: float, atrophy: float,
+                         forced: Collection[str] | None = None
+                         ) -> list[tuple[str, float, float, float, float, float, float, float]]:
     """Physiological calcifications (not hemorrhage), as clusters of ellipsoids.
 
     Each is ``(kind, x, y, z, rx, ry, rz, HU)``: centre in the head frame and height above
@@ -197,6 +199,8 @@ def _draw_calcifications(rng: np.random.Generator, age: int, kb: float,
     A slice shows it averaged over its slab (:func:`_calcify`).
     """
     prev = _calcification_prevalence(age)
+    if forced is not None:  # exactly these kinds (for figures and tests)
+        prev = {kind: float(kind in forced) for kind in prev}
     calcs: list[tuple] = []
 
     def cluster(kind: str, x: float, y: float, t: float, n: int, spread: float,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ichlib.errors import ConfigError
 from ichlib.synthetic.anatomy import _code_set, _Slice
 from ichlib.synthetic.head import (
     _BIN_ANGLE,
@@ -55,6 +56,8 @@ _AGE_MIX: dict[str, dict[str, float]] = {
 }
 
 
+#: Every blood age the phantom draws.
+_BLOOD_AGES = ("acute", "swirl", "subacute", "chronic", "mixed", "layered")
 _AGE_WORD = {"acute": "acute", "swirl": "hyperacute (swirl)", "subacute": "subacute",
              "chronic": "chronic", "mixed": "acute-on-chronic", "layered": "layering"}
 
@@ -108,12 +111,12 @@ def _region_word(theta: float) -> str:
     return "temporoparietal"
 
 
-def _draw_lesion(rng: np.random.Generator, head: _Head, subtype: str) -> _Lesion:
+def _draw_lesion(rng: np.random.Generator, head: _Head, subtype: str, age: str | None = None) -> _Lesion:
     """Draw one lesion of ``subtype`` with a varied size, place, age and density.
 
     A quarter of the acute ones are faint (50-60 HU); fresh clot is denser with a higher
     haematocrit. Sizes run from a few voxels to large. The age is drawn from
-    :data:`_AGE_MIX`.
+    :data:`_AGE_MIX` (the draw is made also when ``age`` forces one, so the other draws stay).
     """
     faint = rng.random() < 0.25
     hu = float(rng.uniform(51, 60) if faint else rng.uniform(60, 84))
@@ -124,6 +127,10 @@ def _draw_lesion(rng: np.random.Generator, head: _Head, subtype: str) -> _Lesion
     les = draw(rng, head, subtype, hu, faint)
     mix = _AGE_MIX[subtype]
     les.age = str(rng.choice(list(mix), p=np.array(list(mix.values())) / sum(mix.values())))
+    if age is not None:
+        if age not in _BLOOD_AGES:
+            raise ConfigError(f"unknown blood age {age!r}; choose one of {', '.join(_BLOOD_AGES)}")
+        les.age = age
     les.look = _draw_look(rng, les)
     les.note = f"{_AGE_WORD[les.age]} {les.note}"
     return les

@@ -98,7 +98,7 @@ in z.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -181,7 +181,8 @@ class Phantom:
 
 
 def make_phantom(rng: np.random.Generator, size: int = 512, n_slices: int = 36,
-                 subtypes: Sequence[str] = ()) -> Phantom:
+                 subtypes: Sequence[str] = (), ages: Mapping[str, str] | None = None,
+                 calcifications: Collection[str] | None = None) -> Phantom:
     """Make one synthetic patient in memory.
 
     Args:
@@ -190,6 +191,10 @@ def make_phantom(rng: np.random.Generator, size: int = 512, n_slices: int = 36,
         n_slices: Slices from skull base to vertex.
         subtypes: Hemorrhage subtypes to draw (names from :data:`~ichlib.labels.SUBTYPES`),
             one lesion each; empty for a normal scan.
+        ages: Force the blood age of some subtypes (``{"subdural": "chronic"}``; ages:
+            acute, swirl, subacute, chronic, mixed, layered); the others are drawn.
+        calcifications: Force exactly these calcifications (``"choroid"``, ``"pineal"``,
+            ``"falx"``, ``"basal_ganglia"``; empty for none); None draws them by age.
 
     Raises:
         ConfigError: For an unknown subtype, ``size < 32`` or ``n_slices < 8``.
@@ -199,11 +204,11 @@ def make_phantom(rng: np.random.Generator, size: int = 512, n_slices: int = 36,
         raise ConfigError(f"unknown subtype(s) {unknown}; expected some of {', '.join(SUBTYPES)}")
     if size < 32 or n_slices < 8:
         raise ConfigError(f"need size >= 32 and n_slices >= 8, got {size} and {n_slices}")
-    head = _draw_head(rng, size, n_slices)
+    head = _draw_head(rng, size, n_slices, calcifications)
     grid = _make_grid(head)
     wanted = [s for s in SUBTYPES if s in set(subtypes)]
     for _ in range(_LESION_TRIES):   # redraw when a lesion missed its tissue on every slice
-        lesions = [_draw_lesion(rng, head, s) for s in wanted]
+        lesions = [_draw_lesion(rng, head, s, (ages or {}).get(s)) for s in wanted]
         _draw_fracture(rng, head, lesions)
         head.shift = _midline_shift(head, lesions)
         clean, tissue, painted = _build_slices(head, grid, lesions)

@@ -9,6 +9,7 @@ _NAMES = {
     "plot_localization": ".cam",
     "plot_slice_importance": ".cam",
     "SliceViewer": ".viewer",
+    "plot_phantom_findings": ".phantom",
     "write_cam_report": ".cam",
     "SUBTYPE_COLORS": ".figures",
     "SYNTHETIC_NOTE": ".figures",
