@@ -49,7 +49,11 @@ _LAZY = {
     # training
     "TrainConfig": "ichlib.training", "fit": "ichlib.training", "train_one_epoch": "ichlib.training",
     "evaluate": "ichlib.training", "RunLog": "ichlib.training", "results_table": "ichlib.training",
-    "run_intensity_baseline": "ichlib.training", "cross_validate": "ichlib.training",
+    "run_intensity_baseline": "ichlib.training", "prepare_data": "ichlib.training",
+    "build_model": "ichlib.training", "build_criterion": "ichlib.training",
+    "make_optimizer": "ichlib.training", "make_loader": "ichlib.training",
+    "make_eval_loader": "ichlib.training", "comparison_table": "ichlib.training",
+    "beats_baseline": "ichlib.training", "cross_validate": "ichlib.training",
     # explain
     "scan_grad_cam": "ichlib.explain", "ScanCAM": "ichlib.explain", "ScanLabelTarget": "ichlib.explain",
     "SliceLabelTarget": "ichlib.explain", "explain_scan": "ichlib.explain",
