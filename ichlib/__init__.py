@@ -68,7 +68,7 @@ _LAZY = {
     "confusion_counts": "ichlib.viz", "plot_confusion_matrices": "ichlib.viz",
     "plot_cam_slice": "ichlib.viz", "plot_cam_montage": "ichlib.viz",
     "plot_slice_importance": "ichlib.viz", "plot_localization": "ichlib.viz",
-    "plot_phantom_findings": "ichlib.viz",
+    "plot_phantom_findings": "ichlib.viz", "plot_label_aucs": "ichlib.viz",
     # the phantom and the course
     "write_synthetic_ct_ich": "ichlib.synthetic", "write_synthetic_rsna": "ichlib.synthetic",
     "course_paths": "ichlib.course", "ensure_synthetic": "ichlib.course",

@@ -10,6 +10,7 @@ from ichlib.viz.training import (
     confusion_counts,
     plot_confusion_matrices,
     plot_history,
+    plot_label_aucs,
     plot_roc_curves,
 )
 
@@ -56,4 +57,25 @@ def test_history_without_patient_auc_says_so_and_warns_nothing():
         fig = plot_history({"two-stage": history})
     assert "no patient-level validation AUC" in fig.axes[1].texts[0].get_text()
     assert [line.get_label() for line in fig.axes[0].lines] == ["two-stage train", "two-stage val"]
+    plt.close(fig)
+
+
+def test_label_aucs_draw_each_model_with_its_interval_and_mark_missing_labels():
+    labels = ["any", "intraparenchymal", "intraventricular", "subarachnoid", "epidural", "subdural"]
+    rows = []
+    for model, shift in (("two-stage", 0.0), ("baseline", -0.1)):
+        for j, label in enumerate(labels):
+            auc = np.nan if label == "epidural" else 0.6 + 0.05 * j + shift
+            rows.append({"model": model, "label": label, "auc": auc, "auc_ci_low": auc - 0.1,
+                         "auc_ci_high": auc + 0.05})
+    fig = plot_label_aucs(pd.DataFrame(rows), "SYNTHETIC")
+    ax = fig.axes[0]
+    bars = [c for c in ax.containers]
+    assert len(bars) == 2  # one errorbar series per model
+    points = bars[0].lines[0].get_ydata()
+    assert np.allclose(points[:4], [0.6, 0.65, 0.7, 0.75]) and np.isnan(points[4])
+    low_caps = bars[0].lines[1][0].get_ydata()
+    assert np.allclose(low_caps[:4], [0.5, 0.55, 0.6, 0.65])
+    assert sum(t.get_text() == "n/a" for t in ax.texts) == 2  # epidural, for both models
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["two-stage", "baseline"]
     plt.close(fig)

@@ -49,8 +49,10 @@ class TrainConfig:
         cache_dir: Resized-volume cache; None uses :func:`ichlib.io.cachedir.default_cache_dir`
             (``$ICHLIB_CACHE`` or ``~/.cache/ichlib``), shared by all runs: entries are keyed
             by scan file and image size, so two runs on the same data build it once.
-        amp: ``"auto"`` (bf16 autocast on CPUs with native bf16 — AMX or AVX512-BF16 —
-            bf16 or fp16 on CUDA, else fp32), ``"bf16"``, ``"fp16"`` (CUDA), or ``"off"``.
+        amp: ``"auto"`` (bf16 autocast on the CPU only where it is faster than float32,
+            i.e. with AMX, see :func:`ichlib.device.resolve_amp`; bf16 or fp16 on CUDA; else
+            fp32), ``"bf16"``, ``"fp16"`` (CUDA), or ``"off"``. Validation during training
+            follows it; the final test evaluation is always float32.
         channels_last: Run the CNN in channels-last memory format.
         deterministic: Ask PyTorch for deterministic kernels (CPU runs are reproducible
             anyway; on CUDA a few kernels have no deterministic version and only warn).

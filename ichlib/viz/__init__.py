@@ -19,6 +19,7 @@ _NAMES = {
     "confusion_counts": ".training",
     "plot_confusion_matrices": ".training",
     "plot_history": ".training",
+    "plot_label_aucs": ".training",
     "plot_roc_curves": ".training",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _NAMES)

@@ -1,4 +1,4 @@
-"""Figures for training runs: learning curves, ROC curves per label, confusion matrices."""
+"""Figures for training runs: learning curves, ROC curves and AUCs per label, confusion matrices."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 from sklearn.metrics import roc_curve
 
 from ichlib.labels import LABELS
@@ -103,6 +104,39 @@ def plot_confusion_matrices(counts: pd.DataFrame, note: str = "") -> plt.Figure:
         ax.set_xticks([0, 1], ["pred -", "pred +"], fontsize=7)
         ax.set_yticks([0, 1], ["true -", "true +"], fontsize=7)
         ax.set_title(label, fontsize=9)
+    if note:
+        fig.suptitle(note, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_label_aucs(table: pd.DataFrame, note: str = "") -> plt.Figure:
+    """Test AUC per label with its 95% interval, one marker per model, side by side.
+
+    Args:
+        table: :func:`~ichlib.training.metrics.results_table` rows (``model, label, auc,
+            auc_ci_low, auc_ci_high``) of several models on the same patients. A label
+            without an AUC (too few positives) is drawn as "n/a".
+        note: Figure title (e.g. the synthetic-data note).
+    """
+    models = list(dict.fromkeys(table["model"]))
+    colors = dict(zip(models, sns.color_palette("colorblind", len(models)), strict=True))
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    width = 0.7 / max(len(models), 1)
+    for m, model in enumerate(models):
+        rows = table[table["model"] == model].set_index("label").reindex(list(LABELS))
+        x = np.arange(len(LABELS)) + (m - (len(models) - 1) / 2) * width
+        auc = rows["auc"].to_numpy(dtype=float)
+        low = np.nan_to_num(auc - rows["auc_ci_low"].to_numpy(dtype=float))
+        high = np.nan_to_num(rows["auc_ci_high"].to_numpy(dtype=float) - auc)
+        ax.errorbar(x, auc, yerr=[low, high], fmt="o", ms=5, capsize=2, color=colors[model], label=model)
+        for xi in x[np.isnan(auc)]:
+            ax.text(xi, 0.52, "n/a", rotation=90, ha="center", fontsize=7, color=colors[model])
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_xticks(np.arange(len(LABELS)), LABELS, fontsize=8)
+    ax.set(ylabel="test AUC (95% CI)", ylim=(0.0, 1.02), title="AUC per label on the test patients")
+    ax.legend(fontsize=7, loc="lower left")
+    sns.despine(ax=ax)
     if note:
         fig.suptitle(note, fontsize=9)
     fig.tight_layout()
