@@ -53,6 +53,7 @@ _LAZY = {
     "build_model": "ichlib.training", "build_criterion": "ichlib.training",
     "make_optimizer": "ichlib.training", "make_loader": "ichlib.training",
     "make_eval_loader": "ichlib.training", "comparison_table": "ichlib.training",
+    "patient_outcomes": "ichlib.training", "read_metrics": "ichlib.training",
     "beats_baseline": "ichlib.training", "cross_validate": "ichlib.training",
     # explain
     "scan_grad_cam": "ichlib.explain", "ScanCAM": "ichlib.explain", "ScanLabelTarget": "ichlib.explain",
@@ -61,12 +62,13 @@ _LAZY = {
     "chance_prior": "ichlib.explain", "compare_cams": "ichlib.explain", "CamSpec": "ichlib.explain",
     "energy_in_mask": "ichlib.explain", "pointing_game": "ichlib.explain",
     "localization_table": "ichlib.explain", "collect_localization": "ichlib.explain",
+    "localization_verdict": "ichlib.explain", "CANDIDATES": "ichlib.explain",
     # figures
     "SYNTHETIC_NOTE": "ichlib.viz", "SUBTYPE_COLORS": "ichlib.viz", "show_slice": "ichlib.viz",
     "montage": "ichlib.viz", "save_figure": "ichlib.viz", "write_cam_report": "ichlib.viz",
     "SliceViewer": "ichlib.viz", "plot_history": "ichlib.viz", "plot_roc_curves": "ichlib.viz",
     "confusion_counts": "ichlib.viz", "plot_confusion_matrices": "ichlib.viz",
-    "plot_cam_slice": "ichlib.viz", "plot_cam_montage": "ichlib.viz",
+    "plot_cam_slice": "ichlib.viz", "plot_cam_montage": "ichlib.viz", "plot_cam_gallery": "ichlib.viz",
     "plot_slice_importance": "ichlib.viz", "plot_localization": "ichlib.viz",
     "plot_phantom_findings": "ichlib.viz", "plot_label_aucs": "ichlib.viz",
     # the phantom and the course

@@ -4,6 +4,7 @@ the CAM comparison on validation, and a trained toy's maps against a randomised 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy.stats import spearmanr
@@ -18,6 +19,7 @@ from ichlib.explain.localization import (
     collect_localization,
     compare_cams,
     localization_table,
+    localization_verdict,
 )
 from ichlib.explain.randomization import cascading_randomization
 from ichlib.explain.scores import energy_in_mask
@@ -115,7 +117,32 @@ def test_compare_cams_ranks_the_candidates_on_validation(small_ct_ich, trained_t
                   CamSpec("gradcam", ("layer3", "layer4")))
     table, chosen, thresholds = compare_cams(trained_toy, data, data.patient_ids, config, candidates,
                                              n_boot=20)
-    assert list(table["method"]) == sorted(table["method"], key=lambda m: (
-        -table.set_index("method").loc[m, "pointing_0mm"], -table.set_index("method").loc[m, "energy"]))
-    assert chosen.name == table["method"].iloc[0] and set(thresholds) == {c.name for c in candidates}
+    names = [c.name for c in candidates]
+    ranked = table[table["method"].isin(names)]
+    assert list(table["method"][:3]) == list(ranked["method"])  # candidates first, the baselines after
+    assert list(ranked["method"]) == sorted(names, key=lambda m: (
+        -ranked.set_index("method").loc[m, "pointing_0mm"], -ranked.set_index("method").loc[m, "energy"]))
+    assert list(table["method"][3:]) and set(table["method"][3:]) == {METHOD_CHANCE, METHOD_RANDOMIZED,
+                                                                      METHOD_INTENSITY}
+    assert chosen.name == table["method"].iloc[0] and set(thresholds) == set(table["method"])
     assert set(table["label"]) == {"any"}
+    alone, chosen_alone, _ = compare_cams(trained_toy, data, data.patient_ids, config, candidates,
+                                          baselines=False, n_boot=20)
+    assert list(alone["method"]) == list(ranked["method"]) and chosen_alone == chosen
+
+
+def test_verdict_compares_the_cam_with_the_chance_prior_by_the_targets():
+    def table(point, energy, energy_low, chance_point=0.2, chance_energy=0.02, chance_high=0.03):
+        return pd.DataFrame([
+            {"method": "cam", "label": "any", "pointing_0mm": point, "energy": energy,
+             "energy_ci_low": energy_low, "energy_ci_high": energy + 0.05},
+            {"method": METHOD_CHANCE, "label": "any", "pointing_0mm": chance_point, "energy": chance_energy,
+             "energy_ci_low": chance_energy / 2, "energy_ci_high": chance_high}])
+
+    met = localization_verdict(table(0.6, 0.2, 0.1), "cam").splitlines()
+    assert met[0].endswith(": MET") and "3.0×" in met[0] and met[1].endswith(": MET") and "10.0×" in met[1]
+    short = localization_verdict(table(0.45, 0.2, 0.1), "cam").splitlines()  # 2.25× chance, but under 50%
+    assert short[0].endswith("NOT MET")
+    overlap = localization_verdict(table(0.6, 0.2, 0.025), "cam").splitlines()  # 10×, intervals overlap
+    assert overlap[1].endswith("NOT MET") and "overlap" in overlap[1]
+    assert localization_verdict(table(0.6, 0.2, 0.1), "other").startswith("no verdict")

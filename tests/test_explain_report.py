@@ -5,10 +5,14 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from ichlib.errors import ConfigError
-from ichlib.explain.report import maps_to_volume, save_cam_nifti
+from ichlib.explain.cam import CamSpec
+from ichlib.explain.report import explain_scan, maps_to_volume, save_cam_nifti
 from ichlib.io.nifti import save_like, save_volume
+from ichlib.model import CNNBiLSTM
+from ichlib.preprocess.dataset import PreprocessConfig
 
 
 def test_maps_to_volume_places_upsamples_and_takes_max_of_repeats():
@@ -68,3 +72,15 @@ def test_cam_nifti_for_a_dicom_series_needs_its_spacing(tmp_path):
         save_cam_nifti(tmp_path / "cam.nii.gz", maps, series)
     out = save_cam_nifti(tmp_path / "cam.nii.gz", maps, series, spacing=(5.0, 0.5, 0.5))
     assert nib.load(out).header.get_zooms()[:3] == (0.5, 0.5, 5.0)
+
+
+def test_explain_scan_uses_the_chosen_method_and_layer(small_ct_ich):
+    torch.manual_seed(0)
+    model = CNNBiLSTM(lstm_hidden=8).eval()
+    config = PreprocessConfig(windows=("brain",), img_size=64, seq_len=4)
+    scan = small_ct_ich / "ct_scans" / "050.nii"
+    default = explain_scan(model, config, scan, "any")
+    layer3 = explain_scan(model, config, scan, "any", CamSpec("layercam", ("layer3",)))
+    assert default.cam.raw.shape == (8, 2, 2) and layer3.cam.raw.shape == (8, 4, 4)  # 1/32 and 1/16 of 64 px
+    assert default.map_volume().shape == layer3.map_volume().shape == default.volume.hu.shape
+    assert not np.allclose(default.cam.maps, layer3.cam.maps)

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
+from ichlib.errors import DataError
 from ichlib.labels import LABELS
-from ichlib.training.report import BASELINE, beats_baseline, comparison_table
+from ichlib.training.report import (
+    BASELINE,
+    beats_baseline,
+    comparison_table,
+    patient_outcomes,
+    read_metrics,
+)
 
 
 def report(auc_any, mean_sub, ci=(0.5, 0.9), loss=0.3, n=60):
@@ -40,3 +48,28 @@ def test_the_verdict_says_which_way_it_goes():
     none = metrics(0.9, 0.6)
     none["test"]["patient"]["mean_subtype_auc"] = None
     assert "n/a" in beats_baseline(none)
+
+
+def test_outcomes_at_the_validation_threshold_by_hand():
+    labels = list(LABELS)
+    probs = {"a": [0.9, 0.1, 0.8, 0.0, 0.0, 0.0], "b": [0.6, 0.0, 0.0, 0.0, 0.0, 0.7],
+             "c": [0.2, 0.3, 0.0, 0.0, 0.0, 0.0], "d": [0.1, 0.0, 0.0, 0.0, 0.0, 0.0]}
+    metrics = {"test": {"probabilities": {pid: dict(zip(labels, p)) for pid, p in probs.items()}},
+               "thresholds": {lab: 0.5 for lab in labels}}
+    truth = pd.DataFrame({lab: [0, 0, 0, 0] for lab in labels}, index=["d", "c", "b", "a"])
+    truth.loc[["a", "c"], "any"] = 1
+    table = patient_outcomes(metrics, truth)
+    assert table.loc[["a", "b", "c", "d"], "outcome"].tolist() == ["TP", "FP", "FN", "TN"]
+    assert table.loc["a", "top_subtype"] == "intraventricular" and table.loc["b", "top_subtype"] == "subdural"
+    metrics["thresholds"]["any"] = 0.1  # a lower threshold turns c into a hit and d into a false alarm
+    assert patient_outcomes(metrics, truth).loc[["c", "d"], "outcome"].tolist() == ["TP", "FP"]
+
+
+def test_read_metrics_names_the_file_when_the_run_did_not_finish(tmp_path):
+    with pytest.raises(DataError, match=r"metrics.json: no metrics: the run did not finish"):
+        read_metrics(tmp_path)
+    (tmp_path / "metrics.json").write_text('{"test": ')
+    with pytest.raises(DataError, match="unreadable metrics"):
+        read_metrics(tmp_path)
+    (tmp_path / "metrics.json").write_text('{"n_patients": {"test": 60}}')
+    assert read_metrics(tmp_path)["n_patients"]["test"] == 60

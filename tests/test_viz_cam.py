@@ -19,6 +19,7 @@ from ichlib.io.load import load_volume  # noqa: E402
 from ichlib.labels import LABELS  # noqa: E402
 from ichlib.preprocess.dataset import PreprocessConfig  # noqa: E402
 from ichlib.viz.cam import (
+    plot_cam_gallery,
     plot_cam_montage,
     plot_cam_slice,
     plot_localization,
@@ -67,6 +68,21 @@ def test_plot_cam_slice_three_panels_and_png(tmp_path):
     plot_cam_slice(x[0].numpy(), result.maps[0])            # [1, H, W] image, no mask
     with pytest.raises(ValueError):
         plot_cam_slice(x[:2, 0], result.maps[0])
+
+
+def test_gallery_one_panel_per_map_with_its_maximum_marked():
+    x, result, masks = fake_result()
+    shifted = np.roll(result.maps[3], 6, axis=1)
+    maps = {"gradcam @ layer4": result.maps[3], "layercam @ layer3": shifted, "hirescam @ layer4": result.maps[3] * 0}
+    fig = plot_cam_gallery(x[3, 0], maps, masks[3], columns=2, title="SYNTHETIC")
+    panels = [ax for ax in fig.axes if ax.get_title() in maps]
+    assert [ax.get_title() for ax in panels] == list(maps)
+    crosses = [ax.lines[0].get_xydata()[0].tolist() if ax.lines else None for ax in panels]
+    assert crosses[0] == [15.0, 8.0] and crosses[1] == [21.0, 8.0]  # the maximum of each map (col, row)
+    assert crosses[2] is None  # a blank map has no maximum to mark
+    assert sum(not ax.axison for ax in fig.axes[:4]) == 4 and len(fig.axes) == 5  # 3 panels + 1 empty + colorbar
+    with pytest.raises(ValueError):
+        plot_cam_gallery(x[3, 0], {})
 
 
 def test_montage_shows_the_most_important_slices_first(tmp_path):

@@ -349,6 +349,34 @@ def whole_scan_grad_cam(model: nn.Module, slices: torch.Tensor | np.ndarray, sam
                    slice_indices=np.arange(n, dtype=np.int64))
 
 
+
+@dataclass(frozen=True)
+class CamSpec:
+    """One way to explain the model: a ``grad-cam`` method and its target layer(s).
+
+    Attributes:
+        method: A key of :data:`ichlib.explain.cam.CAM_METHODS`.
+        layers: Layer names (``"layer4"``; several are fused).
+    """
+
+    method: str = "gradcam"
+    layers: tuple[str, ...] = ("layer4",)
+
+    @property
+    def name(self) -> str:
+        """``"gradcam @ layer4"``, ``"layercam @ layer3+layer4"``, ..."""
+        return f"{self.method} @ {'+'.join(self.layers)}"
+
+
+#: Grad-CAM at the last block: the CAM used unless another is chosen (see :data:`CANDIDATES`).
+DEFAULT_CAM = CamSpec()
+
+#: The CAMs compared on validation by :func:`ichlib.explain.localization.compare_cams`.
+CANDIDATES: tuple[CamSpec, ...] = tuple(
+    CamSpec(method, layers) for method in ("gradcam", "hirescam", "gradcam++", "layercam")
+    for layers in (("layer4",), ("layer3",), ("layer3", "layer4")))
+
+
 def _resolve_layers(model: nn.Module, target_layer) -> list[nn.Module]:
     if target_layer is None:
         target_layer = getattr(model, "target_layer", None)

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ichlib.explain.baselines import chance_prior, intensity_map
-from ichlib.explain.cam import whole_scan_grad_cam
+from ichlib.explain.cam import CANDIDATES, DEFAULT_CAM, CamSpec, whole_scan_grad_cam
 from ichlib.explain.randomization import cascading_randomization
 from ichlib.explain.scores import (
     DICE_THRESHOLDS,
@@ -52,32 +52,8 @@ METHOD_RANDOMIZED = "randomised model"
 METHOD_INTENSITY = "intensity map (intracranial 50-90 HU)"
 
 
-@dataclass(frozen=True)
-class CamSpec:
-    """One way to explain the model: a ``grad-cam`` method and its target layer(s).
-
-    Attributes:
-        method: A key of :data:`ichlib.explain.cam.CAM_METHODS`.
-        layers: Layer names (``"layer4"``; several are fused).
-    """
-
-    method: str = "gradcam"
-    layers: tuple[str, ...] = ("layer4",)
-
-    @property
-    def name(self) -> str:
-        """``"gradcam @ layer4"``, ``"layercam @ layer3+layer4"``, ..."""
-        return f"{self.method} @ {'+'.join(self.layers)}"
-
-
-#: The CAMs compared on validation by :func:`compare_cams`.
-CANDIDATES: tuple[CamSpec, ...] = tuple(
-    CamSpec(method, layers) for method in ("gradcam", "hirescam", "gradcam++", "layercam")
-    for layers in (("layer4",), ("layer3",), ("layer3", "layer4")))
-
-
 def collect_localization(model: nn.Module, data: CtIchData, patient_ids: Sequence[str],
-                         config: PreprocessConfig, cams: Sequence[CamSpec] = (CamSpec(),), *,
+                         config: PreprocessConfig, cams: Sequence[CamSpec] = (DEFAULT_CAM,), *,
                          labels: Sequence[str] = LABELS, baselines: bool = True,
                          randomized: nn.Module | None = None, seed: int = 0) -> pd.DataFrame:
     """Score the CAMs (and the baselines) on every slice with blood of the given patients.
@@ -131,25 +107,62 @@ def localization_table(records: pd.DataFrame, dice_thresholds: Mapping[str, floa
 
 
 def compare_cams(model: nn.Module, data: CtIchData, val_ids: Sequence[str], config: PreprocessConfig,
-                 candidates: Sequence[CamSpec] = CANDIDATES, label: str = "any",
+                 candidates: Sequence[CamSpec] = CANDIDATES, label: str = "any", baselines: bool = True,
                  n_boot: int = 200, seed: int = 0) -> tuple[pd.DataFrame, CamSpec, dict[str, float]]:
     """Score every candidate CAM on the validation split and pick the default.
 
     The default has the highest pointing game at 0 mm (ties: higher energy in the mask).
+    With ``baselines``, the chance prior, the randomised model (under the first candidate)
+    and the intensity map are scored on the same slices: their rows follow the candidates',
+    and their Dice thresholds are chosen here too, so a test table can use them all.
 
     Returns:
-        The table (one row per candidate, best first), the chosen :class:`CamSpec`, and the
-        Dice threshold of every candidate, chosen on these validation records.
+        The table (candidates best first, then the baselines), the chosen :class:`CamSpec`,
+        and the Dice threshold of every method, chosen on these validation records.
     """
     records = collect_localization(model, data, val_ids, config, candidates, labels=(label,),
-                                   baselines=False)
+                                   baselines=baselines, seed=seed)
     thresholds = choose_dice_threshold(records) if len(records) else {}
     table = localization_table(records, thresholds, n_boot=n_boot, seed=seed)
     if table.empty:
         return table, candidates[0], thresholds
-    table = table.sort_values([pointing_column(0.0), "energy"], ascending=False, ignore_index=True)
+    names = [spec.name for spec in candidates]
+    table = table.assign(_candidate=table["method"].isin(names)).sort_values(
+        ["_candidate", pointing_column(0.0), "energy"], ascending=False, ignore_index=True)
     chosen = next(spec for spec in candidates if spec.name == table["method"].iloc[0])
-    return table, chosen, thresholds
+    return table.drop(columns="_candidate"), chosen, thresholds
+
+
+def localization_verdict(table: pd.DataFrame, method: str, label: str = "any",
+                         pointing_ratio: float = 2.0, pointing_floor: float = 0.5,
+                         energy_ratio: float = 5.0) -> str:
+    """Does ``method`` beat the chance prior by the course's margins? One line per target.
+
+    The targets: the pointing game at 0 mm at least ``pointing_ratio`` × the chance prior's
+    and above ``pointing_floor``; the energy in the mask at least ``energy_ratio`` × the
+    chance prior's, with the intervals apart.
+
+    Returns:
+        Lines ``MET`` / ``NOT MET`` with the numbers, or why there is no verdict.
+    """
+    rows = table[table["label"] == label].set_index("method") if "label" in table else table.iloc[:0]
+    if method not in rows.index or METHOD_CHANCE not in rows.index:
+        return f"no verdict: '{label}' has no rows for {method!r} and the chance prior"
+    cam, chance = rows.loc[method], rows.loc[METHOD_CHANCE]
+    point = pointing_column(0.0)
+    lines = []
+    ratio = cam[point] / chance[point] if chance[point] > 0 else np.inf
+    met = ratio >= pointing_ratio and cam[point] > pointing_floor
+    lines.append(f"pointing game at 0 mm: {cam[point]:.1%} against chance {chance[point]:.1%} "
+                 f"({ratio:.1f}×; target ≥ {pointing_ratio:g}× and > {pointing_floor:.0%}): "
+                 f"{'MET' if met else 'NOT MET'}")
+    ratio = cam["energy"] / chance["energy"] if chance["energy"] > 0 else np.inf
+    apart = cam["energy_ci_low"] > chance["energy_ci_high"]
+    met = ratio >= energy_ratio and apart
+    lines.append(f"energy in mask: {cam['energy']:.3f} against chance {chance['energy']:.3f} "
+                 f"({ratio:.1f}×, intervals {'apart' if apart else 'overlap'}; target ≥ "
+                 f"{energy_ratio:g}× and apart): {'MET' if met else 'NOT MET'}")
+    return "\n".join(lines)
 
 
 _COLUMNS = ["method", "label", "patient_id", "slice_index", "slice_pos", "energy",

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ichlib.errors import ConfigError, DataError
-from ichlib.explain.cam import ScanCAM, whole_scan_grad_cam
+from ichlib.explain.cam import DEFAULT_CAM, CamSpec, ScanCAM, whole_scan_grad_cam
 from ichlib.io.load import is_dicom_series, load_volume
 from ichlib.io.nifti import save_like, save_volume
 from ichlib.io.volume import Volume
@@ -42,7 +42,7 @@ class ScanExplanation:
 
 
 def explain_scan(model: nn.Module, config: PreprocessConfig, scan_path: str | os.PathLike,
-                 label: str | None = None) -> ScanExplanation:
+                 label: str | None = None, cam: CamSpec = DEFAULT_CAM) -> ScanExplanation:
     """Read a scan, prepare every slice as for prediction, and compute a scan-normalised
     Grad-CAM for every slice (:func:`~ichlib.explain.cam.whole_scan_grad_cam`).
 
@@ -51,6 +51,7 @@ def explain_scan(model: nn.Module, config: PreprocessConfig, scan_path: str | os
         config: The preprocessing the model was trained with.
         scan_path: A NIfTI file or a DICOM series.
         label: Label to explain; None for the most probable one.
+        cam: The ``grad-cam`` method and target layer(s) (default: Grad-CAM at ``layer4``).
 
     Raises:
         DataError: If the scan cannot be read.
@@ -58,7 +59,8 @@ def explain_scan(model: nn.Module, config: PreprocessConfig, scan_path: str | os
     volume = load_volume(scan_path)
     x, _ = prepare_scan(volume.hu, config, np.arange(volume.n_slices))
     samplings = covering_indices(volume.n_slices, config.seq_len)
-    return ScanExplanation(volume, x, whole_scan_grad_cam(model, x, samplings, label))
+    return ScanExplanation(volume, x, whole_scan_grad_cam(model, x, samplings, label, method=cam.method,
+                                                           target_layer=list(cam.layers)))
 
 
 def maps_to_volume(maps: np.ndarray, slice_indices: np.ndarray,

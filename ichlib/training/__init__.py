@@ -22,6 +22,8 @@ _NAMES = {
     "make_eval_loader": ".data",
     "make_optimizer": ".engine",
     "comparison_table": ".report",
+    "patient_outcomes": ".report",
+    "read_metrics": ".report",
     "beats_baseline": ".report",
     "RunLog": ".log",
     "results_table": ".metrics",

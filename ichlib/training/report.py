@@ -1,13 +1,35 @@
-"""Runs side by side: the held-out test numbers of several trainings and of the intensity
-baseline, in one table a reader can compare (every value with its interval)."""
+"""What a run's test split says: several trainings and the intensity baseline side by side (every
+value with its interval), and each test patient's outcome at the validation thresholds."""
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from ichlib.errors import DataError
+from ichlib.labels import SUBTYPES
+
 BASELINE = "intensity baseline"
+
+
+def read_metrics(run_dir: str | os.PathLike) -> dict:
+    """A finished run's ``metrics.json`` (what :func:`~ichlib.training.fit.fit` wrote there).
+
+    Raises:
+        DataError: If the file is missing (the run did not finish) or is not JSON.
+    """
+    path = Path(run_dir) / "metrics.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(path, "no metrics: the run did not finish; train it first") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(path, f"unreadable metrics ({exc})") from None
 
 
 def comparison_table(runs: Mapping[str, Mapping], baseline_from: str | None = None) -> pd.DataFrame:
@@ -47,6 +69,34 @@ def beats_baseline(metrics: Mapping, key: str = "mean_subtype_auc") -> str:
     verdict = "beats" if model > base else "does NOT beat"
     return (f"On the {key.replace('_', ' ')} the model {verdict} the intensity baseline: "
             f"{model:.3f} against {base:.3f} ({n} test patients; read the intervals).")
+
+
+def patient_outcomes(metrics: Mapping, truth: pd.DataFrame, label: str = "any") -> pd.DataFrame:
+    """Each test patient's decision for ``label`` at the threshold chosen on validation.
+
+    Args:
+        metrics: A run's ``metrics.json`` (its test probabilities and thresholds).
+        truth: Patient labels indexed by patient id (``CtIchData.patients``).
+        label: The label decided.
+
+    Returns:
+        One row per test patient: ``p`` (the probability of ``label``), ``predicted``,
+        ``truth``, ``outcome`` (``TP``, ``FP``, ``FN`` or ``TN``) and ``top_subtype`` (the most
+        probable subtype, what a positive decision would name).
+
+    Raises:
+        KeyError: If a test patient is missing from ``truth``.
+    """
+    probs = pd.DataFrame(metrics["test"]["probabilities"]).T
+    threshold = float(metrics["thresholds"][label])
+    table = pd.DataFrame({"p": probs[label].astype(float)})
+    table["predicted"] = table["p"] >= threshold
+    table["truth"] = truth.loc[table.index, label].astype(bool).to_numpy()
+    table["outcome"] = np.select([table.predicted & table.truth, table.predicted & ~table.truth,
+                                  ~table.predicted & table.truth], ["TP", "FP", "FN"], "TN")
+    table["top_subtype"] = probs[list(SUBTYPES)].astype(float).idxmax(axis=1)
+    table.index.name = "patient_id"
+    return table
 
 
 def _row(test: Mapping, seconds: float | None) -> dict:

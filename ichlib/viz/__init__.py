@@ -5,6 +5,7 @@ from ichlib._lazy import lazy_exports
 
 _NAMES = {
     "plot_cam_montage": ".cam",
+    "plot_cam_gallery": ".cam",
     "plot_cam_slice": ".cam",
     "plot_localization": ".cam",
     "plot_slice_importance": ".cam",

@@ -72,6 +72,41 @@ def plot_cam_slice(image: np.ndarray, cam: np.ndarray, mask: np.ndarray | None =
     return _save(fig, path)
 
 
+def plot_cam_gallery(image: np.ndarray, maps: dict[str, np.ndarray], mask: np.ndarray | None = None, *,
+                     columns: int = 3, title: str | None = None) -> Figure:
+    """The same slice under several CAMs: one panel per map, the mask outlined and each map's
+    maximum marked (what the pointing game scores).
+
+    Args:
+        image: Windowed slice ``[H, W]`` in [0, 1].
+        maps: ``{name: map [H, W] in [0, 1]}``, e.g. one per method and layer.
+        mask: Optional boolean mask ``[H, W]``.
+        columns: Panels per row.
+        title: Figure title.
+    """
+    image = _as_2d(image, "image")
+    if not maps:
+        raise ValueError("no maps to draw")
+    rows = math.ceil(len(maps) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 3.1 * rows), layout="constrained",
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for ax, (name, cam) in zip(axes.ravel(), maps.items()):
+        cam = _as_2d(cam, name)
+        _overlay(ax, image, cam)
+        if mask is not None and np.any(mask):
+            ax.contour(np.asarray(mask, dtype=float), levels=[0.5], colors=MASK_COLOR, linewidths=1.0)
+        if cam.max() > 0:
+            r, c = np.unravel_index(int(np.argmax(cam)), cam.shape)
+            ax.plot(c, r, marker="+", color="yellow", markersize=11, markeredgewidth=2)
+        ax.set_title(name, fontsize=8)
+    fig.colorbar(_mappable(), ax=axes[:, -1].tolist(), fraction=0.046, pad=0.02, label="map value")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
 def plot_cam_montage(x: torch.Tensor | np.ndarray, result: ScanCAM, top_k: int = 6,
                      masks: np.ndarray | None = None, *, slice_labels: np.ndarray | None = None,
                      channel: int = 0, show_importance: bool = True, title: str | None = None,
