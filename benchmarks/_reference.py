@@ -21,7 +21,7 @@ from ichlib.io.tables import CtIchData
 from ichlib.model import CNNBiLSTM
 from ichlib.preprocess.dataset import Augment, PreprocessConfig
 from ichlib.preprocess.resize import resize_slices
-from ichlib.preprocess.sampling import uniform_indices
+from ichlib.preprocess.sampling import covering_indices, uniform_indices
 from ichlib.preprocess.windowing import multi_window
 
 
@@ -83,8 +83,16 @@ class ReferenceDataset(Dataset):
 
 
 def reference_predict(model: CNNBiLSTM, path: str, config: PreprocessConfig) -> np.ndarray:
-    """Patient-level probabilities ``[6]`` for one scan: reference input, fp32 eager, no_grad."""
+    """Patient-level probabilities ``[6]`` for one scan: reference input, fp32 eager, no_grad.
+
+    The same whole-scan prediction as :func:`ichlib.predict.predict_scan`, done the direct
+    way: every covering sampling of ``S`` slices goes through the whole model on its own
+    (the CNN re-reads a slice each time it is sampled), and the per-label maximum of the
+    samplings' patient-level logits is taken.
+    """
     model.eval()
+    x = reference_preprocess(reference_load(path), config)
     with torch.no_grad():
-        output = model(reference_scan(path, config).unsqueeze(0))
-    return torch.sigmoid(output.scan_logits)[0].numpy().astype(np.float64)
+        logits = [model(x[torch.from_numpy(rows)].unsqueeze(0)).scan_logits[0]
+                  for rows in covering_indices(x.shape[0], config.seq_len)]
+    return torch.sigmoid(torch.stack(logits).amax(dim=0)).numpy().astype(np.float64)

@@ -5,10 +5,12 @@ brain window) with seeded random weights whose BatchNorm statistics are set from
 scan itself, so the probabilities are spread out rather than saturated (an untrained
 model: the probabilities mean nothing, their agreement between paths does). Paths:
 
-- reference: nibabel ``get_fdata``, every slice resized and windowed, S sampled, fp32
-  eager model with contiguous tensors under ``torch.no_grad`` (:mod:`_reference`);
-- fast: ``ichlib.predict.Predictor`` with its defaults (what ``ichlib predict`` runs):
-  S slices resized, ``inference_mode``, channels_last, bf16 autocast only where it pays (AMX CPUs, CUDA);
+- reference: nibabel ``get_fdata``, every slice resized and windowed, then each of the
+  ``ceil(N / S)`` covering samplings through the whole fp32 eager model with contiguous
+  tensors under ``torch.no_grad``, the maximum of their logits (:mod:`_reference`);
+- fast: ``ichlib.predict.Predictor`` with its defaults (what ``ichlib predict`` runs): the
+  CNN once per slice, the BiLSTM over the samplings in one batch, ``inference_mode``,
+  channels_last, bf16 autocast only where it pays (AMX CPUs, CUDA);
 - fast --fp32: the same with ``amp="off"`` (``ichlib predict --fp32``);
 - bf16 forced: ``amp="bf16"``, to measure the probability tolerance bf16 costs.
 

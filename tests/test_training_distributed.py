@@ -324,12 +324,20 @@ def test_two_processes_of_batch_2_give_the_weights_of_one_process_of_batch_4(two
     deltas = {k: (two["model"][k].double() - v.double()).abs().max().item()
               for k, v in one["model"].items() if v.is_floating_point()}
     largest = max(v.abs().max().item() for v in one["model"].values() if v.is_floating_point())
-    momentum = max((two["optimizer"]["state"][k]["momentum_buffer"].double() - v["momentum_buffer"].double())
-                   .abs().max().item() for k, v in one["optimizer"]["state"].items())
+    buffers = {k: (two["optimizer"]["state"][k]["momentum_buffer"].double(), v["momentum_buffer"].double())
+               for k, v in one["optimizer"]["state"].items()}
+    # Per tensor, |m(2 x 2) - m(1 x 4)| / |m(1 x 4)| in the L2 norm. The buffers hold raw
+    # gradient sums: their float32 rounding depends on the order the ranks add them in and on
+    # the CPU's conv kernels for batch 2 against batch 4, and cancelling terms magnify it (about
+    # 1e-4 relative on an AVX512 EPYC, 2026-12). A gradient summed instead of averaged over the
+    # ranks, or one rank's gradient lost, is off by 0.5 or more.
+    momentum = {k: (torch.linalg.vector_norm(b2 - b1) / torch.linalg.vector_norm(b1).clamp_min(1e-12)).item()
+                for k, (b2, b1) in buffers.items()}
     print(f"\nmax |weight(2 x 2) - weight(1 x 4)| = {max(deltas.values()):.3g} over {len(deltas)} "
-          f"tensors (largest |weight| {largest:.3g}); max |momentum difference| = {momentum:.3g}")
+          f"tensors (largest |weight| {largest:.3g}); largest relative momentum difference "
+          f"{max(momentum.values()):.3g} over {len(momentum)} buffers")
     assert max(deltas.values()) < 1e-6, sorted(deltas.items(), key=lambda kv: -kv[1])[:3]
-    assert momentum < 1e-5
+    assert max(momentum.values()) < 2e-3, sorted(momentum.items(), key=lambda kv: -kv[1])[:3]
     assert two["lr_scheduler"]["last_epoch"] == one["lr_scheduler"]["last_epoch"] == 4  # 2 steps x 2
     h2 = pd.read_csv(two_process_run["out"] / "history.csv")
     h1 = pd.read_csv(one_process_run / "history.csv")
