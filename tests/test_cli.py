@@ -241,8 +241,11 @@ def test_ctrl_c_stops_training_cleanly_and_says_how_to_resume(tmp_path):
     data = write_ct_ich(tmp_path / "ds", {49 + i: labels_with(5, (i % 5) if i % 2 else None, 1, 3)
                                           for i in range(12)}, size=32)
     run = tmp_path / "run"
+    # A shell's background job (`make test &`) starts with SIGINT ignored, and a child inherits
+    # that, so Python would install no Ctrl-C handler: give the run the terminal's default.
     proc = subprocess.Popen(_train_argv(data, run, epochs=200), env=_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         _wait_for(run / "last.pt", proc)
         time.sleep(0.3)
