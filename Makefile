@@ -98,6 +98,7 @@ bench: env
 	$(PY) benchmarks/bench_preprocess.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_predict.py
+	$(PY) benchmarks/bench_predict_levers.py
 
 bench-gpu: env
 	$(PY) benchmarks/bench_gpu.py

@@ -6,12 +6,17 @@ Used by training and by prediction alike, so prediction does not import the trai
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
+import math
 import os
 from pathlib import Path
 
 import torch
 
 from ichlib.errors import ConfigError
+from ichlib.io.atomic import atomic_write_text
+from ichlib.io.cachedir import default_cache_dir
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -55,14 +60,86 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+#: bf16 must make a training step at least this much faster to be chosen by ``amp="auto"``.
+BF16_MIN_SPEEDUP = 1.15
+
+#: File in the cache folder (:func:`ichlib.io.cachedir.default_cache_dir`) that keeps the
+#: measured bf16 speed-up per CPU model, torch version and thread count.
+PRECISION_CACHE = "cpu-precision.json"
+
+
 def bf16_pays_on_cpu() -> bool:
     """Whether bf16 autocast trains faster than float32 on this CPU.
 
-    Only AMX makes it pay. With AVX512-BF16 alone, ResNet-18 training ran slower in bf16
-    than in float32, and with neither it is emulated and slower still (figures in
-    ``benchmarks/RESULTS.md``).
+    With AMX it does; without native bf16 (emulated) it does not. With AVX512-BF16 alone it
+    depends on the CPU (slower than float32 on one Xeon, about twice as fast on an AMD EPYC;
+    ``benchmarks/RESULTS.md``), so it is measured once (:func:`measured_bf16_speedup`) and
+    kept per CPU model.
     """
-    return cpu_has_amx()
+    if cpu_has_amx():
+        return True
+    if not cpu_has_native_bf16():
+        return False
+    return measured_bf16_speedup() >= BF16_MIN_SPEEDUP
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    import platform
+
+    return platform.processor() or platform.machine() or "unknown"
+
+
+@functools.cache
+def measured_bf16_speedup() -> float:
+    """float32 step time / bf16 step time of a small ResNet-18 training step on this CPU.
+
+    Measured once per CPU model, torch version and thread count (about a second), and kept
+    in :data:`PRECISION_CACHE` in the cache folder; a missing, unreadable or damaged file
+    means measuring again. When the cache cannot be written the figure is still used.
+    """
+    key = f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    path = default_cache_dir() / PRECISION_CACHE
+    known: dict = {}
+    with contextlib.suppress(OSError, ValueError):
+        known = json.loads(path.read_text())
+        speedup = float(known[key]["bf16_speedup"]) if isinstance(known, dict) and key in known else None
+        if speedup is not None and math.isfinite(speedup) and speedup > 0:
+            return speedup
+    fp32_s, bf16_s = _time_training_step(None), _time_training_step(torch.bfloat16)
+    speedup = fp32_s / bf16_s
+    known = known if isinstance(known, dict) else {}
+    known[key] = {"fp32_step_s": fp32_s, "bf16_step_s": bf16_s, "bf16_speedup": speedup}
+    with contextlib.suppress(Exception):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(known, indent=1))
+    return speedup
+
+
+def _time_training_step(dtype: torch.dtype | None, repeats: int = 3) -> float:
+    """Median seconds of a ResNet-18 training step on 8 slices of 96² in ``dtype`` autocast."""
+    import time
+
+    from torchvision.models import resnet18
+
+    generator = torch.Generator().manual_seed(0)
+    model = resnet18(num_classes=6).to(memory_format=torch.channels_last)
+    x = torch.randn(8, 3, 96, 96, generator=generator).contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    times = []
+    for _ in range(repeats + 1):  # the first step is a warm-up
+        start = time.perf_counter()
+        with autocast(torch.device("cpu"), dtype):
+            loss = model(x).float().square().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    return sorted(times[1:])[len(times[1:]) // 2]
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:

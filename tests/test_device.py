@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
+import ichlib.device
 from ichlib.device import describe_precision, resolve_amp, resolve_device
 from ichlib.errors import ConfigError
 
@@ -22,14 +25,68 @@ def test_amp_resolution(monkeypatch):
     assert resolve_amp("auto", cpu) is None
 
 
-def test_auto_picks_bf16_only_with_amx(monkeypatch):
-    # AVX512-BF16 alone trains slower in bf16 than in float32 (benchmarks/RESULTS.md).
+def test_auto_picks_bf16_with_amx_never_when_emulated_and_by_measurement_otherwise(monkeypatch):
     monkeypatch.delenv("ICHLIB_AMP", raising=False)
-    monkeypatch.setattr("ichlib.device.cpu_has_amx", lambda: False)
-    monkeypatch.setattr("ichlib.device.cpu_has_native_bf16", lambda: True)
-    assert resolve_amp("auto", torch.device("cpu")) is None
+    cpu = torch.device("cpu")
+    measured = []
+    monkeypatch.setattr("ichlib.device.measured_bf16_speedup", lambda: measured.append(1) or speedup)
     monkeypatch.setattr("ichlib.device.cpu_has_amx", lambda: True)
-    assert resolve_amp("auto", torch.device("cpu")) is torch.bfloat16
+    speedup = 0.5
+    assert resolve_amp("auto", cpu) is torch.bfloat16 and not measured  # AMX: no need to measure
+    monkeypatch.setattr("ichlib.device.cpu_has_amx", lambda: False)
+    monkeypatch.setattr("ichlib.device.cpu_has_native_bf16", lambda: False)
+    speedup = 5.0
+    assert resolve_amp("auto", cpu) is None and not measured             # emulated bf16: never
+    monkeypatch.setattr("ichlib.device.cpu_has_native_bf16", lambda: True)
+    assert resolve_amp("auto", cpu) is torch.bfloat16 and measured        # AVX512-BF16, measured faster
+    speedup = 0.86                                                        # ... or slower (one Xeon)
+    assert resolve_amp("auto", cpu) is None
+
+
+def _fake_steps(monkeypatch, fp32_s: float, bf16_s: float) -> list:
+    calls = []
+
+    def step(dtype, repeats: int = 3) -> float:
+        calls.append(dtype)
+        return bf16_s if dtype is torch.bfloat16 else fp32_s
+    monkeypatch.setattr("ichlib.device._time_training_step", step)
+    ichlib.device.measured_bf16_speedup.cache_clear()
+    return calls
+
+
+def test_the_measured_speedup_is_cached_per_cpu_and_remeasured_when_damaged(monkeypatch, tmp_path):
+    monkeypatch.setenv("ICHLIB_CACHE", str(tmp_path))
+    calls = _fake_steps(monkeypatch, fp32_s=0.2, bf16_s=0.1)
+    assert ichlib.device.measured_bf16_speedup() == pytest.approx(2.0)
+    cache = tmp_path / ichlib.device.PRECISION_CACHE
+    entry = json.loads(cache.read_text())
+    (key, value), = entry.items()
+    assert ichlib.device.cpu_model() in key and torch.__version__ in key
+    assert value == {"fp32_step_s": 0.2, "bf16_step_s": 0.1, "bf16_speedup": pytest.approx(2.0)}
+    # A new process (cache_clear) reads the file instead of measuring.
+    calls = _fake_steps(monkeypatch, fp32_s=1.0, bf16_s=1.0)
+    assert ichlib.device.measured_bf16_speedup() == pytest.approx(2.0) and calls == []
+    # A damaged file, or a NaN in it, means measuring again; the file is rewritten whole.
+    for damage in ("{not json", json.dumps({key: {"bf16_speedup": float("nan")}})):
+        cache.write_text(damage)
+        calls = _fake_steps(monkeypatch, fp32_s=0.3, bf16_s=0.2)
+        assert ichlib.device.measured_bf16_speedup() == pytest.approx(1.5) and len(calls) == 2
+        assert json.loads(cache.read_text())[key]["bf16_speedup"] == pytest.approx(1.5)
+    ichlib.device.measured_bf16_speedup.cache_clear()
+
+
+def test_an_unwritable_cache_still_gives_the_measurement(monkeypatch, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setenv("ICHLIB_CACHE", str(blocker / "cache"))
+    _fake_steps(monkeypatch, fp32_s=0.3, bf16_s=0.1)
+    assert ichlib.device.measured_bf16_speedup() == pytest.approx(3.0)
+    ichlib.device.measured_bf16_speedup.cache_clear()
+
+
+def test_the_real_measurement_times_both_precisions(monkeypatch):
+    seconds = [ichlib.device._time_training_step(dtype, repeats=1) for dtype in (None, torch.bfloat16)]
+    assert all(0 < s < 60 for s in seconds)
 
 
 def test_ichlib_amp_overrides_auto_only(monkeypatch):

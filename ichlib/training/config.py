@@ -49,8 +49,9 @@ class TrainConfig:
         cache_dir: Resized-volume cache; None uses :func:`ichlib.io.cachedir.default_cache_dir`
             (``$ICHLIB_CACHE`` or ``~/.cache/ichlib``), shared by all runs: entries are keyed
             by scan file and image size, so two runs on the same data build it once.
-        amp: ``"auto"`` (bf16 autocast on the CPU only where it is faster than float32,
-            i.e. with AMX, see :func:`ichlib.device.resolve_amp`; bf16 or fp16 on CUDA; else
+        amp: ``"auto"`` (bf16 autocast on the CPU only where it is faster than float32:
+            with AMX, or with AVX512-BF16 where a one-time measurement says so, see
+            :func:`ichlib.device.bf16_pays_on_cpu`; bf16 or fp16 on CUDA; else
             fp32), ``"bf16"``, ``"fp16"`` (CUDA), or ``"off"``. Validation during training
             follows it; the final test evaluation is always float32.
         channels_last: Run the CNN in channels-last memory format.
