@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                      COLD_TARGET_S, "s", higher_is_better=False),
         C.target_row("ichlib --help (median process)", cold["help_s"], HELP_TARGET_S, "s",
                      higher_is_better=False),
-        C.target_row("max |Δp| fast vs fp32 reference", agreement["default_vs_reference"], 0.01, "",
+        C.target_row("max abs Δp, fast vs fp32 reference", agreement["default_vs_reference"], 0.01, "",
                      higher_is_better=False),
     ]
 

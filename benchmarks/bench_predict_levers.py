@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                                 ("speedup", "x reference", ".2f"), ("max_abs_dp", "max |Δp|", ".4f")]))
     agreeing = [r for r in rows if r["max_abs_dp"] <= AGREEMENT_TARGET]
     best = min(agreeing, key=lambda r: r["cnn_s"])
-    targets = [C.target_row(f"fastest lever within |Δp| {AGREEMENT_TARGET}: {best['lever']}, CNN s",
+    targets = [C.target_row(f"fastest lever within abs Δp {AGREEMENT_TARGET}: {best['lever']}, CNN s",
                             best["cnn_s"], WARM_TARGET_S, "s", higher_is_better=False)]
     return C.finish(NAME, args, machine, s, targets, results=rows)
 

@@ -50,12 +50,21 @@ def train(r: dict) -> str:
 
 def predict(r: dict) -> str:
     """The predict table."""
-    rows = [[x["path"], _f(x["warm_s"], ".3f"), _f(x["speedup_vs_reference"], ".2f")] for x in r["results"]]
+    rows = [[x["path"], x.get("precision", ""), _f(x["warm_s"], ".3f"), _f(x["speedup_vs_reference"], ".2f")]
+            for x in r["results"]]
     c = r["cold"]
     dp = ", ".join(f"{k} {v:.2g}" for k, v in r["max_abs_dp"].items())
-    return (_table(["path", "warm s", "× reference"], rows)
-            + f"\n\nCold (whole process): `ichlib predict` {c['fast_cold_s']:.2f} s, reference "
-              f"{c['reference_cold_s']:.2f} s.\n\nMax |Δp| (patient level): {dp}.")
+    help_s = f"; `ichlib --help` {c['help_s']:.2f} s" if "help_s" in c else ""
+    return (_table(["path", "precision", "warm s", "× reference"], rows)
+            + f"\n\nCold (whole process, median): `ichlib predict --fp32` {c['fast_cold_s']:.2f} s, reference "
+              f"{c['reference_cold_s']:.2f} s{help_s}.\n\nMax abs Δp (patient level): {dp}.")
+
+
+def predict_levers(r: dict) -> str:
+    """The table of prediction levers (the CNN over every slice)."""
+    rows = [[x["lever"], _f(x["cnn_s"], ".3f"), _f(x["speedup"], ".2f"), _f(x["max_abs_dp"], ".4f")]
+            for x in r["results"]]
+    return _table(["lever", "CNN s", "× reference", "max abs Δp"], rows)
 
 
 def targets(results: list[dict]) -> str:
@@ -68,7 +77,8 @@ def targets(results: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     folder = Path((argv or sys.argv[1:] or [BENCH_DIR])[0])
     found = []
-    for name, render in (("preprocess", preprocess), ("train", train), ("predict", predict)):
+    for name, render in (("preprocess", preprocess), ("train", train), ("predict", predict),
+                         ("predict_levers", predict_levers)):
         path = folder / f"{name}.json"
         if not path.exists():
             print(f"<!-- {path} not found: run benchmarks/bench_{name}.py -->\n")
