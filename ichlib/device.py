@@ -10,9 +10,12 @@ import functools
 import json
 import math
 import os
+import platform
+import time
 from pathlib import Path
 
 import torch
+from torchvision.models import resnet18
 
 from ichlib.errors import ConfigError
 from ichlib.io.atomic import atomic_write_text
@@ -89,8 +92,6 @@ def cpu_model() -> str:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    import platform
-
     return platform.processor() or platform.machine() or "unknown"
 
 
@@ -122,10 +123,6 @@ def measured_bf16_speedup() -> float:
 
 def _time_training_step(dtype: torch.dtype | None, repeats: int = 3) -> float:
     """Median seconds of a ResNet-18 training step on 8 slices of 96² in ``dtype`` autocast."""
-    import time
-
-    from torchvision.models import resnet18
-
     generator = torch.Generator().manual_seed(0)
     model = resnet18(num_classes=6).to(memory_format=torch.channels_last)
     x = torch.randn(8, 3, 96, 96, generator=generator).contiguous(memory_format=torch.channels_last)
