@@ -129,19 +129,13 @@ def cpu_flags() -> set[str]:
 
 def machine_info() -> dict:
     """What the figures depend on: CPU, cores, native bf16, load, library versions."""
-    model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    flags = cpu_flags()
     import torch
 
+    from ichlib.device import cpu_model
+
+    flags = cpu_flags()
     return {
-        "cpu": model,
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "avx512": "avx512f" in flags,
@@ -153,6 +147,34 @@ def machine_info() -> dict:
         "torch": torch.__version__,
         "platform": platform.platform(),
     }
+
+
+def precision_name(dtype: object | None) -> str:
+    """``"fp32"`` for no autocast, else the dtype's short name (``"bfloat16"``)."""
+    return "fp32" if dtype is None else str(dtype).replace("torch.", "")
+
+
+def model_with_scan_statistics(n_channels: int, slices: object) -> object:
+    """A seeded, untrained ``CNNBiLSTM`` whose BatchNorm statistics are those of ``slices``.
+
+    ``slices`` is a float tensor ``[N, C, H, W]`` of windowed slices. With the running
+    statistics set from real scans, activations have realistic ranges and the probabilities
+    spread out instead of saturating; they mean nothing, their agreement between paths does.
+    The model is returned in eval mode.
+    """
+    import torch
+
+    from ichlib.model import CNNBiLSTM
+
+    torch.manual_seed(0)
+    model = CNNBiLSTM(in_channels=n_channels)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # running statistics = the average over the batches seen
+    model.train()
+    with torch.no_grad():
+        model.embed(slices)
+    return model.eval()
 
 
 def machine_line(machine: dict) -> str:

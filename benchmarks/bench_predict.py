@@ -53,22 +53,13 @@ def settings(args: argparse.Namespace) -> dict:
 
 def make_checkpoint(path: Path, scan: str, s: dict) -> Path:
     """Write a checkpoint with seeded random weights and BatchNorm statistics from ``scan``."""
-    import torch
     from _reference import reference_scan
 
     from ichlib.checkpoint import save_checkpoint
-    from ichlib.model import CNNBiLSTM
     from ichlib.preprocess.dataset import PreprocessConfig
 
     config = PreprocessConfig(windows=s["windows"], img_size=s["img_size"], seq_len=s["seq_len"])
-    torch.manual_seed(0)
-    model = CNNBiLSTM(in_channels=config.n_channels)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.momentum = None  # running statistics = the average over the batches seen
-    model.train()
-    with torch.no_grad():
-        model(reference_scan(scan, config).unsqueeze(0))
+    model = C.model_with_scan_statistics(config.n_channels, reference_scan(scan, config))
     return save_checkpoint(path, {"model": model.state_dict(), "model_config": model.model_config,
                                   "preprocess": config.to_dict(), "data": "synthetic"})
 
@@ -102,7 +93,7 @@ def warm(variant: str, checkpoint: str, scan: str, repeats: int) -> dict:
     dtype = None if variant == "reference" else resolve_amp(VARIANTS[variant], torch.device("cpu"))
     times = C.time_calls(run, repeats=repeats, warmup=1)
     return {"path": variant, "warm_s": C.median(times), "warm_times_s": times,
-            "precision": "fp32" if dtype is None else str(dtype).replace("torch.", ""),
+            "precision": C.precision_name(dtype),
             "probabilities": run().tolist(), "torch_threads": torch.get_num_threads()}
 
 

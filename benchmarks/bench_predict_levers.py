@@ -85,21 +85,12 @@ def measure(s: dict, scans: list[str]) -> list[dict]:
     import torch
     from _reference import reference_load, reference_preprocess
 
-    from ichlib.model import CNNBiLSTM
     from ichlib.preprocess.dataset import PreprocessConfig
     from ichlib.preprocess.sampling import covering_indices
 
     config = PreprocessConfig(windows="brain", img_size=s["img_size"], seq_len=s["seq_len"])
     x, calibration = (reference_preprocess(reference_load(p), config) for p in scans[:2])
-    torch.manual_seed(0)
-    model = CNNBiLSTM(in_channels=config.n_channels)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.momentum = None
-    model.train()
-    with torch.no_grad():
-        model.embed(torch.cat([x, calibration]))
-    model.eval()
+    model = C.model_with_scan_statistics(config.n_channels, torch.cat([x, calibration]))
     samplings = covering_indices(x.shape[0], config.seq_len)
 
     def probabilities(embeddings: torch.Tensor) -> np.ndarray:

@@ -143,7 +143,7 @@ def worker(spec: dict) -> dict:
             "slices_per_s": slices / step, "median_step_s": step,
             "data_wait_share": sum(w for w, _ in records) / sum(t for _, t in records),
             "step_s": [t for _, t in records], "data_wait_s": [w for w, _ in records],
-            "precision": "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
+            "precision": C.precision_name(amp_dtype),
             "channels_last": spec["path"] != "reference",
             "num_workers": 0 if spec["path"] == "reference" else s["num_workers"],
             "torch_threads": torch.get_num_threads()}
@@ -181,9 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     cache_dir = args.data_root / "cache"
     cache_s = build_cache(data_dir, cache_dir, s["img_size"])
     machine = C.machine_info()
+    pairs = [(path, w) for w in WINDOW_SETS for path in ("reference", "fast")]
+    pairs.append(("fast_bf16", WINDOW_SETS[0]))  # the design config, bf16 forced
     specs = [{"path": path, "windows": w, "settings": s, "data_dir": str(data_dir),
-              "cache_dir": str(cache_dir)} for w in WINDOW_SETS for path in ("reference", "fast")]
-    specs.append({**specs[1], "path": "fast_bf16"})  # the design config, bf16 forced
+              "cache_dir": str(cache_dir)} for path, w in pairs]
     # Full runs isolate every (path, windows) pair; a quick run shares one worker.
     groups = [[spec] for spec in specs] if not args.quick else [specs]
     results = []

@@ -57,10 +57,17 @@ def cpu_has_amx() -> bool:
     return "amx_bf16" in _cpu_flags()
 
 
-def _cpu_flags() -> set[str]:
+def _cpuinfo(field: str) -> str:
+    """The first ``field`` line of ``/proc/cpuinfo`` (empty where there is none)."""
     with contextlib.suppress(OSError):
-        return set(Path("/proc/cpuinfo").read_text().split())
-    return set()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.split(":", 1)[0].strip() == field:
+                return line.split(":", 1)[1].strip()
+    return ""
+
+
+def _cpu_flags() -> set[str]:
+    return set(_cpuinfo("flags").split())
 
 
 #: bf16 must make a training step at least this much faster to be chosen by ``amp="auto"``.
@@ -88,11 +95,7 @@ def bf16_pays_on_cpu() -> bool:
 
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "unknown"
+    return _cpuinfo("model name") or platform.processor() or platform.machine() or "unknown"
 
 
 @functools.cache
@@ -105,20 +108,27 @@ def measured_bf16_speedup() -> float:
     """
     key = f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
     path = default_cache_dir() / PRECISION_CACHE
-    known: dict = {}
-    with contextlib.suppress(OSError, ValueError):
-        known = json.loads(path.read_text())
-        speedup = float(known[key]["bf16_speedup"]) if isinstance(known, dict) and key in known else None
-        if speedup is not None and math.isfinite(speedup) and speedup > 0:
+    known = _read_json_dict(path)
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        speedup = float(known[key]["bf16_speedup"])
+        if math.isfinite(speedup) and speedup > 0:
             return speedup
     fp32_s, bf16_s = _time_training_step(None), _time_training_step(torch.bfloat16)
     speedup = fp32_s / bf16_s
-    known = known if isinstance(known, dict) else {}
     known[key] = {"fp32_step_s": fp32_s, "bf16_step_s": bf16_s, "bf16_speedup": speedup}
     with contextlib.suppress(Exception):
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(known, indent=1))
     return speedup
+
+
+def _read_json_dict(path: Path) -> dict:
+    """The JSON object in ``path``; empty when the file is missing, unreadable or not an object."""
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads(path.read_text())
+        if isinstance(data, dict):
+            return data
+    return {}
 
 
 def _time_training_step(dtype: torch.dtype | None, repeats: int = 3) -> float:
