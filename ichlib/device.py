@@ -12,10 +12,10 @@ import math
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torchvision.models import resnet18
 
 from ichlib.errors import ConfigError
 from ichlib.io.atomic import atomic_write_text
@@ -70,27 +70,30 @@ def _cpu_flags() -> set[str]:
     return set(_cpuinfo("flags").split())
 
 
-#: bf16 must make a training step at least this much faster to be chosen by ``amp="auto"``.
+#: bf16 must make a training step (or, for prediction, a forward pass) at least this much
+#: faster to be chosen by ``amp="auto"``.
 BF16_MIN_SPEEDUP = 1.15
 
 #: File in the cache folder (:func:`ichlib.io.cachedir.default_cache_dir`) that keeps the
-#: measured bf16 speed-up per CPU model, torch version and thread count.
+#: measured bf16 speed-ups per CPU model, torch version and thread count: the training
+#: figure under that key, the inference figure under the key followed by ``| inference``.
 PRECISION_CACHE = "cpu-precision.json"
 
 
-def bf16_pays_on_cpu() -> bool:
-    """Whether bf16 autocast trains faster than float32 on this CPU.
+def bf16_pays_on_cpu(inference: bool = False) -> bool:
+    """Whether bf16 autocast trains (or, with ``inference``, predicts) faster than float32 here.
 
     With AMX it does; without native bf16 (emulated) it does not. With AVX512-BF16 alone it
     depends on the CPU (slower than float32 on one Xeon, about twice as fast on an AMD EPYC;
-    ``benchmarks/RESULTS.md``), so it is measured once (:func:`measured_bf16_speedup`) and
-    kept per CPU model.
+    ``benchmarks/RESULTS.md``), so it is measured once (:func:`measured_bf16_speedup` or
+    :func:`measured_bf16_inference_speedup`) and kept per CPU model.
     """
     if cpu_has_amx():
         return True
     if not cpu_has_native_bf16():
         return False
-    return measured_bf16_speedup() >= BF16_MIN_SPEEDUP
+    speedup = measured_bf16_inference_speedup() if inference else measured_bf16_speedup()
+    return speedup >= BF16_MIN_SPEEDUP
 
 
 def cpu_model() -> str:
@@ -106,17 +109,40 @@ def measured_bf16_speedup() -> float:
     in :data:`PRECISION_CACHE` in the cache folder; a missing, unreadable or damaged file
     means measuring again. When the cache cannot be written the figure is still used.
     """
-    key = f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    return _cached_speedup("", _time_training_step, ("fp32_step_s", "bf16_step_s", "bf16_speedup"))
+
+
+@functools.cache
+def measured_bf16_inference_speedup() -> float:
+    """float32 time / bf16 time of a ResNet-18 forward pass in inference mode on this CPU.
+
+    What prediction measures (never a training step): cached like
+    :func:`measured_bf16_speedup`, under its own key, so neither figure replaces the other.
+    """
+    return _cached_speedup(" | inference", _time_forward_pass,
+                           ("fp32_forward_s", "bf16_forward_s", "bf16_speedup"))
+
+
+def _cached_speedup(kind: str, time_it: Callable[[torch.dtype | None], float],
+                    fields: tuple[str, str, str]) -> float:
+    """The speed-up of bf16 cached under this CPU's key plus ``kind``, or measured and cached.
+
+    Args:
+        kind: Appended to the key (empty for the training figure, which keeps its old key).
+        time_it: Seconds of one step in a given autocast dtype (None: float32).
+        fields: Names of the float32 seconds, bf16 seconds and speed-up in the cache entry.
+    """
+    key = f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads{kind}"
     path = default_cache_dir() / PRECISION_CACHE
     known = _read_json_dict(path)
     with contextlib.suppress(KeyError, TypeError, ValueError):
-        speedup = float(known[key]["bf16_speedup"])
+        speedup = float(known[key][fields[2]])
         if math.isfinite(speedup) and speedup > 0:
             return speedup
-    fp32_s, bf16_s = _time_training_step(None), _time_training_step(torch.bfloat16)
+    fp32_s, bf16_s = time_it(None), time_it(torch.bfloat16)
     speedup = fp32_s / bf16_s
-    known[key] = {"fp32_step_s": fp32_s, "bf16_step_s": bf16_s, "bf16_speedup": speedup}
-    with contextlib.suppress(Exception):
+    known[key] = dict(zip(fields, (fp32_s, bf16_s, speedup)))
+    with contextlib.suppress(Exception):  # an unwritable cache: the figure is still used
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(known, indent=1))
     return speedup
@@ -131,29 +157,64 @@ def _read_json_dict(path: Path) -> dict:
     return {}
 
 
-def _time_training_step(dtype: torch.dtype | None, repeats: int = 3) -> float:
-    """Median seconds of a ResNet-18 training step on 8 slices of 96² in ``dtype`` autocast."""
-    generator = torch.Generator().manual_seed(0)
+def _timing_model() -> tuple[torch.nn.Module, torch.Tensor]:
+    """A seeded ResNet-18 and 8 slices of 96² in channels-last format."""
+    from torchvision.models.resnet import resnet18  # lazy: start-up time (only when measuring)
+
     model = resnet18(num_classes=6).to(memory_format=torch.channels_last)
+    generator = torch.Generator().manual_seed(0)
     x = torch.randn(8, 3, 96, 96, generator=generator).contiguous(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    return model, x
+
+
+def _median_of_runs(run: Callable[[], None], repeats: int) -> float:
+    """Median seconds of ``repeats`` calls of ``run``, after one warm-up call."""
     times = []
-    for _ in range(repeats + 1):  # the first step is a warm-up
+    for _ in range(repeats + 1):
         start = time.perf_counter()
-        with autocast(torch.device("cpu"), dtype):
-            loss = model(x).float().square().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        run()
         times.append(time.perf_counter() - start)
     return sorted(times[1:])[len(times[1:]) // 2]
 
 
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+def _time_training_step(dtype: torch.dtype | None, repeats: int = 3) -> float:
+    """Median seconds of a ResNet-18 training step on 8 slices of 96² in ``dtype`` autocast.
+
+    Gradients are enabled for the measurement, even when called under ``torch.no_grad()``
+    or ``torch.inference_mode()``.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        model, x = _timing_model()
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+        def step() -> None:
+            with autocast(torch.device("cpu"), dtype):
+                loss = model(x).float().square().mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return _median_of_runs(step, repeats)
+
+
+def _time_forward_pass(dtype: torch.dtype | None, repeats: int = 3) -> float:
+    """Median seconds of a ResNet-18 forward pass in eval and inference mode on 8 slices of
+    96² in ``dtype`` autocast (what prediction runs)."""
+    model, x = _timing_model()
+    model.eval()
+
+    def forward() -> None:
+        with torch.inference_mode(), autocast(torch.device("cpu"), dtype):
+            model(x)
+    return _median_of_runs(forward, repeats)
+
+
+def resolve_amp(amp: str, device: torch.device, inference: bool = False) -> torch.dtype | None:
     """The autocast dtype for ``amp`` on ``device`` (None: plain float32).
 
     ``"auto"``: on CUDA bf16 where supported, else fp16; on CPU bf16 only where it is
-    faster than float32 (:func:`bf16_pays_on_cpu`), else float32. The environment variable
+    faster than float32 (:func:`bf16_pays_on_cpu`), else float32. With ``inference`` the
+    CPU's inference speed decides (a forward pass is measured where it must be, never a
+    training step); call it outside ``torch.inference_mode()`` all the same. The environment variable
     ``ICHLIB_AMP`` (:data:`AMP_ENV`), when set, replaces ``"auto"``; an explicit choice wins
     over it.
 
@@ -177,7 +238,7 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
         raise ConfigError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {amp!r}")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and bf16_pays_on_cpu():
+    if device.type == "cpu" and bf16_pays_on_cpu(inference):
         return torch.bfloat16
     return None
 

@@ -139,7 +139,9 @@ def predict_scan(model: CNNBiLSTM, config: PreprocessConfig, path_or_hu: ScanInp
     x, indices = prepare_scan(hu, config, np.arange(hu.shape[0]))
     samplings = covering_indices(hu.shape[0], config.seq_len)
     model.eval()
-    with torch.inference_mode(), autocast(device, resolve_amp(amp, device)):
+    # Outside inference mode: where bf16's speed must be measured first, that runs here.
+    amp_dtype = resolve_amp(amp, device, inference=True)
+    with torch.inference_mode(), autocast(device, amp_dtype):
         output = model.forward_scan(x.to(device), samplings)
     scan = torch.sigmoid(output.scan_logits.float())[0].cpu().numpy()
     slices = torch.sigmoid(output.slice_logits.float())[0].cpu().numpy()

@@ -19,9 +19,9 @@ def test_amp_resolution(monkeypatch):
     assert resolve_amp("bf16", cpu) is torch.bfloat16
     with pytest.raises(ConfigError, match="CUDA"):
         resolve_amp("fp16", cpu)
-    monkeypatch.setattr("ichlib.device.bf16_pays_on_cpu", lambda: True)
+    monkeypatch.setattr("ichlib.device.bf16_pays_on_cpu", lambda inference=False: True)
     assert resolve_amp("auto", cpu) is torch.bfloat16
-    monkeypatch.setattr("ichlib.device.bf16_pays_on_cpu", lambda: False)
+    monkeypatch.setattr("ichlib.device.bf16_pays_on_cpu", lambda inference=False: False)
     assert resolve_amp("auto", cpu) is None
 
 
@@ -84,19 +84,68 @@ def test_an_unwritable_cache_still_gives_the_measurement(monkeypatch, tmp_path):
     ichlib.device.measured_bf16_speedup.cache_clear()
 
 
-def test_the_real_measurement_times_both_precisions(monkeypatch):
-    seconds = [ichlib.device._time_training_step(dtype, repeats=1) for dtype in (None, torch.bfloat16)]
+def test_the_real_measurement_times_both_precisions_even_inside_inference_mode():
+    with torch.inference_mode():  # where prediction once called it: the step still trains
+        seconds = [ichlib.device._time_training_step(dtype, repeats=1)
+                   for dtype in (None, torch.bfloat16)]
+        seconds += [ichlib.device._time_forward_pass(dtype, repeats=1)
+                    for dtype in (None, torch.bfloat16)]
     assert all(0 < s < 60 for s in seconds)
+
+
+def _fake_forwards(monkeypatch, fp32_s: float, bf16_s: float) -> list:
+    calls = []
+
+    def forward(dtype, repeats: int = 3) -> float:
+        calls.append(dtype)
+        return bf16_s if dtype is torch.bfloat16 else fp32_s
+    monkeypatch.setattr("ichlib.device._time_forward_pass", forward)
+    ichlib.device.measured_bf16_inference_speedup.cache_clear()
+    return calls
+
+
+def test_the_inference_figure_is_cached_beside_the_training_figure(monkeypatch, tmp_path):
+    monkeypatch.setenv("ICHLIB_CACHE", str(tmp_path))
+    _fake_steps(monkeypatch, fp32_s=0.2, bf16_s=0.1)
+    assert ichlib.device.measured_bf16_speedup() == pytest.approx(2.0)
+    forwards = _fake_forwards(monkeypatch, fp32_s=0.1, bf16_s=0.2)
+    assert ichlib.device.measured_bf16_inference_speedup() == pytest.approx(0.5)
+    assert forwards == [None, torch.bfloat16]
+    cache = json.loads((tmp_path / ichlib.device.PRECISION_CACHE).read_text())
+    (train_key, train), (infer_key, infer) = sorted(cache.items())
+    assert infer_key == f"{train_key} | inference"
+    assert train["bf16_speedup"] == pytest.approx(2.0)                  # not replaced
+    assert infer == {"fp32_forward_s": 0.1, "bf16_forward_s": 0.2, "bf16_speedup": pytest.approx(0.5)}
+    # A new process reads both figures back without measuring either.
+    steps, forwards = _fake_steps(monkeypatch, 9.0, 1.0), _fake_forwards(monkeypatch, 9.0, 1.0)
+    assert ichlib.device.measured_bf16_speedup() == pytest.approx(2.0)
+    assert ichlib.device.measured_bf16_inference_speedup() == pytest.approx(0.5)
+    assert steps == forwards == []
+    ichlib.device.measured_bf16_speedup.cache_clear()
+    ichlib.device.measured_bf16_inference_speedup.cache_clear()
+
+
+def test_inference_precision_is_decided_by_the_inference_figure(monkeypatch):
+    monkeypatch.delenv("ICHLIB_AMP", raising=False)
+    cpu = torch.device("cpu")
+    monkeypatch.setattr("ichlib.device.cpu_has_amx", lambda: False)
+    monkeypatch.setattr("ichlib.device.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("ichlib.device.measured_bf16_speedup", lambda: 2.0)
+    monkeypatch.setattr("ichlib.device.measured_bf16_inference_speedup", lambda: 0.9)
+    assert resolve_amp("auto", cpu) is torch.bfloat16                  # training: bf16 pays
+    assert resolve_amp("auto", cpu, inference=True) is None             # prediction: it does not
+    monkeypatch.setattr("ichlib.device.measured_bf16_inference_speedup", lambda: 1.9)
+    assert resolve_amp("auto", cpu, inference=True) is torch.bfloat16
 
 
 def test_ichlib_amp_overrides_auto_only(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr("ichlib.device.bf16_pays_on_cpu", lambda: False)
+    monkeypatch.setattr("ichlib.device.bf16_pays_on_cpu", lambda inference=False: False)
     monkeypatch.setenv("ICHLIB_AMP", "bf16")
     assert resolve_amp("auto", cpu) is torch.bfloat16
     assert resolve_amp("off", cpu) is None               # an explicit choice wins
     monkeypatch.setenv("ICHLIB_AMP", "off")
-    monkeypatch.setattr("ichlib.device.bf16_pays_on_cpu", lambda: True)
+    monkeypatch.setattr("ichlib.device.bf16_pays_on_cpu", lambda inference=False: True)
     assert resolve_amp("auto", cpu) is None
     monkeypatch.setenv("ICHLIB_AMP", "bf17")
     with pytest.raises(ConfigError, match="ICHLIB_AMP"):

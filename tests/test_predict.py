@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+import ichlib.device
 from ichlib.checkpoint import load_checkpoint, model_from_checkpoint
 from ichlib.cli import main
 from ichlib.io.load import load_volume
@@ -203,3 +206,76 @@ def test_blood_on_one_slice_anywhere_reaches_the_scan_decision(n_slices):
     negative = predict_scan(model, config, np.full((n_slices, 16, 16), 20.0, dtype=np.float32),
                             device="cpu", amp="off")
     assert negative.probabilities["any"] < 0.01
+
+
+# --- the first prediction on a CPU whose bf16 speed was never measured ------------------------
+
+def _fresh_avx512_bf16_cpu(monkeypatch, cache: Path, fake_forward: bool = True) -> dict[str, list]:
+    """A CPU with AVX512-BF16 and no AMX whose precision was never measured, caching in
+    ``cache``. Returns the dtypes each kind of measurement was run with."""
+    calls: dict[str, list] = {"training": [], "inference": []}
+    real_forward = ichlib.device._time_forward_pass
+
+    def training_step(dtype, repeats: int = 3) -> float:
+        calls["training"].append(dtype)
+        raise AssertionError("prediction timed a training step")
+
+    def forward(dtype, repeats: int = 3) -> float:
+        calls["inference"].append(dtype)
+        return (0.1 if dtype is None else 0.05) if fake_forward else real_forward(dtype, repeats=1)
+    monkeypatch.delenv("ICHLIB_AMP", raising=False)
+    monkeypatch.setenv("ICHLIB_CACHE", str(cache))
+    monkeypatch.setattr("ichlib.device.cpu_has_amx", lambda: False)
+    monkeypatch.setattr("ichlib.device.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("ichlib.device._time_training_step", training_step)
+    monkeypatch.setattr("ichlib.device._time_forward_pass", forward)
+    ichlib.device.measured_bf16_speedup.cache_clear()
+    ichlib.device.measured_bf16_inference_speedup.cache_clear()
+    monkeypatch.setattr("ichlib.device.measured_bf16_inference_speedup",
+                        functools.cache(ichlib.device.measured_bf16_inference_speedup.__wrapped__))
+    return calls
+
+
+def _one_blood_scan() -> np.ndarray:
+    hu = np.full((6, 16, 16), 20.0, dtype=np.float32)
+    hu[3, 6:10, 6:10] = 70.0
+    return hu
+
+
+def test_the_first_prediction_measures_a_forward_pass_not_a_training_step(monkeypatch, tmp_path):
+    calls = _fresh_avx512_bf16_cpu(monkeypatch, tmp_path / "cache", fake_forward=False)
+    config = PreprocessConfig(windows=("brain",), img_size=16, seq_len=4)
+    prediction = predict_scan(IntensityToy().eval(), config, _one_blood_scan(), amp="auto")
+    assert prediction.probabilities["any"] > 0.99
+    assert calls == {"training": [], "inference": [None, torch.bfloat16]}
+    (key, entry), = json.loads((tmp_path / "cache" / ichlib.device.PRECISION_CACHE).read_text()).items()
+    assert key.endswith("| inference") and entry["fp32_forward_s"] > 0 and entry["bf16_speedup"] > 0
+
+
+@pytest.mark.parametrize("cache_state", ["damaged", "unwritable", "elsewhere", "two_threads"])
+def test_the_first_prediction_survives_any_cache_and_thread_count(cache_state, monkeypatch, tmp_path):
+    cache = tmp_path / "cache"
+    if cache_state == "damaged":
+        cache.mkdir()
+        (cache / ichlib.device.PRECISION_CACHE).write_text('{"half a fi')
+    elif cache_state == "unwritable":
+        (tmp_path / "a_file").write_text("")
+        cache = tmp_path / "a_file" / "cache"
+    elif cache_state == "elsewhere":
+        cache = tmp_path / "deep" / "new" / "folder"
+    calls = _fresh_avx512_bf16_cpu(monkeypatch, cache)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2 if cache_state == "two_threads" else 1)
+    try:
+        config = PreprocessConfig(windows=("brain",), img_size=16, seq_len=4)
+        prediction = predict_scan(IntensityToy().eval(), config, _one_blood_scan(), amp="auto")
+    finally:
+        torch.set_num_threads(threads)
+    assert prediction.probabilities["any"] > 0.99
+    assert calls == {"training": [], "inference": [None, torch.bfloat16]}
+    if cache_state != "unwritable":
+        entry = json.loads((cache / ichlib.device.PRECISION_CACHE).read_text())
+        (key, value), = entry.items()
+        expected_threads = 2 if cache_state == "two_threads" else 1
+        assert f"| {expected_threads} threads | inference" in key
+        assert value["bf16_speedup"] == pytest.approx(2.0)
