@@ -32,13 +32,14 @@ SHELL := /bin/bash
 # finished kernel down. make run hides those two lines; everything else, errors included, passes.
 KERNEL_NOISE := running over TCP without encryption\|KeyboardInterrupt caught in kernel
 
-.PHONY: run test test-fast test-bf16 test-browser env data check lint strip clean help bench bench-gpu
+.PHONY: run test test-fast test-bf16 test-first-use test-browser env data check lint strip clean help bench bench-gpu
 
 help:
 	@echo "make run    execute notebooks/0*.ipynb headless on \$$DATA (default: synthetic phantom)"
 	@echo "make test   run the test suite"
 	@echo "make test-fast  the tests not marked slow (a quick loop; make test runs them all)"
 	@echo "make test-bf16  the amp-dependent tests again on the bf16 path (ICHLIB_AMP=bf16)"
+	@echo "make test-first-use  the CLI on empty HOME and cache folders, per CPU kind (also in make test)"
 	@echo "make test-browser  JupyterLab in headless chromium (apt-get install chromium chromium-driver)"
 	@echo "make data   generate the synthetic phantom into data/synthetic if absent"
 	@echo "make check  ichlib check \$$DATA"
@@ -116,6 +117,12 @@ test-fast: env
 
 test-bf16: env
 	ICHLIB_AMP=bf16 $(PY) -m pytest -m amp $(PYTEST_ARGS)
+
+# First use on a fresh machine: predict (before any training), predict --cam, check and train
+# with HOME, XDG_CACHE_HOME and ICHLIB_CACHE empty, for each CPU kind (AMX, AVX512-BF16 without
+# AMX, no native bf16). Part of make test too; under a minute.
+test-first-use: env
+	$(PY) -m pytest -m first_use tests/test_first_use.py $(PYTEST_ARGS)
 
 # JupyterLab driven by Debian's headless chromium through chromium-driver (never a downloaded
 # browser): executed notebooks show their figures, the slice viewer's slider changes its image.
