@@ -29,6 +29,7 @@ import torch
 
 from ichlib.errors import CheckpointError, IchlibError
 from ichlib.io.atomic import atomic_path
+from ichlib.io.sniff import check_checkpoint_file
 from ichlib.labels import LABELS
 from ichlib.model import BACKBONES, CNNBiLSTM
 from ichlib.preprocess.dataset import PreprocessConfig
@@ -78,15 +79,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     """Load and validate a checkpoint, always with ``weights_only=True``, onto the CPU.
 
     Raises:
-        CheckpointError: Naming the file and the problem: missing, not a PyTorch file,
+        CheckpointError: Naming the file and the problem: missing, not a PyTorch file (and
+            what it is instead; :func:`ichlib.io.sniff.check_checkpoint_file`),
             holding Python objects (refused unexecuted), not an ichlib checkpoint, an
             unknown ``format_version``, or labels that differ from :data:`LABELS`.
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(path, "checkpoint file not found")
-    if path.is_dir():
-        raise CheckpointError(path, "is a directory, expected a checkpoint file (e.g. best.pt)")
+    check_checkpoint_file(path)  # missing, a folder, a CSV, an image, empty, truncated
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

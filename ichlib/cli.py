@@ -229,17 +229,35 @@ def _cross_validate(config: TrainConfig, resume: bool) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    # Mistakes in the paths are refused before PyTorch is imported (seconds): a checkpoint
+    # that is missing, a folder or another kind of file ends the command; a missing scan is
+    # reported at once and the others are still predicted.
+    from ichlib.io.sniff import check_checkpoint_file  # lazy: start-up time
+
+    check_checkpoint_file(args.checkpoint)
+    missing = [scan for scan in args.scans if not os.path.lexists(scan)]
+    for scan in missing:
+        print(f"ichlib predict: error: {scan}: scan not found", file=sys.stderr, flush=True)
+    scans = [scan for scan in args.scans if scan not in missing]
+    if not scans:
+        return 1
+
     from ichlib.checkpoint import load_checkpoint  # lazy: start-up time
-    from ichlib.predict import format_prediction, predict_files, scan_paths  # lazy: start-up time
+    from ichlib.predict import (  # lazy: start-up time
+        PredictionError,
+        format_prediction,
+        predict_files,
+        scan_paths,
+    )
 
     checkpoint = load_checkpoint(args.checkpoint)
-    paths = scan_paths(args.scans)
-    predictions, errors = predict_files(checkpoint, paths, device=args.device,
+    predictions, errors = predict_files(checkpoint, scan_paths(scans), device=args.device,
                                         amp="off" if args.fp32 else "auto", source=args.checkpoint)
     cams, cam_errors = _write_cams(args, checkpoint, predictions) if args.cam else ({}, [])
     if args.json:
-        print(json.dumps(_predict_json(args, checkpoint, predictions, errors, cams, cam_errors),
-                         indent=2, allow_nan=False))
+        not_found = [PredictionError(scan, f"{scan}: scan not found") for scan in missing]
+        print(json.dumps(_predict_json(args, checkpoint, predictions, not_found + errors, cams,
+                                       cam_errors), indent=2, allow_nan=False))
     else:
         for prediction in predictions:
             print(format_prediction(prediction) + "\n")
@@ -247,7 +265,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(f"ichlib predict: error: {error.error}", file=sys.stderr)
     for path, message in cam_errors:
         print(f"ichlib predict: error: Grad-CAM for {path}: {message}", file=sys.stderr)
-    return 1 if errors or cam_errors else 0
+    return 1 if missing or errors or cam_errors else 0
 
 
 def _predict_json(args: argparse.Namespace, checkpoint: dict, predictions: list, errors: list,

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -188,6 +189,75 @@ def test_help_does_not_import_torch():
     code = "import sys; from ichlib.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=60)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def _not_checkpoints(tmp: Path) -> dict[str, tuple[Path, str]]:
+    """Paths given as --checkpoint by mistake, and what the one error line must say."""
+    (tmp / "history.csv").write_text("epoch,train_loss,val_loss\n1,0.7,0.6\n")
+    (tmp / "figure.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    (tmp / "empty.pt").write_bytes(b"")
+    with zipfile.ZipFile(tmp / "whole.pt", "w") as archive:
+        archive.writestr("whole/data.pkl", bytes(5000))
+    (tmp / "truncated.pt").write_bytes((tmp / "whole.pt").read_bytes()[:3000])
+    return {
+        "missing": (tmp / "nope.pt", "checkpoint file not found"),
+        "folder": (tmp, "is a directory, expected the checkpoint file"),
+        "csv": (tmp / "history.csv", "the file is a CSV text file (first line 'epoch,train_loss,val_loss')"),
+        "png": (tmp / "figure.png", "the file is a PNG image"),
+        "empty": (tmp / "empty.pt", "the file is empty (0 bytes)"),
+        "truncated_zip": (tmp / "truncated.pt", "a truncated or damaged zip archive"),
+    }
+
+
+_IN_A_NEW_PROCESS = ("import sys, time; start = time.perf_counter(); from ichlib.cli import main; "
+                     "status = main(sys.argv[1:]); "
+                     "print(status, 'torch' in sys.modules, time.perf_counter() - start)")
+
+
+def _predict_in_a_new_process(argv: list[str]) -> tuple[int, bool, float, str, float]:
+    """Exit status, whether torch was imported, seconds inside Python and wall seconds of
+    ``ichlib predict ARGV`` in a new interpreter, and its stderr."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", _IN_A_NEW_PROCESS, "predict", *argv],
+                          capture_output=True, text=True, env=_env(), timeout=60)
+    wall = time.perf_counter() - start
+    status, torch_loaded, seconds = done.stdout.split()
+    return int(status), torch_loaded == "True", float(seconds), done.stderr, wall
+
+
+@pytest.mark.parametrize("case", ["missing", "folder", "csv", "png", "empty", "truncated_zip"])
+def test_a_path_that_is_no_checkpoint_is_refused_before_torch_loads(case, tmp_path, small_ct_ich):
+    path, problem = _not_checkpoints(tmp_path)[case]
+    scan = small_ct_ich / "ct_scans" / "049.nii"
+    status, torch_loaded, seconds, err, wall = _predict_in_a_new_process(
+        ["--checkpoint", str(path), str(scan)])
+    assert status == 1 and not torch_loaded and wall < 1.0, (seconds, wall)
+    assert err.count("\n") == 1 and err.startswith(f"ichlib predict: error: {path}: ")
+    assert problem in err
+
+
+def test_a_missing_scan_is_refused_before_torch_loads(tmp_path):
+    with zipfile.ZipFile(tmp_path / "best.pt", "w") as archive:  # shaped as torch.save's zip
+        archive.writestr("best/data.pkl", bytes(100))
+    missing = tmp_path / "no_such_scan.nii"
+    status, torch_loaded, _, err, wall = _predict_in_a_new_process(
+        ["--checkpoint", str(tmp_path / "best.pt"), str(missing)])
+    assert status == 1 and not torch_loaded and wall < 1.0
+    assert err == f"ichlib predict: error: {missing}: scan not found\n"
+
+
+def test_a_missing_scan_among_good_ones_is_reported_and_the_others_predicted(tmp_path, small_ct_ich,
+                                                                              capsys):
+    from tests.test_checkpoint import make_checkpoint
+
+    _, checkpoint = make_checkpoint(tmp_path / "best.pt")
+    good, missing = small_ct_ich / "ct_scans" / "049.nii", tmp_path / "typo.nii"
+    status = main(["predict", "--checkpoint", str(checkpoint), "--json", "--fp32", str(missing), str(good)])
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert status == 1 and [p["path"] for p in doc["predictions"]] == [str(good)]
+    assert doc["errors"] == [{"path": str(missing), "error": f"{missing}: scan not found"}]
+    assert err == f"ichlib predict: error: {missing}: scan not found\n"
 
 
 def test_warnings_are_one_line_each(tmp_path, capsys, monkeypatch):

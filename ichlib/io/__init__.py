@@ -27,6 +27,8 @@ _NAMES = {
     "save_like": ".nifti",
     "save_mask": ".nifti",
     "save_volume": ".nifti",
+    "check_checkpoint_file": ".sniff",
+    "describe_file": ".sniff",
     "RsnaData": ".rsna",
     "read_rsna": ".rsna",
     "CtIchData": ".tables",
