@@ -55,10 +55,13 @@ _LAZY = {
     "make_eval_loader": "ichlib.training", "comparison_table": "ichlib.training",
     "patient_outcomes": "ichlib.training", "read_metrics": "ichlib.training",
     "beats_baseline": "ichlib.training", "cross_validate": "ichlib.training",
+    "meets_bar": "ichlib.training", "run_position_baseline": "ichlib.training",
+    "audit_checkpoint": "ichlib.training", "compare_runs": "ichlib.training",
+    "paired_auc_difference": "ichlib.training",
     # explain
     "scan_grad_cam": "ichlib.explain", "ScanCAM": "ichlib.explain", "ScanLabelTarget": "ichlib.explain",
     "SliceLabelTarget": "ichlib.explain", "explain_scan": "ichlib.explain",
-    "cascading_randomization": "ichlib.explain", "intensity_map": "ichlib.explain",
+    "cascading_randomization": "ichlib.explain", "deletion_test": "ichlib.explain", "intensity_map": "ichlib.explain",
     "chance_prior": "ichlib.explain", "compare_cams": "ichlib.explain", "CamSpec": "ichlib.explain",
     "energy_in_mask": "ichlib.explain", "pointing_game": "ichlib.explain",
     "localization_table": "ichlib.explain", "collect_localization": "ichlib.explain",
@@ -71,6 +74,7 @@ _LAZY = {
     "plot_cam_slice": "ichlib.viz", "plot_cam_montage": "ichlib.viz", "plot_cam_gallery": "ichlib.viz",
     "plot_slice_importance": "ichlib.viz", "plot_localization": "ichlib.viz",
     "plot_phantom_findings": "ichlib.viz", "plot_label_aucs": "ichlib.viz",
+    "plot_shortcut_audit": "ichlib.viz",
     # the phantom and the course
     "write_synthetic_ct_ich": "ichlib.synthetic", "write_synthetic_rsna": "ichlib.synthetic",
     "course_paths": "ichlib.course", "ensure_synthetic": "ichlib.course",

@@ -52,3 +52,8 @@ class RunInterrupted(KeyboardInterrupt):
 class DataWarning(UserWarning):
     """Data that is accepted but suspicious (geometry that cannot be trusted, for example);
     the message names the file and says what was found."""
+
+
+class LearningWarning(UserWarning):
+    """A trained model that shows signs of having learned nothing: a validation AUC whose
+    interval lies wholly below 0.5, or one class predicted for every scan."""

@@ -42,7 +42,7 @@ POOLINGS = ("max", "mean", "attention", "last")
 DEFAULT_POOLING = "max"
 
 #: How :meth:`CNNBiLSTM.forward_scan` combines the patient-level logits of several samplings.
-COMBINES = ("max", "mean")
+COMBINES = ("max", "mean", "all")
 
 #: Supported backbones: torchvision constructor, ImageNet weights enum name, embedding size.
 BACKBONES: dict[str, tuple[Callable[..., torchvision.models.ResNet], str, int]] = {
@@ -171,7 +171,8 @@ class CNNBiLSTM(nn.Module):
         Args:
             slices: ``[N, C, H, W]`` windowed slices of one scan, in scan order.
             samplings: ``[K, S]`` slice indices in ``[0, N)``, each row sorted.
-            combine: ``"max"`` (per label, the largest of the ``K`` logits) or ``"mean"``.
+            combine: ``"max"`` (per label, the largest of the ``K`` logits), ``"mean"``, or
+                ``"all"`` (every sampling's logits, ``scan_logits [1, K, 6]``).
 
         Returns:
             :class:`ModelOutput` with ``scan_logits [1, 6]`` and the slice head's
@@ -190,6 +191,8 @@ class CNNBiLSTM(nn.Module):
             embeddings = embeddings.float()
             slice_logits = self.slice_head(self.dropout(embeddings))
             per_sampling = self.sequence_logits(embeddings[index])  # [K, 6]
+            if combine == "all":
+                return ModelOutput(scan_logits=per_sampling[None], slice_logits=slice_logits[None])
             scan = per_sampling.amax(dim=0) if combine == "max" else per_sampling.mean(dim=0)
         return ModelOutput(scan_logits=scan[None], slice_logits=slice_logits[None])
 

@@ -81,6 +81,16 @@ def test_fit_writes_the_run_folder(reference_run, tiny_data):
     assert timing["total_seconds"] == timing["epoch_seconds"] > 0
     assert "sequence_stage" not in timing
     assert metrics["config"]["img_size"] == 32
+    # the shortcut audit and the paired comparisons with both one-feature rules
+    assert set(metrics["position_baseline"]["test_probabilities"]) == test_ids
+    assert set(metrics["comparisons"]) == {"intensity rule", "position rule"}
+    audit = metrics["shortcut_audit"]
+    assert 0 <= audit["band"][0] <= audit["band"][1] <= 1
+    assert {(r["model"], r["where"]) for r in audit["rows"]} == {
+        (m, w) for m in ("slice head", "intensity rule", "height rule") for w in ("all heights", "blood band")}
+    assert isinstance(metrics["warnings"], list)
+    assert set(test["combines"]) == {"max", "mean", "one"}
+    assert (history["train_base_rate_loss"] > 0).all()
 
     best = load_checkpoint(run.best_path)
     last = load_checkpoint(run.last_path)
@@ -188,3 +198,38 @@ def test_forced_bf16_training_is_reported_and_scored_in_float32(tiny_data, tmp_p
         # float16 cache against the NIfTI read: far below bf16's rounding (about 4e-3 here)
         np.testing.assert_allclose([got.probabilities[k] for k in LABELS],
                                    [expected[k] for k in LABELS], atol=2e-3)
+
+
+def test_the_curriculum_warms_the_cnn_up_on_the_slice_task_then_trains_end_to_end(tiny_data, tmp_path):
+    config = tiny_train_config(tiny_data, tmp_path / "run", warmup_epochs=2, epochs=1)
+    assert config.cnn_lr_scale == 0.1
+    result = fit(config)
+    warm = load_checkpoint(tmp_path / "run" / "warmup" / "stage1.pt")
+    trained = load_checkpoint(result.best_path)
+    assert warm["config"]["two_stage"] and len(warm["history"]) <= 2
+    start = result.metrics["training"]["warm_start"]
+    assert start["from"] == str(tmp_path / "run" / "warmup" / "stage1.pt") and start["cnn_lr_scale"] == 0.1
+    # the end-to-end epoch changed the warmed-up CNN, at a tenth of the heads' learning rate
+    key = "encoder.conv1.weight"
+    assert not torch.equal(warm["model"][key], trained["model"][key])
+    last = load_checkpoint(result.last_path)
+    lrs = [g["lr"] for g in last["optimizer"]["param_groups"]]
+    assert len(lrs) == 2 and lrs[1] == pytest.approx(0.1 * lrs[0])
+    # init_from starts from the same weights without a warm-up of its own
+    again = fit(tiny_train_config(tiny_data, tmp_path / "again", epochs=1, init_from=str(
+        tmp_path / "run" / "warmup" / "stage1.pt")))
+    assert not (tmp_path / "again" / "warmup").exists()
+    got = load_checkpoint(again.best_path)["model"]
+    assert all(torch.equal(got[k], v) for k, v in trained["model"].items())
+
+
+def test_warm_start_settings_are_checked(tiny_data, tmp_path, reference_run):
+    with pytest.raises(ConfigError, match="two_stage"):
+        tiny_train_config(tiny_data, tmp_path / "r", two_stage=True, warmup_epochs=1)
+    with pytest.raises(ConfigError, match="not both"):
+        tiny_train_config(tiny_data, tmp_path / "r", warmup_epochs=1, init_from="x.pt")
+    with pytest.raises(ConfigError, match="matched_fraction"):
+        tiny_train_config(tiny_data, tmp_path / "r", matched_fraction=1.5)
+    other = tiny_train_config(tiny_data, tmp_path / "r", img_size=48, init_from=str(reference_run.best_path))
+    with pytest.raises(ConfigError, match="img_size: 32 there, 48 here"):
+        fit(other)

@@ -259,6 +259,26 @@ def test_slice_sampler_draws_the_asked_share_of_positives():
         SliceStageConfig(positive_fraction=1.5)
 
 
+def test_height_matched_draws_follow_the_heights_of_the_blood():
+    # blood only in the middle fifth of every scan; scans of different lengths
+    labels = {}
+    for i, n in enumerate((20, 30, 40, 50)):
+        y = np.zeros((n, 6), np.float32)
+        y[int(0.4 * n):int(0.6 * n), 0] = 1.0
+        labels[f"p{i}"] = y
+    sampler = SliceSampler(labels, 0.0, np.random.default_rng(0), matched_fraction=1.0)
+    heights = np.array([(k + 0.5) / len(labels[pid]) for pid, k in sampler.draw(2000)])
+    assert 0.35 < heights.min() and heights.max() < 0.65
+    uniform = SliceSampler(labels, 0.0, np.random.default_rng(0)).draw(2000)
+    assert np.mean([(k + 0.5) / len(labels[pid]) < 0.35 for pid, k in uniform]) > 0.25
+    half = SliceSampler(labels, 0.5, np.random.default_rng(0), matched_fraction=0.5)
+    assert half.matched_fraction == 0.5 and len(half.draw(10)) == 10
+    # without blood there is nothing to match
+    assert SliceSampler({"a": np.zeros((5, 6), np.float32)}, 0.5, np.random.default_rng(0), 0.5).matched_fraction == 0
+    with pytest.raises(ConfigError):
+        SliceStageConfig(matched_fraction=-0.1)
+
+
 def test_slice_stage_trains_the_cnn_and_not_the_sequence_half(small_ct_ich, tmp_path, one_thread):
     data = read_ct_ich(small_ct_ich)
     train = ScanDataset(data, data.patient_ids, PreprocessConfig(img_size=32), tmp_path / "cache")

@@ -11,6 +11,8 @@ _NAMES = {
     "scan_grad_cam": ".cam",
     "whole_scan_grad_cam": ".cam",
     "cascading_randomization": ".randomization",
+    "DeletionResult": ".deletion",
+    "deletion_test": ".deletion",
     "collect_localization": ".localization",
     "energy_in_mask": ".scores",
     "intensity_map": ".baselines",

@@ -80,6 +80,22 @@ class TrainConfig:
             and slice head on single slices, half of them with blood (``aux_weight`` and
             ``monitor`` do not apply; the validation slice loss picks the epoch); then the
             BiLSTM and scan head on cached embeddings of the frozen CNN.
+        matched_fraction: In the slice task (``two_stage``'s stage 1 and the ``warmup_epochs``),
+            the share of the slices without forced blood that is drawn at the heights of
+            blood slices (:class:`~ichlib.training.two_stage.SliceSampler`), so that the CNN
+            cannot tell blood from a slice's height; 0 draws them uniformly (the shortcut).
+        warmup_epochs: The curriculum of end-to-end training: first train the CNN and the
+            slice head on the slice task (``λ = 1``: single slices, half with blood, as
+            stage 1 of ``two_stage``) for this many epochs, in ``OUT/warmup``; then train
+            the whole model end to end for ``epochs`` from the best warm-up epoch. 0: end to
+            end from the start (the CNN then often learns nothing in a CPU budget).
+        init_from: Start the CNN and slice head from this checkpoint's weights (e.g. another
+            run's ``stage1.pt`` or ``OUT/warmup/stage1.pt``) instead of a warm-up of their
+            own; the sequence half starts fresh. End to end only.
+        encoder_lr_scale: The CNN's learning rate as a multiple of ``lr`` in end-to-end
+            training; None: 0.1 when the CNN is warm-started (``warmup_epochs`` or
+            ``init_from``; at the full rate the fresh BiLSTM's gradients wipe out what the
+            slice task taught), else 1.
         sequence_epochs: Epochs of that second stage (it stops early after 40 epochs
             without a lower validation scan loss).
         folds: ``K`` for a K-fold cross-validation by patient
@@ -125,6 +141,10 @@ class TrainConfig:
     device: str = "auto"
     progress: bool = True
     two_stage: bool = False
+    matched_fraction: float = 0.5
+    warmup_epochs: int = 0
+    init_from: str | None = None
+    encoder_lr_scale: float | None = None
     sequence_epochs: int = 150
     folds: int | None = None
     fold: int | None = None
@@ -133,6 +153,7 @@ class TrainConfig:
         self.data_dir = str(self.data_dir)
         self.out_dir = str(self.out_dir)
         self.cache_dir = None if self.cache_dir is None else str(self.cache_dir)
+        self.init_from = None if self.init_from is None else str(self.init_from)
         self.windows = PreprocessConfig(windows=self.windows).windows
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("epochs and batch_size must be >= 1")
@@ -150,6 +171,17 @@ class TrainConfig:
             raise ConfigError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
         if self.patience is not None and self.patience < 1:
             raise ConfigError(f"patience must be >= 1 or None, got {self.patience}")
+        if not 0.0 <= self.matched_fraction <= 1.0:
+            raise ConfigError(f"matched_fraction must be in [0, 1], got {self.matched_fraction}")
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.two_stage and (self.warmup_epochs or self.init_from):
+            raise ConfigError("warmup_epochs and init_from are for end-to-end training; two_stage "
+                              "trains the slice task in its own stage 1")
+        if self.warmup_epochs and self.init_from:
+            raise ConfigError("give warmup_epochs or init_from, not both")
+        if self.encoder_lr_scale is not None and not self.encoder_lr_scale > 0:
+            raise ConfigError(f"encoder_lr_scale must be > 0 or None, got {self.encoder_lr_scale}")
         if self.sequence_epochs < 1:
             raise ConfigError(f"sequence_epochs must be >= 1, got {self.sequence_epochs}")
         if self.folds is not None and self.folds < 2:
@@ -158,6 +190,18 @@ class TrainConfig:
             raise ConfigError(f"fold must be in 0..folds-1 and needs folds, got fold={self.fold}, "
                               f"folds={self.folds}")
         PreprocessConfig(windows=self.windows, img_size=self.img_size, seq_len=self.seq_len)
+
+    @property
+    def warm_started(self) -> bool:
+        """Whether end-to-end training starts from a CNN trained on the slice task."""
+        return not self.two_stage and bool(self.warmup_epochs or self.init_from)
+
+    @property
+    def cnn_lr_scale(self) -> float:
+        """The CNN's learning rate as a multiple of ``lr`` (see ``encoder_lr_scale``)."""
+        if self.encoder_lr_scale is not None:
+            return self.encoder_lr_scale
+        return 0.1 if self.warm_started else 1.0
 
     @property
     def preprocess(self) -> PreprocessConfig:

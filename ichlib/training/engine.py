@@ -11,7 +11,7 @@ import os
 import random
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -41,6 +41,9 @@ class EvalResult:
         slice_labels: ``[N, S, 6]``.
         slice_indices: ``[N, S]`` 0-based slice indices (SliceNumber - 1).
         loss, scan_loss, slice_loss: Mean losses over scans.
+        other_combines: For whole-scan evaluation, ``{"mean", "one"}``: ``[N, 6]`` scan
+            probabilities from the mean over the samplings, and from the first sampling
+            alone, beside ``scan_probs`` (their maximum).
     """
 
     patient_ids: list[str]
@@ -52,6 +55,7 @@ class EvalResult:
     loss: float
     scan_loss: float
     slice_loss: float
+    other_combines: dict[str, np.ndarray] = field(default_factory=dict)
 
     def slice_rows(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Flattened slice-level ``(labels, probs, patient per row)``, each slice once."""
@@ -198,6 +202,7 @@ def evaluate(model: CNNBiLSTM, criterion: ScanSliceLoss, loader: DataLoader, dev
     model.eval()
     ids: list[str] = []
     arrays: dict[str, list[np.ndarray]] = {k: [] for k in ("sp", "sy", "lp", "ly", "li")}
+    combines: dict[str, list[np.ndarray]] = {}
     totals = np.zeros(3)
     batch_totals: list[np.ndarray] = []
     with torch.inference_mode():
@@ -206,7 +211,7 @@ def evaluate(model: CNNBiLSTM, criterion: ScanSliceLoss, loader: DataLoader, dev
             scan_y = batch["scan_labels"].to(device)
             slice_y = batch["slice_labels"].to(device)
             with autocast(device, amp_dtype):
-                output = predict_batch(model, batch, x)
+                output = predict_batch(model, batch, x, combines)
             parts = criterion(output, scan_y, slice_y)
             batch_totals.append(x.shape[0] * np.array([parts.total.item(), parts.scan.item(),
                                                        parts.slice.item()]))
@@ -216,6 +221,8 @@ def evaluate(model: CNNBiLSTM, criterion: ScanSliceLoss, loader: DataLoader, dev
             arrays["sy"].append(batch["scan_labels"].numpy())
             arrays["ly"].append(batch["slice_labels"].numpy())
             arrays["li"].append(batch["slice_indices"].numpy())
+    if combines and len(combines["mean"]) == len(arrays["sp"]):
+        arrays.update({f"combine_{k}": v for k, v in combines.items()})
     ids, arrays, batch_totals = dist.gather_batches(ids, arrays, batch_totals)
     for batch_total in batch_totals:  # in loader order, as one process adds them
         totals += batch_total
@@ -225,18 +232,22 @@ def evaluate(model: CNNBiLSTM, criterion: ScanSliceLoss, loader: DataLoader, dev
     cat = {k: concat_slices(v) for k, v in arrays.items()}
     return EvalResult(patient_ids=ids, scan_probs=cat["sp"], scan_labels=cat["sy"],
                       slice_probs=cat["lp"], slice_labels=cat["ly"], slice_indices=cat["li"],
-                      loss=float(mean[0]), scan_loss=float(mean[1]), slice_loss=float(mean[2]))
+                      loss=float(mean[0]), scan_loss=float(mean[1]), slice_loss=float(mean[2]),
+                      other_combines={k[len("combine_"):]: v for k, v in cat.items() if k.startswith("combine_")})
 
 
 
 
 
 
-def make_optimizer(model: torch.nn.Module | Iterable[torch.nn.Parameter], lr: float = 1e-3,
+def make_optimizer(model: torch.nn.Module | Iterable[torch.nn.Parameter] | list[dict], lr: float = 1e-3,
                    weight_decay: float = 1e-4) -> torch.optim.AdamW:
-    """AdamW over a model's parameters (or a list of parameters), fused where PyTorch
-    supports it (the same update as the per-parameter loop, in one kernel)."""
+    """AdamW over a model's parameters (or a list of parameters, or of parameter groups
+    whose ``lr_scale`` multiplies ``lr``), fused where PyTorch supports it (the same update
+    as the per-parameter loop, in one kernel)."""
     params = list(model.parameters() if isinstance(model, torch.nn.Module) else model)
+    if params and isinstance(params[0], dict):
+        params = [{"params": g["params"], "lr": lr * g.get("lr_scale", 1.0)} for g in params]
     try:
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
     except (RuntimeError, TypeError, ValueError):  # device or PyTorch without a fused kernel
@@ -277,14 +288,27 @@ def steps_per_epoch(n_train: int, batch_size: int, max_train_batches: int | None
     return steps if max_train_batches is None else min(steps, max_train_batches)
 
 
-def predict_batch(model: CNNBiLSTM, batch: dict, x: torch.Tensor) -> ModelOutput:
+def predict_batch(model: CNNBiLSTM, batch: dict, x: torch.Tensor,
+                  other_combines: dict[str, list[np.ndarray]] | None = None) -> ModelOutput:
     """The model's output for a batch: ``model(x)``, or for a whole-scan batch (one scan
-    with ``samplings``, see :class:`~ichlib.preprocess.dataset.ScanDataset`) ``model.forward_scan``."""
+    with ``samplings``, see :class:`~ichlib.preprocess.dataset.ScanDataset`) ``model.forward_scan``
+    (the largest logit over the samplings).
+
+    With ``other_combines``, a whole scan's probabilities combined another way are appended
+    to it as well: ``"mean"`` over the samplings and ``"one"`` (the first sampling alone),
+    the checks that a score does not merely follow the number of samplings (scan length).
+    """
     if "samplings" not in batch:
         return model(x)
     if x.shape[0] != 1:
         raise ConfigError(f"whole-scan batches hold one scan, got {x.shape[0]}")
-    return model.forward_scan(x[0], batch["samplings"][0].to(x.device))
+    if other_combines is None:
+        return model.forward_scan(x[0], batch["samplings"][0].to(x.device))
+    out = model.forward_scan(x[0], batch["samplings"][0].to(x.device), combine="all")
+    per_sampling = out.scan_logits[0].float()
+    other_combines.setdefault("mean", []).append(torch.sigmoid(per_sampling.mean(dim=0))[None].cpu().numpy())
+    other_combines.setdefault("one", []).append(torch.sigmoid(per_sampling[0])[None].cpu().numpy())
+    return ModelOutput(scan_logits=per_sampling.amax(dim=0)[None], slice_logits=out.slice_logits)
 
 
 def concat_slices(parts: list[np.ndarray]) -> np.ndarray:

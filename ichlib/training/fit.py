@@ -21,7 +21,9 @@ Results on the synthetic phantom are labelled ``"data": "synthetic"``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +45,14 @@ from ichlib.training.evaluation import final_evaluation, json_safe
 from ichlib.training.log import RunLog
 from ichlib.training.metrics import choose_thresholds, score_predictions
 from ichlib.training.runfolder import RunProgress, run_folder
-from ichlib.training.strategies import EndToEnd, Strategy, TwoStage, build_criterion, build_model
+from ichlib.training.strategies import (
+    EndToEnd,
+    Strategy,
+    TwoStage,
+    build_criterion,
+    build_model,
+    warm_start,
+)
 
 #: The keys a resumable ``last.pt`` must have.
 _RESUMABLE = ("optimizer", "lr_scheduler", "early_stopping", "rng", "history")
@@ -107,15 +116,36 @@ def fit(config: TrainConfig, resume: bool = False, log: RunLog | None = None,
     with run_folder(config.out_dir, config.epochs, resume, existing, is_main_process(),
                     cache_dir) as progress:
         try:
-            return _fit(config, resume, log, on_epoch_end, progress, epochs_only)
+            start_from = _warm_up(config, resume, log) if config.warmup_epochs else config.init_from
+            return _fit(config, resume, log, on_epoch_end, progress, epochs_only, start_from)
         except KeyboardInterrupt:
             raise RunInterrupted(progress.interrupted_message()) from None
 
 
+def _warm_up(config: TrainConfig, resume: bool, log: RunLog | None) -> Path:
+    """The curriculum's first part: the slice task for ``warmup_epochs`` in ``OUT/warmup``
+    (stage 1 of a two-stage run, resumable on its own); returns its best ``stage1.pt``."""
+    if _under_torchrun():
+        raise ConfigError("warmup_epochs trains the slice task in one process; run the warm-up "
+                          "without torchrun and pass its stage1.pt as init_from")
+    inner = dataclasses.replace(config, two_stage=True, epochs=config.warmup_epochs, warmup_epochs=0,
+                                init_from=None, out_dir=str(Path(config.out_dir) / "warmup"))
+    (log or RunLog(config.progress)).info(
+        f"Curriculum: {config.warmup_epochs} epochs of the slice task (λ = 1, single slices) in "
+        f"{inner.out_dir}, then {config.epochs} end-to-end epochs from the best of them")
+    fit(inner, resume=resume, log=log, epochs_only=True)
+    return Path(inner.out_dir) / TwoStage.epoch_best
+
+
+def _under_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def _fit(config: TrainConfig, resume: bool, log: RunLog | None,
          on_epoch_end: Callable[[int, dict], None] | None, progress: RunProgress,
-         epochs_only: bool = False) -> FitResult:
-    """The run itself (see :func:`fit`); ``progress`` follows the epochs saved."""
+         epochs_only: bool = False, start_from: str | Path | None = None) -> FitResult:
+    """The run itself (see :func:`fit`); ``progress`` follows the epochs saved; the CNN
+    starts from ``start_from``'s slice-task weights when given."""
     log = log or RunLog(config.progress)
     if on_epoch_end is not None:
         log = RunLog(log.progress, on_epoch_end, log.main)
@@ -129,13 +159,16 @@ def _fit(config: TrainConfig, resume: bool, log: RunLog | None,
         seed_everything(config.seed)
         prepared = prepare_data(config, dist, log)
         data_kind = "synthetic" if is_synthetic(config.data_dir) else "real"
-        model = build_model(config).to(device)
+        model = build_model(config)
+        warm = warm_start(model, start_from, config) if start_from else None
+        model = model.to(device)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         criterion = build_criterion(config, prepared).to(device)
         strategy = strategy_type(config, prepared, model, criterion, device, amp_dtype, dist, log)
         tracker = EarlyStopping(strategy.monitor, config.patience)
         history = _resume(out / "last.pt", config, prepared, strategy, tracker, dist, log) if resume else []
+        base_rate = strategy.base_rate_loss()
         progress.epochs_saved = len(history)
         log.info(_start_line(config, prepared, data_kind, strategy))
         base = {"config": config.to_dict(), "preprocess": config.preprocess.to_dict(),
@@ -150,7 +183,7 @@ def _fit(config: TrainConfig, resume: bool, log: RunLog | None,
             stats = strategy.train_epoch(epoch, log)
             dist.sync_buffers(model)
             val = evaluate(model, criterion, val_loader, device, amp_dtype, log, desc="val", dist=dist)
-            row, thresholds = _history_row(epoch, lr, stats, val, strategy)
+            row, thresholds = _history_row(epoch, lr, {**stats, "base_rate_loss": base_rate}, val, strategy)
             improved = dist.agree_with_main(tracker, tracker.update(_score(row, val, tracker.monitor), epoch + 1))
             history.append({**row, "best": improved})
             _save_epoch(out, base, strategy, tracker, history, thresholds, improved, dist)
@@ -165,6 +198,8 @@ def _fit(config: TrainConfig, resume: bool, log: RunLog | None,
                     # the epochs: end-to-end training, or stage 1 of a two-stage run
                     "epoch_seconds": float(sum(r.get("train_seconds", 0.0) for r in history)),
                     **dist.describe(config.batch_size), **extra}
+        if warm:
+            training["warm_start"] = {**warm, "cnn_lr_scale": config.cnn_lr_scale}
         stage2 = extra.get("sequence_stage", {})
         training["total_seconds"] = (training["epoch_seconds"] + stage2.get("embed_seconds", 0.0)
                                      + stage2.get("train_seconds", 0.0))

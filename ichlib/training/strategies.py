@@ -26,7 +26,8 @@ from ichlib.errors import ConfigError
 from ichlib.losses import ScanSliceLoss, pos_weight_from_labels
 from ichlib.model import CNNBiLSTM
 from ichlib.preprocess.augment import ScanAugment
-from ichlib.preprocess.dataset import ScanDataset
+from ichlib.preprocess.dataset import ScanDataset, sequence_labels
+from ichlib.preprocess.sampling import uniform_indices
 from ichlib.training.config import TrainConfig
 from ichlib.training.data import PreparedData, make_eval_loader
 from ichlib.training.distributed import DistContext
@@ -42,6 +43,7 @@ from ichlib.training.log import RunLog
 from ichlib.training.metrics import choose_thresholds
 from ichlib.training.two_stage import (
     SequenceStageConfig,
+    SliceSampler,
     SliceStage,
     SliceStageConfig,
     embed_scans,
@@ -57,6 +59,32 @@ def build_model(config: TrainConfig) -> CNNBiLSTM:
     return CNNBiLSTM(backbone=config.backbone, in_channels=len(config.windows),
                      lstm_hidden=config.lstm_hidden, dropout=config.dropout,
                      pretrained=config.pretrained, pooling=config.pooling)
+
+
+def warm_start(model: CNNBiLSTM, path: str | Path, config: TrainConfig) -> dict:
+    """Load the CNN and slice head of the checkpoint at ``path`` into ``model`` (the
+    curriculum of :attr:`TrainConfig.warmup_epochs` and ``init_from``); the sequence half
+    keeps its fresh initialisation.
+
+    Returns:
+        What was loaded, for metrics.json: the file and its best epoch and score.
+
+    Raises:
+        CheckpointError: The file is not a checkpoint.
+        ConfigError: Its CNN or preprocessing differs from ``config``'s.
+    """
+    ckpt = load_checkpoint(path)
+    saved = ckpt.get("config", {})
+    differs = [f"{k}: {saved.get(k)!r} there, {v!r} here" for k, v in config.to_dict().items()
+               if k in ("backbone", "windows", "img_size") and saved.get(k) != v]
+    if differs:
+        raise ConfigError(f"{path}: cannot warm-start from it ({'; '.join(differs)})")
+    cnn = {k: v for k, v in ckpt["model"].items() if k.startswith(("encoder.", "slice_head."))}
+    missing = [k for k in model.state_dict() if k.startswith(("encoder.", "slice_head.")) and k not in cnn]
+    if missing:
+        raise ConfigError(f"{path}: has no weights for {len(missing)} CNN tensors (e.g. {missing[0]})")
+    model.load_state_dict(cnn, strict=False)
+    return {"from": str(path), "epoch": ckpt.get("epoch"), "slice_loss": ckpt.get("best_score")}
 
 
 def build_criterion(config: TrainConfig, prepared: PreparedData) -> ScanSliceLoss:
@@ -93,6 +121,11 @@ class Strategy:
     def check_processes(cls, dist: DistContext) -> None:
         """Refuse a process layout this strategy cannot train on (before any work starts)."""
 
+    def base_rate_loss(self) -> float:
+        """The training loss of a model that learned only each label's prevalence in what it
+        trains on: a training loss that stays there means "learned nothing"."""
+        raise NotImplementedError
+
     def train_epoch(self, epoch: int, log: RunLog) -> dict[str, float]:
         """Train one epoch; returns its statistics (``loss``, ``seconds``, ``slices_per_s``...)."""
         raise NotImplementedError
@@ -121,7 +154,8 @@ class EndToEnd(Strategy):
                  dist: DistContext, log: RunLog) -> None:
         super().__init__(config, prepared, model, criterion, device, amp_dtype, dist, log)
         self.net = dist.wrap(model)  # DDP under torchrun; checkpoints keep the unwrapped model
-        self.optimizer = make_optimizer(model, config.lr, config.weight_decay)
+        self.optimizer = make_optimizer(_parameter_groups(model, config.cnn_lr_scale), config.lr,
+                                        config.weight_decay)
         steps = steps_per_epoch(len(prepared.train), config.batch_size, config.max_train_batches)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer,
                                                                     T_max=max(1, config.epochs * steps))
@@ -129,7 +163,12 @@ class EndToEnd(Strategy):
 
     def describe(self) -> str:
         """How this strategy trains, for the start line."""
-        return f"λ = {self.config.aux_weight}"
+        config = self.config
+        warm = ""
+        if config.warm_started:
+            source = f"{config.warmup_epochs} slice-task epochs" if config.warmup_epochs else config.init_from
+            warm = f", CNN warm-started from {source}, CNN lr {config.cnn_lr_scale:g} x lr"
+        return f"λ = {config.aux_weight}{warm}"
 
     def train_epoch(self, epoch: int, log: RunLog) -> dict[str, float]:
         """One pass over the training scans (this rank's share under ``torchrun``)."""
@@ -145,9 +184,21 @@ class EndToEnd(Strategy):
                                self.scheduler, self.amp_dtype, self.scaler, config.max_train_batches,
                                log, dist)
 
+    def base_rate_loss(self) -> float:
+        """``(1 − λ)`` times the base-rate BCE of the sequence targets plus ``λ`` times that of
+        the slice targets, over jittered samplings of the training scans as training draws them."""
+        rng = np.random.default_rng([self.config.seed, 7])
+        data, s = self.prepared.data, self.config.seq_len
+        slices = [data.slice_labels(pid)[uniform_indices(len(data.slice_labels(pid)), s, True, rng)]
+                  for pid in self.prepared.split["train"] for _ in range(4)]
+        lam = self.config.aux_weight
+        return ((1 - lam) * base_rate_bce(np.stack([sequence_labels(y) for y in slices]))
+                + lam * base_rate_bce(np.concatenate(slices)))
+
     def epoch_line(self, epoch: int, stats: dict, val: EvalResult, row: dict) -> str:
         auc = row["val_mean_auc"]
-        return (f"epoch {epoch + 1}/{self.config.epochs}  train loss {stats['loss']:.4f}  val loss "
+        return (f"epoch {epoch + 1}/{self.config.epochs}  train loss {stats['loss']:.4f} "
+                f"(base rate {row['train_base_rate_loss']:.4f})  val loss "
                 f"{val.loss:.4f} (scan {val.scan_loss:.4f})  val mean AUC "
                 f"{'n/a' if auc is None else f'{auc:.3f}'}  {stats['slices_per_s']:.1f} slices/s")
 
@@ -184,9 +235,16 @@ class TwoStage(Strategy):
         return {**row, "val_loss": val.slice_loss, "val_scan_loss": None, "val_mean_auc": None,
                 "val_patient_weighted_log_loss": None}
 
+    def base_rate_loss(self) -> float:
+        """The base-rate BCE of the slices stage 1 draws (half with blood, height-matched)."""
+        sampler = SliceSampler(self.stage.labels, self.stage.config.positive_fraction,
+                               np.random.default_rng([self.config.seed, 7]), self.stage.config.matched_fraction)
+        drawn = sampler.draw(4096)
+        return base_rate_bce(np.stack([self.stage.labels[pid][k] for pid, k in drawn]))
+
     def epoch_line(self, epoch: int, stats: dict, val: EvalResult, row: dict) -> str:
         return (f"stage 1 epoch {epoch + 1}/{self.config.epochs}  train slice loss "
-                f"{stats['slice_loss']:.4f}  val slice loss {val.slice_loss:.4f}  "
+                f"{stats['slice_loss']:.4f} (base rate {row['train_base_rate_loss']:.4f})  val slice loss {val.slice_loss:.4f}  "
                 f"{stats['slices_per_s']:.1f} slices/s")
 
     def finish(self, out: Path, log: RunLog) -> tuple[Path, dict]:
@@ -264,7 +322,7 @@ def _slice_stage(config: TrainConfig, prepared: PreparedData, model: CNNBiLSTM, 
                  amp_dtype: torch.dtype | None) -> SliceStage:
     """Stage 1 with the end-to-end budget: ``n_train x S`` slices per epoch."""
     stage = SliceStageConfig(epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay,
-                             seed=config.seed)
+                             seed=config.seed, matched_fraction=config.matched_fraction)
     steps = max(1, math.ceil(len(prepared.train) * config.seq_len / stage.batch_size))
     if config.max_train_batches is not None:
         steps = min(steps, config.max_train_batches)
@@ -274,6 +332,23 @@ def _slice_stage(config: TrainConfig, prepared: PreparedData, model: CNNBiLSTM, 
         weight = pos_weight_from_labels(slice_y)
     return SliceStage(model, prepared.train, stage, steps, device, amp_dtype,
                       ScanAugment() if config.augment else None, weight)
+
+
+def base_rate_bce(labels: np.ndarray) -> float:
+    """Mean BCE over the rows and labels of ``labels [N, 6]`` when every row is predicted as
+    its label's prevalence: the loss of a model that learned the base rate and nothing else."""
+    p = np.clip(np.asarray(labels, dtype=np.float64).mean(axis=0), 1e-7, 1 - 1e-7)
+    return float(np.mean(-(p * np.log(p) + (1 - p) * np.log(1 - p))))
+
+
+def _parameter_groups(model: CNNBiLSTM, cnn_lr_scale: float) -> list[dict]:
+    """AdamW parameter groups: everything but the CNN at ``lr`` (first, so the logged lr is
+    the heads'), the CNN at ``cnn_lr_scale x lr``."""
+    cnn = list(model.encoder.parameters())
+    rest = [p for p in model.parameters() if all(p is not q for q in cnn)]
+    if cnn_lr_scale == 1.0:
+        return [{"params": rest + cnn}]
+    return [{"params": rest}, {"params": cnn, "lr_scale": cnn_lr_scale}]
 
 
 def _effective_monitor(config: TrainConfig, prepared: PreparedData, log: RunLog) -> str:

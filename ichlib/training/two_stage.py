@@ -55,6 +55,10 @@ class SliceStageConfig:
         batch_size: Slices per step.
         positive_fraction: Share of each batch drawn from slices labelled ``any``
             (the rest from all slices); None draws uniformly.
+        matched_fraction: Share of the rest drawn at the *heights* of slices with blood
+            (:class:`SliceSampler`): without it, most negatives come from the top and bottom
+            of the head, where no blood is, and the CNN can learn the slice's height instead
+            of the blood (the shortcut audit of notebook 04). 0 draws the rest uniformly.
         lr: Peak AdamW learning rate of a one-cycle schedule (10% warm-up, cosine decay).
         weight_decay: AdamW weight decay.
         seed: Seed of the slice draws and the augmentation.
@@ -63,6 +67,7 @@ class SliceStageConfig:
     epochs: int = 10
     batch_size: int = 32
     positive_fraction: float | None = 0.5
+    matched_fraction: float = 0.0
     lr: float = 1e-3
     weight_decay: float = 1e-4
     seed: int = 0
@@ -72,34 +77,59 @@ class SliceStageConfig:
             raise ConfigError("slice-stage epochs and batch_size must be >= 1")
         if self.positive_fraction is not None and not 0.0 <= self.positive_fraction <= 1.0:
             raise ConfigError(f"positive_fraction must be in [0, 1] or None, got {self.positive_fraction}")
+        if not 0.0 <= self.matched_fraction <= 1.0:
+            raise ConfigError(f"matched_fraction must be in [0, 1], got {self.matched_fraction}")
 
 
 class SliceSampler:
     """Draws batches of slice addresses ``(patient, slice index)`` from a set of scans.
+
+    A batch has three parts: positives (slices with ``any`` = 1), *height-matched* slices
+    and uniform slices. A height-matched slice is drawn by taking the relative height
+    ``(k + 0.5) / N`` of a random positive slice and the slice at that height in a random
+    scan, so its height follows the height distribution of blood, and height alone no
+    longer tells it from a positive.
 
     Args:
         labels: ``{patient_id: [N_slices, 6]}`` slice labels (column 0 is ``any``).
         positive_fraction: Share of each batch drawn from slices with ``any`` = 1
             (None, or no positive slice at all: uniform over every slice).
         rng: Random generator.
+        matched_fraction: Share of the non-positive part drawn height-matched (needs
+            positive slices; 0: all uniform).
     """
 
     def __init__(self, labels: Mapping[str, np.ndarray], positive_fraction: float | None,
-                 rng: np.random.Generator) -> None:
+                 rng: np.random.Generator, matched_fraction: float = 0.0) -> None:
         self.addresses = [(pid, k) for pid, y in labels.items() for k in range(len(y))]
         if not self.addresses:
             raise ConfigError("no slices to train on")
         self.positives = [i for i, (pid, k) in enumerate(self.addresses) if labels[pid][k, 0] > 0.5]
         self.positive_fraction = positive_fraction if self.positives else None
+        self.matched_fraction = matched_fraction if self.positives else 0.0
+        self.scans = [(pid, len(y)) for pid, y in labels.items()]
+        self._heights = np.array([(self.addresses[i][1] + 0.5) / len(labels[self.addresses[i][0]])
+                                  for i in self.positives])
         self.rng = rng
 
     def draw(self, n: int) -> list[tuple[str, int]]:
-        """``n`` addresses: ``round(n * positive_fraction)`` positives, the rest uniform."""
+        """``n`` addresses: ``round(n * positive_fraction)`` positives, then
+        ``round(rest * matched_fraction)`` height-matched, the rest uniform."""
         n_pos = 0 if self.positive_fraction is None else int(round(n * self.positive_fraction))
+        n_matched = int(round((n - n_pos) * self.matched_fraction))
         picks = list(self.rng.choice(len(self.positives), n_pos)) if n_pos else []
-        chosen = [self.positives[i] for i in picks]
-        chosen += list(self.rng.integers(0, len(self.addresses), n - n_pos))
-        return [self.addresses[i] for i in chosen]
+        chosen = [self.addresses[self.positives[i]] for i in picks]
+        chosen += self.matched(n_matched)
+        chosen += [self.addresses[i] for i in self.rng.integers(0, len(self.addresses), n - n_pos - n_matched)]
+        return chosen
+
+    def matched(self, n: int) -> list[tuple[str, int]]:
+        """``n`` addresses at the relative heights of random positive slices, in random scans."""
+        if n == 0:
+            return []
+        heights = self._heights[self.rng.integers(0, len(self._heights), n)]
+        scans = [self.scans[i] for i in self.rng.integers(0, len(self.scans), n)]
+        return [(pid, min(int(h * size), size - 1)) for h, (pid, size) in zip(heights, scans, strict=True)]
 
 
 class SliceStage:
@@ -153,7 +183,7 @@ class SliceStage:
         model = self.model
         model.train()
         rng = np.random.default_rng([self.config.seed, 1, epoch])
-        sampler = SliceSampler(self.labels, self.config.positive_fraction, rng)
+        sampler = SliceSampler(self.labels, self.config.positive_fraction, rng, self.config.matched_fraction)
         start, total = time.perf_counter(), 0.0
         for _ in log.bar(range(self.steps_per_epoch), desc=f"epoch {epoch + 1} slices"):
             addresses = sampler.draw(self.config.batch_size)

@@ -21,6 +21,7 @@ _NAMES = {
     "plot_confusion_matrices": ".training",
     "plot_history": ".training",
     "plot_label_aucs": ".training",
+    "plot_shortcut_audit": ".training",
     "plot_roc_curves": ".training",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _NAMES)

@@ -141,3 +141,43 @@ def plot_label_aucs(table: pd.DataFrame, note: str = "") -> plt.Figure:
         fig.suptitle(note, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def plot_shortcut_audit(audits: Mapping[str, list[dict]], note: str = "") -> plt.Figure:
+    """Slice AUC of ``any`` at all heights and inside the blood band, per model and rule.
+
+    Args:
+        audits: ``{run name: rows}``, each the ``rows`` of a run's ``shortcut_audit``
+            (:func:`ichlib.training.shortcuts.band_audit`). The rules (intensity, height)
+            are taken from the first run; each run adds its slice head.
+        note: Figure title (e.g. the synthetic-data note).
+
+    A bar that falls from the left panel to the right one was scoring where the slice is.
+    """
+    first = next(iter(audits.values()))
+    rows = [r for r in first if r["model"] != "slice head"]
+    rows += [{**r, "model": f"{name}: slice head"} for name, run in audits.items() for r in run
+             if r["model"] == "slice head"]
+    table = pd.DataFrame(rows)
+    names = list(dict.fromkeys(table["model"]))
+    colors = dict(zip(names, sns.color_palette("colorblind", len(names)), strict=True))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
+    for ax, where in zip(axes, ("all heights", "blood band"), strict=True):
+        part = table[table["where"] == where].set_index("model").reindex(names)
+        auc = part["auc_any"].to_numpy(dtype=float)
+        ci = np.array([c if isinstance(c, (list, tuple)) else (np.nan, np.nan) for c in part["auc_any_ci"]])
+        y = np.arange(len(names))[::-1]
+        ax.barh(y, auc, color=[colors[n] for n in names], height=0.6)
+        ax.errorbar(auc, y, xerr=[np.nan_to_num(auc - ci[:, 0]), np.nan_to_num(ci[:, 1] - auc)],
+                    fmt="none", ecolor="black", capsize=2, lw=0.8)
+        for yi, value in zip(y, auc, strict=True):
+            ax.text(0.02, yi, f"{value:.2f}", va="center", fontsize=8, color="white", weight="bold")
+        ax.axvline(0.5, color="grey", lw=0.8, ls=":")
+        n = int(part["n_slices"].iloc[0])
+        ax.set(xlim=(0, 1), xlabel="slice AUC of 'any' (95% CI)", title=f"{where} ({n} slices)")
+        ax.set_yticks(y, names, fontsize=8)
+        sns.despine(ax=ax)
+    if note:
+        fig.suptitle(note, fontsize=9)
+    fig.tight_layout()
+    return fig
