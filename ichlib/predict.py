@@ -23,9 +23,9 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 
 from ichlib.checkpoint import load_checkpoint, model_from_checkpoint
@@ -37,6 +37,9 @@ from ichlib.labels import LABELS
 from ichlib.model import CNNBiLSTM
 from ichlib.preprocess.dataset import PreprocessConfig, prepare_scan
 from ichlib.preprocess.sampling import covering_indices
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ScanInput = str | os.PathLike | Volume | np.ndarray
 
@@ -69,6 +72,8 @@ class ScanPrediction:
 
     def slice_table(self) -> pd.DataFrame:
         """One row per slice: ``SliceNumber`` and a probability column per label."""
+        import pandas as pd  # lazy: start-up time (ichlib predict prints without pandas)
+
         table = pd.DataFrame(self.slice_probabilities, columns=list(LABELS))
         table.insert(0, "SliceNumber", self.slice_numbers)
         return table
@@ -233,9 +238,17 @@ def format_prediction(prediction: ScanPrediction) -> str:
             flag = f"  {'POSITIVE' if p >= t else 'negative'} at threshold {t:.3f}"
         lines.append(f"    {label:<{width}}  {p:.4f}{flag}")
     lines.append("  per-slice probability (slice head):")
-    table = prediction.slice_table().to_string(index=False, float_format=lambda v: f"{v:.4f}")
-    lines += ["    " + line for line in table.splitlines()]
+    lines += ["    " + line for line in _slice_lines(prediction)]
     return "\n".join(lines)
+
+
+def _slice_lines(prediction: ScanPrediction) -> list[str]:
+    """The per-slice table as right-aligned text columns: ``SliceNumber`` and one per label."""
+    rows = [["SliceNumber", *LABELS]]
+    rows += [[str(n), *(f"{p:.4f}" for p in row)]
+             for n, row in zip(prediction.slice_numbers, prediction.slice_probabilities, strict=True)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [" ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
 
 
 def scan_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +81,32 @@ def test_prediction_contents(trained, scans):
     assert doc["slices"][0]["SliceNumber"] == 1
     text = format_prediction(prediction)
     assert "SYNTHETIC" in text and "intraventricular" in text and "SliceNumber" in text
+
+
+def test_the_text_slice_table_reads_back_as_the_probabilities(trained, scans):
+    run, _ = trained
+    good, _ = scans
+    prediction = Predictor(run.best_path, device="cpu")(good[0])
+    text = format_prediction(prediction).splitlines()
+    start = text.index("  per-slice probability (slice head):") + 1
+    header, *rows = text[start:]
+    assert header.split() == ["SliceNumber", *LABELS]
+    assert len({len(line) for line in [header, *rows]}) == 1  # right-aligned columns
+    table = np.array([[float(v) for v in row.split()] for row in rows])
+    assert table[:, 0].tolist() == prediction.slice_numbers
+    np.testing.assert_allclose(table[:, 1:], prediction.slice_probabilities, atol=5e-5)
+
+
+def test_cli_predict_imports_neither_pandas_nor_the_training_stack(trained, scans):
+    run, _ = trained
+    good, _ = scans
+    code = ("import sys; from ichlib.cli import main; status = main(sys.argv[1:]); "
+            "print(status, [m for m in ('pandas', 'sklearn', 'matplotlib', 'ichlib.training') "
+            "if m in sys.modules])")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", code, "predict", "--checkpoint", str(run.best_path),
+                           str(good[0])], capture_output=True, text=True, env=env, timeout=120)
+    assert done.stdout.splitlines()[-1] == "0 []", done.stderr
 
 
 def test_matches_the_test_probabilities_of_the_run(trained):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,11 +20,13 @@ from torch.utils.data import Dataset
 
 from ichlib.errors import ConfigError, DataError, WriteError
 from ichlib.io.load import load_mask, load_volume
-from ichlib.io.tables import CtIchData
 from ichlib.preprocess.cache import VolumeCache
 from ichlib.preprocess.resize import resample_volume, resize_slices
 from ichlib.preprocess.sampling import covering_indices, uniform_indices
 from ichlib.preprocess.windowing import multi_window, resolve_windows
+
+if TYPE_CHECKING:  # a type only: prediction reads scans without pandas (start-up time)
+    from ichlib.io.tables import CtIchData
 
 Augment = Callable[[torch.Tensor, np.random.Generator], torch.Tensor]
 

@@ -9,12 +9,15 @@ the ends by half a unit; the difference is below 1/w and is ignored here.)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 
 from ichlib.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Window presets as ``(centre, width)`` in HU. ``soft`` is the paper's third channel.
 WINDOWS: dict[str, tuple[float, float]] = {
@@ -103,6 +106,8 @@ def lesion_contrast(hu: np.ndarray, lesion: np.ndarray, reference: np.ndarray,
     Returns:
         Table indexed by window with columns ``lesion``, ``reference``, ``contrast``, ``cnr``.
     """
+    import pandas as pd  # lazy: start-up time (ichlib predict windows scans without pandas)
+
     if not lesion.any() or not reference.any():
         raise ValueError("lesion and reference masks must both be non-empty")
     names = [w if isinstance(w, str) else f"{w[0]:g}/{w[1]:g}" for w in windows]
