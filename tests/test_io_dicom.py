@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -381,3 +382,40 @@ def test_constant_volume_refused(tmp_path):
         write_dataset(folder / f"{k}.dcm", ds)
     with pytest.raises(DataError, match="constant"):
         load_dicom_series(folder)
+
+
+# --- rescaled values that are not finite --------------------------------------------------
+
+@pytest.mark.parametrize(("slope", "kind"), [(1e38, "+inf"), (-1e38, "-inf")])
+def test_a_slice_whose_rescale_overflows_is_refused_naming_the_file_and_slice(tmp_path, slope, kind):
+    paths = write_series(tmp_path / "s", axial(5))
+    ds = pydicom.dcmread(paths[2])
+    ds.RescaleSlope = slope  # finite in the header, beyond float32 once multiplied
+    ds.save_as(paths[2])
+    expected = (f"slice InstanceNumber 3: RescaleSlope {slope:g} and RescaleIntercept -1024 turn "
+                f"48 of 48 stored value(s) into HU that are not finite ({kind}; beyond float32)")
+    with pytest.raises(DataError, match=re.escape(expected)) as info:
+        load_dicom_series(tmp_path / "s")
+    assert info.value.path == str(paths[2])
+    with pytest.raises(DataError, match=re.escape(expected)):
+        dataset_to_hu(pydicom.dcmread(paths[2]))
+
+
+def test_a_modality_lut_giving_nan_is_refused(tmp_path, monkeypatch):
+    ds = pydicom.dcmread(write_series(tmp_path / "s", axial(1))[0])
+    ds.ModalityLUTSequence = pydicom.Sequence([pydicom.Dataset()])
+    monkeypatch.setattr(dicom_pixels, "_modality_lut", lambda stored, ds: np.full(stored.shape, np.nan))
+    with pytest.raises(DataError, match=r"lut.dcm: slice InstanceNumber 1: its ModalityLUTSequence "
+                                        r"turn 48 of 48 .*\(NaN;"):
+        dataset_to_hu(ds, "lut.dcm")
+
+
+def test_padding_that_overflows_is_not_a_reason_to_refuse(tmp_path):
+    ds = pydicom.dcmread(write_series(tmp_path / "s", axial(1))[0])
+    stored = np.zeros((6, 8), dtype=np.int16)
+    stored[0, :] = 32767  # padding: 32767 * 1e35 overflows float32, but padding becomes air
+    ds.PixelData = stored.tobytes()
+    ds.PixelPaddingValue = 32767
+    ds.RescaleSlope, ds.RescaleIntercept = 1e35, 0
+    hu = dataset_to_hu(ds)
+    assert np.isfinite(hu).all() and (hu[0] == AIR_HU).all() and (hu[1:] == 0).all()

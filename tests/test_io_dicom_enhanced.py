@@ -189,3 +189,17 @@ def test_a_frame_with_a_nan_intercept_is_refused(tmp_path):
     with pytest.raises(DataError, match="RescaleIntercept is nan") as info:
         load_dicom_series(path.parent)
     assert info.value.path == str(path)
+
+
+def test_a_frame_whose_rescale_overflows_is_refused_naming_the_file_and_frame(tmp_path):
+    path = write_enhanced(tmp_path / "e" / "ct.dcm")
+    ds = pydicom.dcmread(path)
+    ds.PerFrameFunctionalGroupsSequence[1].PixelValueTransformationSequence[0].RescaleSlope = 1e38
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(DataError, match=r"frame 2 of 4: RescaleSlope 1e\+38 and RescaleIntercept "
+                                        r"-?\d+ turn \d+ of \d+ stored value\(s\) into HU that are "
+                                        r"not finite \((\+inf|-inf)") as info:
+        load_dicom_series(path.parent)
+    assert info.value.path == str(path)
+    with pytest.raises(DataError, match="frame 2 of 4"):
+        load_volume(path.parent)

@@ -242,6 +242,23 @@ def test_check_rsna_reports_each_bad_series_and_keeps_the_rest(tmp_path, synthet
     assert set(report.to_json()["patients"]) == set(report.data.patient_ids)
 
 
+def test_a_slice_whose_rescale_overflows_is_refused_on_loading_and_by_check(tmp_path):
+    ids = write_marked_rsna(tmp_path / "r", n=6)
+    victim = tmp_path / "r" / "stage_2_train" / f"{ids[4]}.dcm"
+    ds = pydicom.dcmread(victim)
+    ds.RescaleSlope = 1e38
+    ds.save_as(victim)
+    data = read(tmp_path / "r", tmp_path / "cache")  # headers only: the slope is a finite number
+    with pytest.raises(DataError, match=r"slice InstanceNumber \d+: RescaleSlope 1e\+38 .* not finite") as info:
+        load_dicom_series(data.scans["ID_series1"])
+    assert info.value.path == str(victim)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DuplicateLabelWarning)
+        report = check_rsna(tmp_path / "r", cache_dir=tmp_path / "cache")
+    assert not report.ok and [p.path for p in report.problems] == [str(victim)]
+    assert "not finite" in report.problems[0].problem
+
+
 def test_scan_dataset_runs_on_rsna_series(synthetic, tmp_path):
     # ScanDataset reads each series through its .series manifest (ichlib.io.load dispatches).
     data = read(synthetic, tmp_path / "cache")

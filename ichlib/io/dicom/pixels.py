@@ -49,7 +49,8 @@ def dataset_to_hu(ds: pydicom.Dataset, path: str | os.PathLike | None = None) ->
 
     Raises:
         DataError: If the image is not single-frame greyscale, its pixel data is missing,
-            truncated, compressed without a decoder, or cannot be decoded.
+            truncated, compressed without a decoder, or cannot be decoded, or its rescale
+            gives HU that are not finite (a RescaleSlope of 1e38 overflows float32).
     """
     where = path if path is not None else getattr(ds, "filename", None)
     header = _header_from_dataset(ds, Path(where) if where else Path("<dataset>"),
@@ -67,8 +68,11 @@ def dataset_to_hu(ds: pydicom.Dataset, path: str | os.PathLike | None = None) ->
                                f"{header.rows}x{header.columns}")
     signed = header.pixel_representation == 1 or header.has_12bit_bug
     stored = _stored_values(raw, header.bits_stored, signed)
-    hu = _modality_lut(stored, ds).astype(np.float32)
-    hu[_padding_mask(ds, stored, header.bits_stored, signed, where)] = AIR_HU
+    with np.errstate(over="ignore", invalid="ignore"):  # refused below, naming the slice
+        hu = _modality_lut(stored, ds).astype(np.float32)
+    padding = _padding_mask(ds, stored, header.bits_stored, signed, where)
+    _refuse_non_finite(hu, padding, header, where, "ModalityLUTSequence" in ds)
+    hu[padding] = AIR_HU
     hu[hu < OUTSIDE_FOV_HU] = AIR_HU
     return hu
 
@@ -88,7 +92,8 @@ def frames_to_hu(ds: pydicom.Dataset, headers: list[SliceHeader]) -> dict[int, n
         HU per frame index.
 
     Raises:
-        DataError: If the pixel data cannot be decoded into ``[frames, Rows, Columns]``.
+        DataError: If the pixel data cannot be decoded into ``[frames, Rows, Columns]``, or
+            a frame's rescale gives HU that are not finite (naming the frame).
     """
     first = headers[0]
     check_slice_header(first)
@@ -105,11 +110,45 @@ def frames_to_hu(ds: pydicom.Dataset, headers: list[SliceHeader]) -> dict[int, n
     out = {}
     for header in headers:
         stored = _stored_values(raw[header.frame], header.bits_stored, signed)
-        hu = (stored.astype(np.float64) * header.rescale_slope + header.rescale_intercept).astype(np.float32)
-        hu[_padding_mask(ds, stored, header.bits_stored, signed, header.path)] = AIR_HU
+        with np.errstate(over="ignore", invalid="ignore"):  # refused below, naming the frame
+            hu = (stored.astype(np.float64) * header.rescale_slope
+                  + header.rescale_intercept).astype(np.float32)
+        padding = _padding_mask(ds, stored, header.bits_stored, signed, header.path)
+        _refuse_non_finite(hu, padding, header, header.path)
+        hu[padding] = AIR_HU
         hu[hu < OUTSIDE_FOV_HU] = AIR_HU
         out[header.frame] = hu
     return out
+
+
+def _refuse_non_finite(hu: np.ndarray, padding: np.ndarray, header: SliceHeader,
+                       where: str | os.PathLike | None, lut: bool = False) -> None:
+    """Refuse a slice whose rescaled values (padding aside) are not all finite float32 HU.
+
+    A finite but absurd ``RescaleSlope`` (1e38, say) overflows float32 to infinity; such a
+    slice would pass into the volume as thousands of infinite voxels.
+
+    Raises:
+        DataError: Naming the file, the slice (``InstanceNumber``, or the frame of an
+            enhanced file), how many values are not finite, and the rescale that made them.
+    """
+    bad = ~np.isfinite(hu) & ~padding
+    if not bad.any():
+        return
+    if header.frame is not None:
+        which = f"frame {header.frame + 1} of {header.frames}"
+    elif header.instance_number is not None:
+        which = f"slice InstanceNumber {header.instance_number}"
+    else:
+        which = "the slice"
+    values = hu[bad]
+    kinds = ", ".join(name for name, n in (("+inf", np.isposinf(values).sum()),
+                                           ("-inf", np.isneginf(values).sum()),
+                                           ("NaN", np.isnan(values).sum())) if n)
+    rescale = ("its ModalityLUTSequence" if lut else
+               f"RescaleSlope {header.rescale_slope:g} and RescaleIntercept {header.rescale_intercept:g}")
+    raise DataError(where, f"{which}: {rescale} turn {int(bad.sum())} of {bad.size} stored value(s) "
+                           f"into HU that are not finite ({kinds}; beyond float32); refusing the file")
 
 
 def has_12bit_bug(ds: pydicom.Dataset) -> bool:
