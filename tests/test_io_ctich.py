@@ -134,6 +134,18 @@ def test_unusable_label_files(tmp_path, text, message):
     assert LABEL_CSV in str(info.value)
 
 
+def test_a_duplicated_label_column_is_refused_naming_it(small_ct_ich):
+    csv = small_ct_ich / LABEL_CSV
+    lines = csv.read_text().splitlines()
+    # A second Epidural column whose values disagree with the first: which one is right?
+    lines = [lines[0] + ",Epidural"] + [line + ",1" for line in lines[1:]]
+    csv.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"column 'Epidural' appears 2 times in the header "
+                                        r"\(columns 6, 10\)") as info:
+        read_ct_ich(small_ct_ich)
+    assert info.value.path == str(csv)
+
+
 def test_unusable_folders(tmp_path, make_ct_ich):
     with pytest.raises(DataError, match="not found"):
         read_ct_ich(tmp_path / "nowhere")

@@ -150,6 +150,18 @@ def _csv(tmp_path: Path, rows: list[str]) -> Path:
     return path
 
 
+def test_a_duplicated_label_column_is_refused_naming_it(tmp_path):
+    write_marked_rsna(tmp_path / "r", n=4)
+    csv = tmp_path / "r" / "stage_2_train.csv"
+    lines = csv.read_text().splitlines()
+    csv.write_text("\n".join([lines[0] + ",Label"] + [line + ",1" for line in lines[1:]]) + "\n")
+    for reader in (read_rsna_labels, lambda _: read(tmp_path / "r", tmp_path / "cache")):
+        with pytest.raises(DataError, match=r"column 'Label' appears 2 times in the header "
+                                            r"\(columns 2, 3\)") as info:
+            reader(csv)
+        assert info.value.path == str(csv)
+
+
 def test_images_without_labels_and_labels_without_images(tmp_path):
     ids = write_marked_rsna(tmp_path / "r", n=4)
     csv = tmp_path / "r" / "stage_2_train.csv"

@@ -1,7 +1,10 @@
 """The dataset tables' summaries: label counts and co-occurrence, by hand."""
 
+import pytest
+
+from ichlib.errors import DataError
 from ichlib.io.ctich import read_ct_ich
-from ichlib.io.tables import cooccurrence, label_counts
+from ichlib.io.tables import cooccurrence, label_counts, refuse_duplicate_columns
 
 
 def test_label_counts_and_cooccurrence_by_hand(small_ct_ich):
@@ -26,3 +29,23 @@ def test_largest_lesion_slice_prefers_single_subtype_slices(small_ct_ich):
     assert largest_lesion_slice(data, "subdural") == ("051", 2)
     assert largest_lesion_slice(data, "epidural")[0] == "050"
     assert largest_lesion_slice(data, "intraventricular") is None
+
+
+@pytest.mark.parametrize(("header", "column", "positions"), [
+    ("PatientNumber,SliceNumber,Epidural,Subdural,Epidural", "Epidural", "3, 5"),
+    ("\ufeffID, Label ,Label", "Label", "2, 3"),           # BOM and spaces around names
+    ('"a,b",c,c,c', "c", "2, 3, 4"),                       # a quoted name holding a comma
+])
+def test_a_column_named_twice_is_refused_naming_it(tmp_path, header, column, positions):
+    path = tmp_path / "labels.csv"
+    path.write_text(header + "\n" + ",".join("1" * (header.count(",") + 1)) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"column '{column}' appears {positions.count(',') + 1} "
+                                        rf"times in the header \(columns {positions}\)") as info:
+        refuse_duplicate_columns(path)
+    assert info.value.path == str(path)
+
+
+def test_distinct_columns_pass(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("Epidural,Epidural.1,Subdural\n1,0,1\n")  # a real '.1' name is not a duplicate
+    refuse_duplicate_columns(path)

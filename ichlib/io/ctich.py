@@ -22,7 +22,13 @@ import pandas as pd
 from ichlib.errors import DataError
 from ichlib.io.files import MAX_TABLE_BYTES, regular_file
 from ichlib.io.load import read_header
-from ichlib.io.tables import CtIchData, Problem, dataset_root, problem_listing
+from ichlib.io.tables import (
+    CtIchData,
+    Problem,
+    dataset_root,
+    problem_listing,
+    refuse_duplicate_columns,
+)
 from ichlib.labels import CT_ICH_COLUMNS, LABELS, SUBTYPES
 
 LABEL_CSV = "hemorrhage_diagnosis_raw_ct.csv"
@@ -105,7 +111,8 @@ def _read_csv(path: Path) -> pd.DataFrame:
     """The label CSV as strings, with its header checked.
 
     Raises:
-        DataError: If the file is missing, empty, unreadable, or lacks a required column.
+        DataError: If the file is missing, empty, unreadable, names a column twice, or
+            lacks a required column.
     """
     regular_file(path, "label CSV", MAX_TABLE_BYTES)
     try:
@@ -114,6 +121,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
         raise DataError(path, "label CSV is empty") from None
     except (UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise DataError(path, f"not a readable CSV ({exc})") from exc
+    refuse_duplicate_columns(path)
     raw.columns = [str(c).strip() for c in raw.columns]
     missing = [c for c in _REQUIRED_COLUMNS if c not in raw.columns]
     if missing:

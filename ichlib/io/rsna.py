@@ -48,7 +48,13 @@ from ichlib.io.dicom.headers import (
 from ichlib.io.dicom.ordering import MAX_GAP_RATIO, SeriesLayout, order_slices
 from ichlib.io.dicom.series import write_series_manifest
 from ichlib.io.files import MAX_TABLE_BYTES, regular_file
-from ichlib.io.tables import CtIchData, Problem, dataset_root, problem_listing
+from ichlib.io.tables import (
+    CtIchData,
+    Problem,
+    dataset_root,
+    problem_listing,
+    refuse_duplicate_columns,
+)
 from ichlib.labels import LABELS, SUBTYPES
 
 #: Label tables recognised in a dataset folder, first match wins.
@@ -115,7 +121,8 @@ def read_rsna_labels(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, dict[st
         image id to the reason; ``problems`` are faults of the table itself.
 
     Raises:
-        DataError: If the file is missing, empty, or lacks the ``ID`` or ``Label`` column.
+        DataError: If the file is missing, empty, names a column twice, or lacks the ``ID``
+            or ``Label`` column.
     """
     path = Path(csv_path)
     regular_file(path, "label CSV", MAX_TABLE_BYTES)
@@ -126,6 +133,7 @@ def read_rsna_labels(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, dict[st
         raise DataError(path, "label CSV is empty") from None
     except (UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise DataError(path, f"not a readable CSV ({exc})") from exc
+    refuse_duplicate_columns(path)
     raw.columns = [str(c).strip() for c in raw.columns]
     missing = [c for c in ("ID", "Label") if c not in raw.columns]
     if missing:

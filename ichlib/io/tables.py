@@ -7,7 +7,9 @@ CT-ICH (:mod:`ichlib.io.ctich`) and RSNA 2019 (:mod:`ichlib.io.rsna`) both retur
 
 from __future__ import annotations
 
+import csv
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,6 +100,26 @@ def dataset_root(root: str | os.PathLike, on_error: str) -> Path:
     if not root.is_dir():
         raise DataError(root, "dataset folder not found" if not root.exists() else "not a folder")
     return root
+
+
+def refuse_duplicate_columns(path: str | os.PathLike) -> None:
+    """Refuse a CSV whose header row names a column twice (spaces around names ignored).
+
+    pandas reads a second ``Epidural`` as ``Epidural.1`` and the reader would silently use
+    the first; which of the two is right cannot be told, so the table is refused.
+
+    Raises:
+        DataError: Naming the file, the column and its positions (1-based).
+    """
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        header = [name.strip() for name in next(csv.reader(fh, skipinitialspace=True), [])]
+    repeated = [name for name, n in Counter(header).items() if n > 1 and name]
+    if repeated:
+        name = repeated[0]
+        positions = [i + 1 for i, h in enumerate(header) if h == name]
+        raise DataError(path, f"column {name!r} appears {len(positions)} times in the header "
+                              f"(columns {', '.join(map(str, positions))}); which one holds the "
+                              "labels cannot be told, so the table is refused")
 
 
 def problem_listing(problems: list[Problem], limit: int = 50) -> str:
