@@ -132,17 +132,21 @@ def test_compare_cams_ranks_the_candidates_on_validation(small_ct_ich, trained_t
 
 
 def test_verdict_compares_the_cam_with_the_chance_prior_by_the_targets():
-    def table(point, energy, energy_low, chance_point=0.2, chance_energy=0.02, chance_high=0.03):
+    def table(point, energy, energy_low, point_low=None, chance_point=0.02, chance_energy=0.02, chance_high=0.03):
         return pd.DataFrame([
             {"method": "cam", "label": "any", "pointing_0mm": point, "energy": energy,
-             "energy_ci_low": energy_low, "energy_ci_high": energy + 0.05},
+             "pointing_0mm_ci_low": point * 0.6 if point_low is None else point_low,
+             "pointing_0mm_ci_high": point * 1.5, "energy_ci_low": energy_low, "energy_ci_high": energy + 0.05},
             {"method": METHOD_CHANCE, "label": "any", "pointing_0mm": chance_point, "energy": chance_energy,
+             "pointing_0mm_ci_low": chance_point / 2, "pointing_0mm_ci_high": chance_high,
              "energy_ci_low": chance_energy / 2, "energy_ci_high": chance_high}])
 
-    met = localization_verdict(table(0.6, 0.2, 0.1), "cam").splitlines()
+    met = localization_verdict(table(0.06, 0.2, 0.1), "cam").splitlines()
     assert met[0].endswith(": MET") and "3.0×" in met[0] and met[1].endswith(": MET") and "10.0×" in met[1]
-    short = localization_verdict(table(0.45, 0.2, 0.1), "cam").splitlines()  # 2.25× chance, but under 50%
-    assert short[0].endswith("NOT MET")
-    overlap = localization_verdict(table(0.6, 0.2, 0.025), "cam").splitlines()  # 10×, intervals overlap
+    short = localization_verdict(table(0.035, 0.2, 0.1), "cam").splitlines()  # 1.75× chance
+    assert short[0].endswith("NOT MET") and "1.8×" in short[0]
+    close = localization_verdict(table(0.06, 0.2, 0.1, point_low=0.025), "cam").splitlines()  # 3×, overlapping
+    assert close[0].endswith("NOT MET") and "overlap" in close[0]
+    overlap = localization_verdict(table(0.06, 0.2, 0.025), "cam").splitlines()  # 10×, intervals overlap
     assert overlap[1].endswith("NOT MET") and "overlap" in overlap[1]
     assert localization_verdict(table(0.6, 0.2, 0.1), "other").startswith("no verdict")

@@ -134,13 +134,12 @@ def compare_cams(model: nn.Module, data: CtIchData, val_ids: Sequence[str], conf
 
 
 def localization_verdict(table: pd.DataFrame, method: str, label: str = "any",
-                         pointing_ratio: float = 2.0, pointing_floor: float = 0.5,
-                         energy_ratio: float = 5.0) -> str:
+                         pointing_ratio: float = 2.0, energy_ratio: float = 2.0) -> str:
     """Does ``method`` beat the chance prior by the course's margins? One line per target.
 
-    The targets: the pointing game at 0 mm at least ``pointing_ratio`` × the chance prior's
-    and above ``pointing_floor``; the energy in the mask at least ``energy_ratio`` × the
-    chance prior's, with the intervals apart.
+    The targets: the pointing game at 0 mm and the energy in the mask each at least
+    ``pointing_ratio`` (``energy_ratio``) × the chance prior's, with the two 95% intervals
+    apart (the map's lower bound above the prior's upper bound).
 
     Returns:
         Lines ``MET`` / ``NOT MET`` with the numbers, or why there is no verdict.
@@ -149,19 +148,15 @@ def localization_verdict(table: pd.DataFrame, method: str, label: str = "any",
     if method not in rows.index or METHOD_CHANCE not in rows.index:
         return f"no verdict: '{label}' has no rows for {method!r} and the chance prior"
     cam, chance = rows.loc[method], rows.loc[METHOD_CHANCE]
-    point = pointing_column(0.0)
     lines = []
-    ratio = cam[point] / chance[point] if chance[point] > 0 else np.inf
-    met = ratio >= pointing_ratio and cam[point] > pointing_floor
-    lines.append(f"pointing game at 0 mm: {cam[point]:.1%} against chance {chance[point]:.1%} "
-                 f"({ratio:.1f}×; target ≥ {pointing_ratio:g}× and > {pointing_floor:.0%}): "
-                 f"{'MET' if met else 'NOT MET'}")
-    ratio = cam["energy"] / chance["energy"] if chance["energy"] > 0 else np.inf
-    apart = cam["energy_ci_low"] > chance["energy_ci_high"]
-    met = ratio >= energy_ratio and apart
-    lines.append(f"energy in mask: {cam['energy']:.3f} against chance {chance['energy']:.3f} "
-                 f"({ratio:.1f}×, intervals {'apart' if apart else 'overlap'}; target ≥ "
-                 f"{energy_ratio:g}× and apart): {'MET' if met else 'NOT MET'}")
+    for what, column, target in (("pointing game at 0 mm", pointing_column(0.0), pointing_ratio),
+                                 ("energy in mask", "energy", energy_ratio)):
+        ratio = cam[column] / chance[column] if chance[column] > 0 else np.inf
+        apart = cam[f"{column}_ci_low"] > chance[f"{column}_ci_high"]
+        met = ratio >= target and apart
+        lines.append(f"{what}: {cam[column]:.3f} against chance {chance[column]:.3f} ({ratio:.1f}×, "
+                     f"intervals {'apart' if apart else 'overlap'}; target ≥ {target:g}× and apart): "
+                     f"{'MET' if met else 'NOT MET'}")
     return "\n".join(lines)
 
 
