@@ -19,6 +19,9 @@ path in its own process. Cold: the wall time of a whole process (Python start, i
 checkpoint load, one prediction): ``python -m ichlib predict --json --fp32`` for the fast
 path and this script's ``--cold-reference`` mode for the reference, and ``python -m ichlib
 --help`` for start-up alone; each the median of ``--cold-repeats`` processes (default 5).
+The cold breakdown times the stages of the same work inside one cold process (this script's
+``--cold-breakdown`` mode): imports, checkpoint load, reading the NIfTI, resizing and
+windowing, the model; "start" is the rest of the process's wall time (interpreter start, exit).
 
     python benchmarks/bench_predict.py            # full run
     python benchmarks/bench_predict.py --quick    # smoke run
@@ -30,6 +33,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import _common as C
@@ -107,6 +111,31 @@ def cold_reference(checkpoint: str, scan: str) -> None:
     print(json.dumps(reference_predict(model, scan, config).tolist()))
 
 
+def cold_breakdown(checkpoint: str, scan: str) -> None:
+    """Seconds of each stage of a cold fp32 prediction in this fresh process, as JSON."""
+    marks = [time.perf_counter()]
+    import numpy as np
+    import torch
+
+    import ichlib.cli  # noqa: F401  (what python -m ichlib imports before the subcommand)
+    from ichlib.io.load import load_volume
+    from ichlib.predict import Predictor
+    from ichlib.preprocess.dataset import prepare_scan
+    from ichlib.preprocess.sampling import covering_indices
+    marks.append(time.perf_counter())
+    predictor = Predictor(checkpoint, device="cpu", amp="off")
+    marks.append(time.perf_counter())
+    hu = load_volume(scan).hu
+    marks.append(time.perf_counter())
+    x, _ = prepare_scan(np.asarray(hu, dtype=np.float32), predictor.preprocess, np.arange(hu.shape[0]))
+    marks.append(time.perf_counter())
+    with torch.inference_mode():
+        predictor.model.forward_scan(x, covering_indices(hu.shape[0], predictor.preprocess.seq_len))
+    marks.append(time.perf_counter())
+    stages = ("imports", "checkpoint", "read", "resize", "model")
+    print(json.dumps({k: b - a for k, a, b in zip(stages, marks[:-1], marks[1:], strict=True)}))
+
+
 # --- parent ----------------------------------------------------------------------------
 
 def cold_times(checkpoint: Path, scan: Path, repeats: int) -> dict:
@@ -117,8 +146,12 @@ def cold_times(checkpoint: Path, scan: Path, repeats: int) -> dict:
                 str(scan), "--json", "--device", "cpu", "--fp32"]
     ref_cmd = [sys.executable, __file__, "--cold-reference", str(checkpoint), str(scan)]
     help_cmd = [sys.executable, "-m", "ichlib", "--help"]
-    fast, ref, helps, cli_probs = [], [], [], None
+    parts_cmd = [sys.executable, __file__, "--cold-breakdown", str(checkpoint), str(scan)]
+    fast, ref, helps, parts, cli_probs = [], [], [], [], None
     for _ in range(repeats):
+        wall, out = C.time_process(parts_cmd)
+        stages = json.loads(out.splitlines()[-1])
+        parts.append({"start": wall - sum(stages.values()), **stages})
         wall, out = C.time_process(fast_cmd)
         fast.append(wall)
         probabilities = json.loads(out)["predictions"][0]["probabilities"]
@@ -127,7 +160,8 @@ def cold_times(checkpoint: Path, scan: Path, repeats: int) -> dict:
         helps.append(C.time_process(help_cmd)[0])
     return {"fast_cold_s": C.median(fast), "reference_cold_s": C.median(ref), "help_s": C.median(helps),
             "fast_cold_times_s": fast, "reference_cold_times_s": ref, "help_times_s": helps,
-            "cli_probabilities": cli_probs}
+            "cli_probabilities": cli_probs,
+            "breakdown_s": {k: C.median([p[k] for p in parts]) for k in parts[0]}}
 
 
 def max_dp(a: list[float], b: list[float]) -> float:
@@ -141,9 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold-repeats", type=int, default=5, help="cold processes (default 5)")
     parser.add_argument("--cold-reference", nargs=2, metavar=("CHECKPOINT", "SCAN"),
                         help=argparse.SUPPRESS)
+    parser.add_argument("--cold-breakdown", nargs=2, metavar=("CHECKPOINT", "SCAN"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.cold_reference:
         cold_reference(*args.cold_reference)
+        return 0
+    if args.cold_breakdown:
+        cold_breakdown(*args.cold_breakdown)
         return 0
     if args.worker:
         spec = json.loads(args.worker)
@@ -203,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ncold (whole process, median of {s['cold_repeats']}): ichlib predict --fp32 "
           f"{cold['fast_cold_s']:.2f} s, reference {cold['reference_cold_s']:.2f} s "
           f"(x{cold['reference_cold_s'] / cold['fast_cold_s']:.2f}); ichlib --help {cold['help_s']:.2f} s")
+    print("cold breakdown (s, median per stage): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in cold["breakdown_s"].items()))
     print("max |Δp| patient level: " + ", ".join(f"{k} {v:.2g}" for k, v in agreement.items()))
     note = (f"\nThe default path (amp='auto') runs {by['fast']['precision']} on this CPU "
             "(ichlib.device.bf16_pays_on_cpu: AMX, or AVX512-BF16 measured faster); "

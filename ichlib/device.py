@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ichlib import resnet
 from ichlib.errors import ConfigError
 from ichlib.io.atomic import atomic_write_text
 from ichlib.io.cachedir import default_cache_dir
@@ -159,9 +160,7 @@ def _read_json_dict(path: Path) -> dict:
 
 def _timing_model() -> tuple[torch.nn.Module, torch.Tensor]:
     """A seeded ResNet-18 and 8 slices of 96² in channels-last format."""
-    from torchvision.models.resnet import resnet18  # lazy: start-up time (only when measuring)
-
-    model = resnet18(num_classes=6).to(memory_format=torch.channels_last)
+    model = resnet.resnet18(num_classes=6).to(memory_format=torch.channels_last)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(8, 3, 96, 96, generator=generator).contiguous(memory_format=torch.channels_last)
     return model, x

@@ -30,9 +30,9 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torchvision
 from torch import nn
 
+from ichlib import resnet
 from ichlib.errors import ConfigError, IchlibError
 from ichlib.labels import LABELS
 
@@ -44,11 +44,12 @@ DEFAULT_POOLING = "max"
 #: How :meth:`CNNBiLSTM.forward_scan` combines the patient-level logits of several samplings.
 COMBINES = ("max", "mean", "all")
 
-#: Supported backbones: torchvision constructor, ImageNet weights enum name, embedding size.
-BACKBONES: dict[str, tuple[Callable[..., torchvision.models.ResNet], str, int]] = {
-    "resnet18": (torchvision.models.resnet18, "ResNet18_Weights", 512),
-    "resnet34": (torchvision.models.resnet34, "ResNet34_Weights", 512),
-    "resnet50": (torchvision.models.resnet50, "ResNet50_Weights", 2048),
+#: Supported backbones: constructor (:mod:`ichlib.resnet`, torchvision's layout without
+#: importing torchvision), torchvision's ImageNet weights enum name, embedding size.
+BACKBONES: dict[str, tuple[Callable[..., resnet.ResNet], str, int]] = {
+    "resnet18": (resnet.resnet18, "ResNet18_Weights", 512),
+    "resnet34": (resnet.resnet34, "ResNet34_Weights", 512),
+    "resnet50": (resnet.resnet50, "ResNet50_Weights", 2048),
 }
 
 
@@ -233,8 +234,8 @@ class CNNBiLSTM(nn.Module):
 
 
 def _build_encoder(backbone: str, in_channels: int = 1,
-                  pretrained: bool = False) -> tuple[torchvision.models.ResNet, int]:
-    """A torchvision ResNet trunk with ``fc`` replaced by identity.
+                  pretrained: bool = False) -> tuple[resnet.ResNet, int]:
+    """A ResNet trunk (:mod:`ichlib.resnet`, torchvision's layout) with ``fc`` replaced by identity.
 
     Returns:
         The trunk (``[N, C, H, W] -> [N, F]``) and ``F``.
@@ -246,7 +247,7 @@ def _build_encoder(backbone: str, in_channels: int = 1,
     if backbone not in BACKBONES:
         raise ConfigError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
     constructor, weights_name, feature_dim = BACKBONES[backbone]
-    trunk = constructor(weights=None)
+    trunk = constructor()
     if pretrained:
         trunk.load_state_dict(_imagenet_state_dict(backbone))
     old = trunk.conv1
@@ -280,6 +281,8 @@ def _imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
     Raises:
         IchlibError: If they cannot be had (offline and not cached), saying how to fix it.
     """
+    import torchvision  # lazy: about 1.8 s of imports (torch._dynamo), only for these weights
+
     weights = getattr(torchvision.models, BACKBONES[backbone][1]).IMAGENET1K_V1
     filename = weights.url.rsplit("/", 1)[-1]
     target = f"{torch.hub.get_dir()}/checkpoints/{filename}"
