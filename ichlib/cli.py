@@ -167,7 +167,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 _TRAIN_OPTIONS = ("epochs", "batch_size", "img_size", "seq_len", "aux_weight", "backbone", "windows",
                   "seed", "lr", "patience", "amp", "device", "num_workers", "cache_dir", "n_boot",
                   "sequence_epochs", "pos_weight", "deterministic", "two_stage", "skip_bad", "folds",
-                  "pooling")
+                  "pooling", "warmup_epochs", "init_from", "matched_fraction", "encoder_lr_scale")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -402,6 +402,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the CNN (stage 1), then the BiLSTM on its cached slice embeddings")
     p.add_argument("--sequence-epochs", type=_int_at_least(1), default=150,
                    help="epochs of the two-stage BiLSTM stage")
+    p.add_argument("--warmup-epochs", type=_int_at_least(0), default=0,
+                   help="the curriculum: train the CNN on the slice task for this many epochs first "
+                        "(in OUT/warmup), then --epochs end to end from it; 6 is notebook 04's")
+    p.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="start the CNN and slice head from this checkpoint (e.g. a run's stage1.pt)")
+    p.add_argument("--matched-fraction", type=_float_in(0.0, 1.0), default=0.5,
+                   help="share of the slice task's non-blood slices drawn at the heights of blood "
+                        "slices (0: uniform, which lets the CNN learn the slice's height)")
+    p.add_argument("--encoder-lr-scale", type=_float_in(0.0, low_open=True), default=None,
+                   help="the CNN's learning rate end to end as a multiple of --lr (default 0.1 when "
+                        "warm-started, else 1)")
     p.add_argument("--folds", type=_int_at_least(2), default=None,
                    help="K-fold cross-validation by patient: every patient is tested once, by the "
                         "fold model that did not train on it; runs in OUT/fold_k, pooled results in "

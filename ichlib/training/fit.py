@@ -174,7 +174,7 @@ def _fit(config: TrainConfig, resume: bool, log: RunLog | None,
         base = {"config": config.to_dict(), "preprocess": config.preprocess.to_dict(),
                 "model_config": model.model_config, "data": data_kind, "split": prepared.split,
                 "distributed": dist.describe(config.batch_size)}
-        val_loader = make_eval_loader(prepared.val, config, dist, pin_memory=device.type == "cuda")
+        val_loader = make_eval_loader(strategy.epoch_val_set(), config, dist, pin_memory=device.type == "cuda")
         for epoch in range(len(history), config.epochs):
             if tracker.stopped:
                 break

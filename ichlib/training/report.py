@@ -64,7 +64,7 @@ def comparison_table(runs: Mapping[str, Mapping], baseline_from: str | None = No
     source = runs[baseline_from or next(iter(runs))]
     for rule, key in RULES.items():
         if source.get(key):
-            rows[rule] = _row(source[key]["test"], None)
+            rows[rule] = {**_row(source[key]["test"], None), **{f"Δ subtype vs {r.split()[0]}": "-" for r in RULES}}
     return pd.DataFrame(rows).T
 
 

@@ -14,6 +14,7 @@ the best, save); a strategy supplies the parts that differ:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -29,11 +30,10 @@ from ichlib.preprocess.augment import ScanAugment
 from ichlib.preprocess.dataset import ScanDataset, sequence_labels
 from ichlib.preprocess.sampling import uniform_indices
 from ichlib.training.config import TrainConfig
-from ichlib.training.data import PreparedData, make_eval_loader
+from ichlib.training.data import PreparedData
 from ichlib.training.distributed import DistContext
 from ichlib.training.engine import (
     EvalResult,
-    evaluate,
     make_optimizer,
     steps_per_epoch,
     train_one_epoch,
@@ -46,6 +46,7 @@ from ichlib.training.two_stage import (
     SliceSampler,
     SliceStage,
     SliceStageConfig,
+    covering_logits,
     embed_scans,
     train_sequence_stage,
 )
@@ -120,6 +121,10 @@ class Strategy:
     @classmethod
     def check_processes(cls, dist: DistContext) -> None:
         """Refuse a process layout this strategy cannot train on (before any work starts)."""
+
+    def epoch_val_set(self) -> ScanDataset:
+        """What validation reads after every epoch (the best epoch is chosen on it)."""
+        return self.prepared.val
 
     def base_rate_loss(self) -> float:
         """The training loss of a model that learned only each label's prevalence in what it
@@ -235,6 +240,11 @@ class TwoStage(Strategy):
         return {**row, "val_loss": val.slice_loss, "val_scan_loss": None, "val_mean_auc": None,
                 "val_patient_weighted_log_loss": None}
 
+    def epoch_val_set(self) -> ScanDataset:
+        """The ``S`` uniformly sampled slices of each validation scan: stage 1 is chosen on its
+        slice loss alone, which needs no whole scans (a third of the work per epoch)."""
+        return dataclasses.replace(self.prepared.val, all_slices=False)
+
     def base_rate_loss(self) -> float:
         """The base-rate BCE of the slices stage 1 draws (half with blood, height-matched)."""
         sampler = SliceSampler(self.stage.labels, self.stage.config.positive_fraction,
@@ -305,9 +315,12 @@ def sequence_stage_on_embeddings(config: TrainConfig, prepared: PreparedData, st
         model, embeddings, {pid: prepared.data.scan_labels(pid) for pid in ids}, prepared.split["train"],
         prepared.split["val"], config.seq_len, stage, device, pos_weight=criterion.scan_pos_weight, log=log,
         slice_labels={pid: prepared.data.slice_labels(pid) for pid in ids})
-    val_loader = make_eval_loader(prepared.val, config)
-    val = evaluate(model, criterion.to(device), val_loader, device, amp_dtype, log, desc="val")
-    thresholds, _ = choose_thresholds(val.scan_labels, val.scan_probs)
+    # the validation scans as prediction reads them (every slice), from the cached embeddings:
+    # the same numbers as evaluate() in float32, without running the CNN over them again
+    val_ids = prepared.split["val"]
+    with torch.inference_mode():
+        val_probs = torch.sigmoid(covering_logits(model, embeddings, val_ids, config.seq_len, device)).cpu().numpy()
+    thresholds, _ = choose_thresholds(np.stack([prepared.data.scan_labels(pid) for pid in val_ids]), val_probs)
     save_checkpoint(best_path, {**{k: v for k, v in ckpt.items() if k not in TRAINING_STATE},
                                 "model": model.state_dict(), "thresholds": thresholds,
                                 "stage": "two-stage", "best_score": result.best_val_scan_loss})
