@@ -233,3 +233,25 @@ def test_warm_start_settings_are_checked(tiny_data, tmp_path, reference_run):
     other = tiny_train_config(tiny_data, tmp_path / "r", img_size=48, init_from=str(reference_run.best_path))
     with pytest.raises(ConfigError, match="img_size: 32 there, 48 here"):
         fit(other)
+
+
+def test_label_shuffle_control_scores_chance_and_the_real_labels_do_not(tmp_path):
+    """The guardrail every training claim needs: the same recipe on labels shuffled across
+    patients (images unchanged) scores about 0.5 (its interval over patients holds 0.5); on the
+    real labels it does not (its interval lies above 0.8)."""
+    n, rng = 32, np.random.default_rng(3)
+    labels = {100 + i: labels_with(6, (i // 2) % 5 if i % 2 else None, 1, 4) for i in range(n)}
+    real = write_ct_ich(tmp_path / "real", labels, size=32)
+    keys, order = list(labels), rng.permutation(n)
+    images = write_ct_ich(tmp_path / "shuffled", labels, size=32)
+    # the label table of the shuffled world: patient i carries patient order[i]'s labels
+    shuffled = write_ct_ich(tmp_path / "csv", {keys[i]: labels[keys[order[i]]] for i in range(n)}, size=32)
+    shutil.copy(shuffled / "hemorrhage_diagnosis_raw_ct.csv", images / "hemorrhage_diagnosis_raw_ct.csv")
+    scores = {}
+    for name, data in (("real", real), ("shuffled", images)):
+        config = tiny_train_config(data, tmp_path / f"run_{name}", two_stage=True, epochs=10, sequence_epochs=20,
+                                   val_fraction=0.2, test_fraction=0.5, n_boot=200, amp="off")
+        scores[name] = fit(config).metrics["test"]["slice"]["labels"]["any"]
+    low, high = scores["shuffled"]["auc_ci"]
+    assert low < 0.5 < high, scores["shuffled"]
+    assert scores["real"]["auc_ci"][0] > 0.8, scores["real"]
