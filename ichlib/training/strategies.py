@@ -159,7 +159,8 @@ class EndToEnd(Strategy):
                  dist: DistContext, log: RunLog) -> None:
         super().__init__(config, prepared, model, criterion, device, amp_dtype, dist, log)
         self.net = dist.wrap(model)  # DDP under torchrun; checkpoints keep the unwrapped model
-        self.optimizer = make_optimizer(_parameter_groups(model, config.cnn_lr_scale), config.lr,
+        scale = config.cnn_lr_scale
+        self.optimizer = make_optimizer(model if scale == 1.0 else _parameter_groups(model, scale), config.lr,
                                         config.weight_decay)
         steps = steps_per_epoch(len(prepared.train), config.batch_size, config.max_train_batches)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer,
@@ -359,8 +360,6 @@ def _parameter_groups(model: CNNBiLSTM, cnn_lr_scale: float) -> list[dict]:
     the heads'), the CNN at ``cnn_lr_scale x lr``."""
     cnn = list(model.encoder.parameters())
     rest = [p for p in model.parameters() if all(p is not q for q in cnn)]
-    if cnn_lr_scale == 1.0:
-        return [{"params": rest + cnn}]
     return [{"params": rest}, {"params": cnn, "lr_scale": cnn_lr_scale}]
 
 
