@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ from ichlib.io.cachedir import default_cache_dir
 from ichlib.io.folder import is_synthetic
 from ichlib.training.config import RESUME_FREE, TrainConfig
 from ichlib.training.data import PreparedData, make_eval_loader, prepare_data
-from ichlib.training.distributed import DistContext, is_main_process, session
+from ichlib.training.distributed import DistContext, detect_env, is_main_process, session
 from ichlib.training.engine import EarlyStopping, deterministic_mode, evaluate, seed_everything
 from ichlib.training.evaluation import final_evaluation, json_safe
 from ichlib.training.log import RunLog
@@ -125,7 +124,7 @@ def fit(config: TrainConfig, resume: bool = False, log: RunLog | None = None,
 def _warm_up(config: TrainConfig, resume: bool, log: RunLog | None) -> Path:
     """The curriculum's first part: the slice task for ``warmup_epochs`` in ``OUT/warmup``
     (stage 1 of a two-stage run, resumable on its own); returns its best ``stage1.pt``."""
-    if _under_torchrun():
+    if detect_env().world_size > 1:
         raise ConfigError("warmup_epochs trains the slice task in one process; run the warm-up "
                           "without torchrun and pass its stage1.pt as init_from")
     inner = dataclasses.replace(config, two_stage=True, epochs=config.warmup_epochs, warmup_epochs=0,
@@ -135,10 +134,6 @@ def _warm_up(config: TrainConfig, resume: bool, log: RunLog | None) -> Path:
         f"{inner.out_dir}, then {config.epochs} end-to-end epochs from the best of them")
     fit(inner, resume=resume, log=log, epochs_only=True)
     return Path(inner.out_dir) / TwoStage.epoch_best
-
-
-def _under_torchrun() -> bool:
-    return "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def _fit(config: TrainConfig, resume: bool, log: RunLog | None,

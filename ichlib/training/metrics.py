@@ -563,6 +563,11 @@ def _weighted_auc(y: np.ndarray, s: np.ndarray, counts: np.ndarray) -> np.ndarra
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
+def percentile_interval(values: np.ndarray, ci: float = 0.95) -> list[float] | None:
+    """The ``ci`` percentile interval of bootstrap replicates, undefined (NaN) ones left out."""
+    return _percentile_ci(np.asarray(values, dtype=np.float64), (1.0 - ci) / 2.0)
+
+
 def _percentile_ci(values: np.ndarray, alpha: float) -> list[float] | None:
     finite = values[np.isfinite(values)]
     if finite.size == 0:

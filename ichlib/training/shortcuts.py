@@ -29,7 +29,13 @@ import numpy as np
 from ichlib.labels import LABELS, SUBTYPES
 from ichlib.preprocess.dataset import ScanDataset
 from ichlib.training.baseline import hyperdense_fraction
-from ichlib.training.metrics import bootstrap_auc, choose_thresholds, roc_auc, score_predictions
+from ichlib.training.metrics import (
+    bootstrap_auc,
+    choose_thresholds,
+    percentile_interval,
+    roc_auc,
+    score_predictions,
+)
 
 DESCRIPTION = ("where the slice is, nothing else: per label, the training prevalence at the slice's "
                "relative height in its scan (slice level) and at the scan's number of slices "
@@ -206,15 +212,10 @@ def _auc_summary(y: np.ndarray, score: np.ndarray, groups: Sequence[str], n_boot
                "mean_subtype_auc_ci": None}
     if n_boot > 0:
         boot = bootstrap_auc(y, score, groups, n_boot=n_boot, seed=seed)
-        summary["auc_any_ci"] = _ci(boot[:, 0])
+        summary["auc_any_ci"] = percentile_interval(boot[:, 0])
         if subtypes:
-            summary["mean_subtype_auc_ci"] = _ci(boot[:, subtypes].mean(axis=1))
+            summary["mean_subtype_auc_ci"] = percentile_interval(boot[:, subtypes].mean(axis=1))
     return summary
-
-
-def _ci(values: np.ndarray) -> list[float] | None:
-    finite = values[np.isfinite(values)]
-    return [float(v) for v in np.percentile(finite, [2.5, 97.5])] if finite.size else None
 
 
 def add_height_rule(rows: SliceRows, height_rule: Mapping) -> SliceRows:
