@@ -17,7 +17,15 @@ from ichlib.errors import ConfigError, DataError
 from ichlib.io.check import check_rsna
 from ichlib.io.dicom.series import load_dicom_series
 from ichlib.io.folder import detect_format
-from ichlib.io.rsna import RSNA_LABEL_ORDER, DuplicateLabelWarning, read_rsna, read_rsna_labels
+from ichlib.io.rsna import (
+    RSNA_LABEL_ORDER,
+    DuplicateLabelWarning,
+    find_rsna_image_dir,
+    read_rsna,
+    read_rsna_images,
+    read_rsna_labels,
+    rsna_image_id,
+)
 from ichlib.io.tables import CtIchData
 from ichlib.labels import LABELS
 from ichlib.preprocess.splits import rsna_group_split
@@ -283,3 +291,25 @@ def test_scan_dataset_runs_on_rsna_series(synthetic, tmp_path):
         idx = item["slice_indices"].numpy()
         np.testing.assert_array_equal(item["slice_labels"].numpy(), data.slice_labels(ids[1])[idx])
         assert item["patient_id"] == ids[1]
+
+
+def test_an_unlabelled_image_folder_is_grouped_into_ordered_series(tmp_path, synthetic):
+    import shutil
+
+    root = tmp_path / "test_set"
+    shutil.copytree(synthetic / "stage_2_train", root / "stage_2_test")  # no label table
+    truth = json.loads((synthetic / "synthetic.json").read_text())["series"]
+    # series 0: one image truncated (the series fails); series 1: a junk file beside it
+    victim = root / "stage_2_test" / f"{truth[0]['images'][2]}.dcm"
+    victim.write_bytes(victim.read_bytes()[:-500])
+    (root / "stage_2_test" / "ID_junk.dcm").write_text("not dicom")
+    assert find_rsna_image_dir(root) == root / "stage_2_test"
+    assert find_rsna_image_dir(root / "stage_2_test") == root / "stage_2_test"
+    images = read_rsna_images(find_rsna_image_dir(root), cache_dir=tmp_path / "cache")
+    assert {uid: [rsna_image_id(h) for h in layout.headers] for uid, layout in images.series.items()} == {
+        s["series_uid"]: s["images"] for s in truth[1:]}
+    assert set(images.unusable) == {*truth[0]["images"], "ID_junk"}
+    assert "pixel data is truncated" in images.unusable[truth[0]["images"][0]].problem
+    assert images.unusable[truth[0]["images"][0]].patient_id == truth[0]["series_uid"]
+    with pytest.raises(DataError, match="holds no \\*.dcm file"):
+        find_rsna_image_dir(tmp_path / "cache")

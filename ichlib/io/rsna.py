@@ -65,6 +65,10 @@ RSNA_IMAGE_DIRS: tuple[str, ...] = ("stage_2_train", "stage_2_train_images",
 #: The order of an image's six rows in the RSNA CSV. Rows are read by name, not by position.
 RSNA_LABEL_ORDER: tuple[str, ...] = ("epidural", "intraparenchymal", "intraventricular",
                                      "subarachnoid", "subdural", "any")
+#: Unlabelled (test) image folders, looked for before :data:`RSNA_IMAGE_DIRS` by
+#: :func:`find_rsna_image_dir`.
+RSNA_TEST_IMAGE_DIRS: tuple[str, ...] = ("stage_2_test", "stage_2_test_images",
+                                         "stage_1_test", "stage_1_test_images")
 #: Version of the header cache format; a cache of another version is rebuilt.
 HEADER_CACHE_VERSION = 2
 #: Below this many files to read, headers are read in this process.
@@ -289,6 +293,88 @@ def read_rsna(root: str | os.PathLike, on_error: str = "raise", cache_dir: str |
                     scans={uid: scans[uid] for uid in patients.index},
                     masks={uid: None for uid in patients.index}, problems=problems,
                     image_dir=image_dir, cache_dir=cache_dir)
+
+
+@dataclass(frozen=True)
+class RsnaImages:
+    """Every ``*.dcm`` image of one RSNA image folder, grouped into series, without labels.
+
+    Attributes:
+        image_dir: The folder.
+        series: Per ``SeriesInstanceUID`` (sorted), its slices in volume order: the order
+            :func:`~ichlib.io.dicom.series.load_dicom_series` stacks them in.
+        unusable: Per image id (:func:`rsna_image_id`; the file stem for an unreadable
+            file) that cannot be predicted, the problem: an unreadable file, or a member of
+            a series that fails a check (then the problem names the series).
+    """
+
+    image_dir: Path
+    series: dict[str, SeriesLayout]
+    unusable: dict[str, Problem]
+
+
+def rsna_image_id(header: SliceHeader) -> str:
+    """An image's id: its ``SOPInstanceUID`` (RSNA: ``ID_63eb1e259``), or the file's stem
+    when the header has none."""
+    return header.sop_uid or header.path.stem
+
+
+def find_rsna_image_dir(path: str | os.PathLike) -> Path:
+    """The DICOM folder of ``path``: ``path`` itself when it holds ``*.dcm`` files, else the
+    first of :data:`RSNA_TEST_IMAGE_DIRS` and then :data:`RSNA_IMAGE_DIRS` inside it.
+
+    Raises:
+        DataError: If ``path`` is not a folder or has no such folder.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(path, "folder not found" if not path.exists() else "not a folder")
+    with os.scandir(path) as it:
+        if any(e.name.lower().endswith(".dcm") and not e.name.startswith(".") for e in it):
+            return path
+    for name in (*RSNA_TEST_IMAGE_DIRS, *RSNA_IMAGE_DIRS):
+        if (path / name).is_dir():
+            return path / name
+    raise DataError(path, "holds no *.dcm file and none of the RSNA image folders "
+                          f"({', '.join((*RSNA_TEST_IMAGE_DIRS, *RSNA_IMAGE_DIRS))})")
+
+
+def read_rsna_images(image_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+                     workers: int | None = None,
+                     max_gap_ratio: float | None = MAX_GAP_RATIO) -> RsnaImages:
+    """Group an RSNA image folder (e.g. ``stage_2_test``) into ordered series; no labels needed.
+
+    Headers go through the same cache as :func:`read_rsna`, and each series gets the same
+    checks (one size, orientation and spacing, no duplicate position, no wide gap,
+    decodable pixel data). A series that fails them, and a file that is not a readable
+    DICOM image, are recorded per image in :attr:`RsnaImages.unusable`; the other series
+    are kept.
+
+    Args:
+        image_dir: The flat folder of ``*.dcm`` files.
+        cache_dir: Folder for the header cache (default: ``<cache>/rsna/<hash of image_dir>``).
+        workers: Processes for reading uncached headers.
+        max_gap_ratio: Largest gap allowed, in median spacings; None allows any.
+
+    Raises:
+        DataError: If ``image_dir`` is not a folder.
+    """
+    image_dir = Path(image_dir)
+    cache_dir = Path(cache_dir) if cache_dir is not None else _default_rsna_cache_dir(image_dir)
+    headers, problems = _read_rsna_headers(image_dir, cache_dir, workers)
+    unusable = {Path(p.path).stem: p for p in problems}
+    by_series: dict[str, list[SliceHeader]] = defaultdict(list)
+    for h in headers:
+        by_series[h.series_uid].append(h)
+    series: dict[str, SeriesLayout] = {}
+    for uid in sorted(by_series):
+        where = f"{image_dir} (series {uid})"
+        try:
+            series[uid] = _checked_layout(by_series[uid], where, max_gap_ratio)
+        except DataError as exc:
+            problem = Problem(exc.path or where, exc.problem, uid)
+            unusable.update({rsna_image_id(h): problem for h in by_series[uid]})
+    return RsnaImages(image_dir=image_dir, series=series, unusable=unusable)
 
 
 def _read_all_series(by_series: dict[str, list[SliceHeader]], labels: pd.DataFrame, bad: dict[str, str],
