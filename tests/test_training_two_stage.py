@@ -188,7 +188,8 @@ def test_sequence_stage_refuses_missing_embeddings_and_bad_settings():
 
 @pytest.fixture(scope="module")
 def two_stage_run(tmp_path_factory):
-    labels = {49 + i: labels_with(6, (i % 5) if i % 2 else None, 1, 4) for i in range(8)}
+    # 12 patients: the stratified split then puts a patient with blood in validation
+    labels = {49 + i: labels_with(6, (i % 5) if i % 2 else None, 1, 4) for i in range(12)}
     data = write_ct_ich(tmp_path_factory.mktemp("two") / "ds", labels, size=32)
     out = tmp_path_factory.mktemp("run") / "run"
     config = TrainConfig(data_dir=str(data), out_dir=str(out), epochs=2, batch_size=4, img_size=32,
@@ -203,7 +204,7 @@ def test_fit_two_stage_writes_both_stages(two_stage_run):
     data, result = two_stage_run
     stage1 = load_checkpoint(result.out_dir / "stage1.pt")
     best = load_checkpoint(result.best_path)
-    assert best["stage"] == "two-stage" and stage1["monitor"] == "slice_loss"
+    assert best["stage"] == "two-stage" and stage1["monitor"] == "slice_mean_auc"
     for key, value in stage1["model"].items():
         same = torch.equal(best["model"][key], value)
         assert same if key.startswith(("encoder", "slice_head")) else True
@@ -221,7 +222,10 @@ def test_fit_two_stage_writes_both_stages(two_stage_run):
         timing["epoch_seconds"] + stage2["embed_seconds"] + stage2["train_seconds"])
     history = result.history
     assert len(history) == 2 and history["train_slice_loss"].notna().all()
-    assert stage1["epoch"] == int(history.loc[history["val_slice_loss"].idxmin(), "epoch"])
+    # stage 1 keeps the epoch whose slice head ranks the validation slices best
+    assert history["val_slice_mean_auc"].notna().all()
+    assert stage1["epoch"] == int(history.loc[history["val_slice_mean_auc"].idxmax(), "epoch"])
+    assert stage1["best_score"] == pytest.approx(history["val_slice_mean_auc"].max())
     scan = sorted(Path(data, "ct_scans").glob("*.nii"))[0]
     prediction = Predictor(result.best_path, device="cpu")(scan)
     assert set(prediction.probabilities) == set(metrics["labels"])
@@ -337,3 +341,17 @@ def test_two_stage_refuses_torchrun(monkeypatch, tmp_path, small_ct_ich):
                          epochs=1, progress=False, two_stage=True, cache_dir=str(tmp_path / "cache"))
     with pytest.raises(ConfigError, match="one process"):
         fit(config)
+
+
+def test_stage_one_falls_back_to_the_slice_loss_without_blood_in_validation():
+    from ichlib.training.log import QUIET
+    from ichlib.training.strategies import _slice_task_monitor
+
+    def prepared(has_blood: bool) -> SimpleNamespace:
+        labels = np.zeros((5, 6))
+        labels[2, 0] = float(has_blood)
+        data = SimpleNamespace(slice_labels=lambda pid: labels)
+        return SimpleNamespace(data=data, split={"val": ["a", "b"]})
+
+    assert _slice_task_monitor(prepared(True), QUIET) == "slice_mean_auc"
+    assert _slice_task_monitor(prepared(False), QUIET) == "slice_loss"

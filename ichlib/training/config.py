@@ -43,7 +43,8 @@ class TrainConfig:
             patient-level BCE; the same criterion for every ``λ``, and smooth on a small
             validation set), ``"loss"`` (the total loss) or ``"mean_auc"`` (mean ROC AUC
             over the labels defined in validation; falls back to ``scan_loss`` when none is)
-            or ``"slice_loss"`` (the slice-head BCE; what ``two_stage`` uses for stage 1).
+            or ``"slice_loss"`` (the slice-head BCE) or ``"slice_mean_auc"`` (the slice head's
+            mean AUC over the validation slices; what ``two_stage`` uses for stage 1).
         num_workers: DataLoader worker processes (0 loads in the training process, which
             is fastest on a 2-core machine with the cache built).
         cache_dir: Resized-volume cache; None uses :func:`ichlib.io.cachedir.default_cache_dir`
@@ -78,7 +79,7 @@ class TrainConfig:
             line per epoch.
         two_stage: Train in two stages (:mod:`ichlib.two_stage`): for ``epochs``, the CNN
             and slice head on single slices, half of them with blood (``aux_weight`` and
-            ``monitor`` do not apply; the validation slice loss picks the epoch); then the
+            ``monitor`` do not apply; the validation slice AUC picks the epoch); then the
             BiLSTM and scan head on cached embeddings of the frozen CNN.
         matched_fraction: In the slice task (``two_stage``'s stage 1 and the ``warmup_epochs``),
             the share of the slices without forced blood that is drawn at the heights of

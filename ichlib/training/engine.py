@@ -26,7 +26,8 @@ from ichlib.training.log import QUIET, RunLog
 from ichlib.training.metrics import flatten_slices
 
 #: What the validation monitor can be, and whether lower is better.
-MONITORS: dict[str, bool] = {"scan_loss": True, "loss": True, "slice_loss": True, "mean_auc": False}
+MONITORS: dict[str, bool] = {"scan_loss": True, "loss": True, "slice_loss": True, "mean_auc": False,
+                             "slice_mean_auc": False}
 
 
 @dataclass

@@ -266,17 +266,19 @@ def _start_line(config: TrainConfig, prepared: PreparedData, data_kind: str, str
 def _history_row(epoch: int, lr: float, stats: dict, val, strategy: Strategy) -> tuple[dict, dict]:
     """The epoch's history row, and the thresholds validation chooses now."""
     report = score_predictions(val.scan_labels, val.scan_probs, n_boot=0)
+    slice_y, slice_p, _ = val.slice_rows()
+    slices = score_predictions(slice_y, slice_p, n_boot=0, level="slice")
     thresholds, _ = choose_thresholds(val.scan_labels, val.scan_probs)
     row = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v for k, v in stats.items()},
            "val_loss": val.loss, "val_scan_loss": val.scan_loss, "val_slice_loss": val.slice_loss,
-           "val_mean_auc": report["mean_auc"],
+           "val_mean_auc": report["mean_auc"], "val_slice_mean_auc": slices["mean_auc"],
            "val_patient_weighted_log_loss": report["patient_weighted_log_loss"]}
     return strategy.history_row(row, val), thresholds
 
 
 def _score(row: dict, val, monitor: str) -> float | None:
     return {"scan_loss": val.scan_loss, "loss": val.loss, "slice_loss": val.slice_loss,
-            "mean_auc": row["val_mean_auc"]}[monitor]
+            "mean_auc": row["val_mean_auc"], "slice_mean_auc": row["val_slice_mean_auc"]}[monitor]
 
 
 def _save_epoch(out: Path, base: dict, strategy: Strategy, tracker: EarlyStopping, history: list[dict],
