@@ -101,7 +101,11 @@ def test_collect_scores_every_slice_with_blood_beside_the_baselines(small_ct_ich
     any_rows = records[(records["method"] == cam) & (records["label"] == "any")]
     assert sorted((p, int(k)) for p, k in any_rows[["patient_id", "slice_index"]].to_numpy()) == with_blood
     assert len(with_blood) == 6
+    # the randomised model is scored for "any" only; energy is scored inside the brain too
+    assert set(records.loc[records["method"] == METHOD_RANDOMIZED, "label"]) == {"any"}
+    assert records["energy_in_brain"].between(0, 1).all()
     table = localization_table(records, n_boot=50)
+    assert table["energy_in_brain_ci_low"].le(table["energy_in_brain"] + 1e-12).all()
     row = table.set_index(["method", "label"]).loc[(METHOD_INTENSITY, "any")]
     # the fixture's bleeds are 70 HU squares in 30 HU brain: the intensity map finds them
     assert row["pointing_0mm"] == 1.0 and row["n_patients"] == 2 and row["n_slices"] == 6
@@ -150,3 +154,13 @@ def test_verdict_compares_the_cam_with_the_chance_prior_by_the_targets():
     overlap = localization_verdict(table(0.06, 0.2, 0.025), "cam").splitlines()  # 10×, intervals overlap
     assert overlap[1].endswith("NOT MET") and "overlap" in overlap[1]
     assert localization_verdict(table(0.6, 0.2, 0.1), "other").startswith("no verdict")
+    # with energy inside the brain, that is the energy target and the whole-slice energy is reported
+    inside = table(0.06, 0.03, 0.025)
+    inside["energy_in_brain"] = [0.2, 0.02]
+    inside["energy_in_brain_ci_low"] = [0.1, 0.01]
+    inside["energy_in_brain_ci_high"] = [0.3, 0.03]
+    lines = localization_verdict(inside, "cam").splitlines()
+    assert len(lines) == 3 and lines[1].startswith("energy in mask, inside the brain")
+    assert "10.0×" in lines[1] and "target" in lines[1] and lines[1].endswith(": MET")
+    assert lines[2].startswith("energy in mask, whole slice") and "not a target" in lines[2]
+    assert lines[2].endswith("NOT MET")

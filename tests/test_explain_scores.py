@@ -35,6 +35,20 @@ def test_energy_known_answers():
     assert np.isnan(energy_in_mask(cam, np.zeros((1, 16, 16), bool))[0])
 
 
+def test_energy_inside_the_brain_leaves_the_mass_outside_it_out():
+    mask = box()[None]
+    brain = box(r0=2, r1=12, c0=2, c1=12)[None]            # the mask lies inside the brain
+    cam = np.zeros((1, 16, 16))
+    cam[0, 5, 5], cam[0, 10, 10], cam[0, 14, 14] = 2.0, 1.0, 1.0   # in the mask, in the brain, on the scalp
+    rows = slice_scores(cam, mask, (1.0, 1.0), brain=brain)
+    assert rows["energy"].iloc[0] == pytest.approx(0.5)
+    assert rows["energy_in_brain"].iloc[0] == pytest.approx(2 / 3)
+    # a uniform map scores the mask's share of the brain there
+    uniform = slice_scores(np.ones((1, 16, 16)), mask, (1.0, 1.0), brain=brain)
+    assert uniform["energy_in_brain"].iloc[0] == pytest.approx(16 / 100)
+    assert "energy_in_brain" not in slice_scores(cam, mask, (1.0, 1.0))
+
+
 def test_pointing_counts_the_share_of_tied_maxima_inside():
     mask = box()[None]
     unique = np.zeros((1, 16, 16))

@@ -7,6 +7,11 @@ flattered by a coarse mask, and tolerances are in millimetres, from the voxel sp
 Per slice with blood (an empty mask is not scored: NaN):
 
 - **energy in mask**: the share of the map's mass inside the mask; 0 for a map with no mass.
+- **energy in mask, inside the brain** (when the intracranial mask is given): the same for the
+  map restricted to intracranial tissue, where a hemorrhage can be. Mass a coarse map spreads
+  over scalp, bone and air is then neither hit nor miss; every map, the chance prior included,
+  is restricted the same way, so the comparison asks whether the map finds the blood *within
+  the brain* better than knowing the brain does.
 - **pointing game**: whether the map's maximum lies in the mask grown by ``tolerance_mm``
   (Euclidean, in mm, with the slice's row and column spacing). When several pixels tie for
   the maximum, the score is the share of them inside: what picking one of them at random
@@ -110,7 +115,8 @@ def grow_mask(mask: np.ndarray, spacing: tuple[float, float], tolerance_mm: floa
 
 def slice_scores(cam: np.ndarray, mask: np.ndarray, spacing: tuple[float, float],
                  tolerances: Sequence[float] = TOLERANCES_MM,
-                 thresholds: Sequence[float] = DICE_THRESHOLDS) -> pd.DataFrame:
+                 thresholds: Sequence[float] = DICE_THRESHOLDS,
+                 brain: np.ndarray | None = None) -> pd.DataFrame:
     """Every score of every slice with blood: one row per such slice.
 
     Args:
@@ -118,13 +124,17 @@ def slice_scores(cam: np.ndarray, mask: np.ndarray, spacing: tuple[float, float]
             across the scan.
         mask: Boolean ``[S, H, W]``.
         spacing: ``(row, column)`` in mm.
+        brain: Boolean ``[S, H, W]`` intracranial mask; adds ``energy_in_brain``.
 
     Returns:
-        Columns ``slice_pos``, ``energy``, ``pointing_<t>mm`` per tolerance and
-        ``dice@<threshold>`` per threshold; slices with an empty mask are left out.
+        Columns ``slice_pos``, ``energy`` (and ``energy_in_brain``), ``pointing_<t>mm`` per
+        tolerance and ``dice@<threshold>`` per threshold; slices with an empty mask are left out.
     """
     cam, mask = _pair(cam, mask)
     rows = {"slice_pos": np.arange(len(cam)), "energy": energy_in_mask(cam, mask)}
+    if brain is not None:
+        brain = _pair(np.asarray(brain, dtype=np.float64), mask)[0]
+        rows["energy_in_brain"] = energy_in_mask(cam * brain, mask)
     for t in tolerances:
         rows[pointing_column(t)] = pointing_game(cam, mask, spacing, t)
     for th in thresholds:
@@ -159,10 +169,11 @@ def score_table(records: pd.DataFrame, dice_thresholds: dict[str, float] | float
         n_boot: Bootstrap replicates; each resamples patients.
 
     Returns:
-        Columns ``n_patients``, ``n_slices`` and, for ``energy``, each pointing tolerance and
-        ``dice``, the pooled mean and its ``_ci_low`` / ``_ci_high`` (percentile interval).
+        Columns ``n_patients``, ``n_slices`` and, for ``energy`` (``energy_in_brain`` when the
+        records have it), each pointing tolerance and ``dice``, the pooled mean and its ``_ci_low`` / ``_ci_high`` (percentile interval).
     """
-    metrics = ["energy", *[c for c in records.columns if c.startswith("pointing_")], "dice"]
+    metrics = ["energy", *(["energy_in_brain"] if "energy_in_brain" in records else []),
+               *[c for c in records.columns if c.startswith("pointing_")], "dice"]
     rows = []
     for (method, label), part in records.groupby(["method", "label"], sort=False):
         threshold = dice_thresholds if isinstance(dice_thresholds, float) else dice_thresholds[method]
