@@ -1,4 +1,4 @@
-"""The ``ichlib`` command line: ``check``, ``synth``, ``train``, ``predict``.
+"""The ``ichlib`` command line: ``check``, ``synth``, ``train``, ``predict``, ``evaluate``.
 
 Each subcommand parses its arguments here and calls one library function, so everything
 the command line does is also available from Python. Each subcommand imports what it needs
@@ -44,6 +44,10 @@ exit status:
 #: Window names ``--windows`` accepts (:data:`ichlib.preprocess.windowing.WINDOWS`; kept here
 #: so that ``--help`` does not import PyTorch, and checked against it by the tests).
 WINDOW_NAMES = ("brain", "subdural", "soft", "bone")
+#: ``--image-source`` values (:data:`ichlib.rsna_submission.IMAGE_SOURCES`; kept here so that
+#: ``--help`` does not import PyTorch, and checked against it by the tests).
+IMAGE_SOURCES = ("slice", "sequence")
+DEFAULT_IMAGE_SOURCE = "slice"
 #: The windows ``ichlib train`` uses unless told: the design's, as in notebook 04.
 DEFAULT_WINDOWS = "brain,subdural,bone"
 
@@ -92,6 +96,15 @@ def _writable_dir(text: str) -> str:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise argparse.ArgumentTypeError(f"cannot write into {parent} (read-only file system or "
                                          "no permission)")
+    return text
+
+
+def _writable_file(text: str) -> str:
+    """An argparse type: a file that can be written (not a folder; its folder writable)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+    _writable_dir(str(path.parent if str(path.parent) else "."))
     return text
 
 
@@ -241,6 +254,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     scans = [scan for scan in args.scans if scan not in missing]
     if not scans:
         return 1
+    if args.rsna_csv:
+        return _predict_rsna_csv(args, scans, bool(missing))
 
     from ichlib.checkpoint import load_checkpoint  # lazy: start-up time
     from ichlib.predict import (  # lazy: start-up time
@@ -266,6 +281,65 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     for path, message in cam_errors:
         print(f"ichlib predict: error: Grad-CAM for {path}: {message}", file=sys.stderr)
     return 1 if missing or errors or cam_errors else 0
+
+
+def _predict_rsna_csv(args: argparse.Namespace, inputs: list[str], missing: bool) -> int:
+    """``predict --rsna-csv``: every image of the RSNA folders or series, one row per image and
+    label; images that cannot be predicted get the prior and are listed as errors."""
+    from ichlib.predict import Predictor  # lazy: start-up time
+    from ichlib.rsna_submission import predict_rsna, write_submission  # lazy: start-up time
+
+    prior, prior_source = None, "given"
+    if args.prior_from:
+        from ichlib.evaluate import image_prior  # lazy: start-up time (imports the metrics)
+
+        prior, prior_source = image_prior(args.prior_from)
+    start = time.perf_counter()
+    predictor = Predictor(args.checkpoint, device=args.device, amp="off" if args.fp32 else "auto")
+    result = predict_rsna(predictor, inputs, image_source=args.image_source or DEFAULT_IMAGE_SOURCE, prior=prior,
+                          prior_source=prior_source)
+    rows = write_submission(args.rsna_csv, result.probabilities)
+    summary = {
+        "ichlib_version": __version__, "checkpoint": str(Path(args.checkpoint).resolve()),
+        "trained_on": result.trained_on, "submission": str(Path(args.rsna_csv).resolve()),
+        "rows": rows, "images": len(result.probabilities), "series": len(result.series),
+        "predicted_images": len(result.probabilities) - len(result.fallback),
+        "image_source": result.image_source,
+        "prior": None if result.prior is None else dict(zip(LABELS, map(float, result.prior), strict=True)),
+        "prior_source": result.prior_source, "prior_images": len(result.fallback),
+        "seconds": round(time.perf_counter() - start, 2), "errors": [e.to_dict() for e in result.errors],
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2, allow_nan=False))
+    else:
+        tag = " (model trained on SYNTHETIC data)" if result.trained_on == "synthetic" else ""
+        print(f"wrote {rows} rows ({summary['images']} images x 6 labels, {summary['series']} series) "
+              f"to {args.rsna_csv} in {summary['seconds']:.1f} s{tag}; per-image probabilities from the "
+              f"{'slice head' if result.image_source == 'slice' else 'sequence per-slice outputs'}")
+        if result.fallback:
+            print(f"{len(result.fallback)} image(s) got the prior ({result.prior_source})")
+    for error in result.errors:
+        print(f"ichlib predict: error: {error.error}", file=sys.stderr)
+    return 1 if missing or result.errors else 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.submission:
+        from ichlib.evaluate import format_submission_score, score_submission  # lazy: start-up time
+
+        report = score_submission(args.submission, args.data)
+        print(json.dumps(report, indent=2, allow_nan=False) if args.json else format_submission_score(report))
+        return 0
+    from ichlib.evaluate import evaluate_checkpoint, format_evaluation  # lazy: start-up time
+    from ichlib.io.sniff import check_checkpoint_file  # lazy: start-up time
+
+    check_checkpoint_file(args.checkpoint)
+    report = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, device=args.device,
+                                 amp="off" if args.fp32 else "auto", n_boot=args.n_boot, seed=args.seed)
+    print(json.dumps(report, indent=2, allow_nan=False) if args.json else format_evaluation(report))
+    for problem in [*report["problems"], *(e["error"] for e in report["errors"])]:
+        print(f"ichlib evaluate: error: {problem}", file=sys.stderr)
+    return 1 if report["errors"] or report["problems"] else 0
 
 
 def _predict_json(args: argparse.Namespace, checkpoint: dict, predictions: list, errors: list,
@@ -434,7 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="best.pt of a run")
     p.add_argument("scans", nargs="+",
                    help="NIfTI scans (.nii, .nii.gz), folders of them, DICOM series folders (one "
-                        "series each), or .series manifests")
+                        "series each), or .series manifests; with --rsna-csv: RSNA folders, folders of "
+                        "*.dcm files (any number of series) or .series manifests")
     p.add_argument("--json", action="store_true",
                    help="print JSON (with the checkpoint, the ichlib version, the data it was "
                         "trained on and the Grad-CAM files) instead of text")
@@ -448,9 +523,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cam-top-k", type=_int_at_least(1), default=6, help="slices in the Grad-CAM figure")
     p.add_argument("--no-cam-nifti", action="store_true",
                    help="do not save the maps as a NIfTI aligned with the scan")
+    p.add_argument("--rsna-csv", metavar="CSV", type=_writable_file, default=None,
+                   help="write an RSNA 2019 submission (ID,Label; six rows per image) for every image "
+                        "of the given RSNA folders, DICOM folders or .series manifests")
+    p.add_argument("--image-source", choices=IMAGE_SOURCES, default=None,
+                   help=f"with --rsna-csv: per-image probabilities from the slice head or the sequence "
+                        f"model's per-slice outputs (default {DEFAULT_IMAGE_SOURCE})")
+    p.add_argument("--prior-from", metavar="PATH", default=None,
+                   help="with --rsna-csv: fill unreadable images with the image prevalence of this "
+                        "label table or labelled folder (e.g. stage_2_train.csv; default: the model's "
+                        "mean probability over the images it predicted)")
     p.set_defaults(func=_cmd_predict)
 
+    p = command("evaluate", "score a checkpoint (or a submission) on a labelled CT-ICH or RSNA folder "
+                            "with RSNA 2019's image-level metric and the patient-level metrics",
+                "Score a checkpoint on a labelled CT-ICH or RSNA folder: RSNA 2019's weighted log loss "
+                "over every image (w = 2 for any, 1 per subtype, probabilities clipped to "
+                "[1e-15, 1 - 1e-15]) for both per-image sources, the same for two constant "
+                "predictions, and the patient-level AUCs with bootstrap intervals as in training. "
+                "With --submission, score a submission file against the folder's label table.")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--checkpoint", help="best.pt of a run")
+    what.add_argument("--submission", metavar="CSV", help="a submission file to score instead")
+    p.add_argument("--data", required=True, help="labelled folder (CT-ICH or RSNA layout)")
+    p.add_argument("--split", choices=("all", "train", "val", "test"), default="all",
+                   help="score every scan, or one part of the run's split (from the metrics.json "
+                        "beside the checkpoint)")
+    p.add_argument("--n-boot", type=_int_at_least(0), default=1000,
+                   help="bootstrap replicates for the intervals")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the bootstrap")
+    p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--fp32", action="store_true", help="plain float32 even where bf16 is fast")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_cmd_evaluate)
+
     return parser
+
+
+def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Options that only make sense together (a usage error, exit status 2, otherwise)."""
+    if args.command != "predict":
+        return
+    if args.rsna_csv and args.cam:
+        parser.error("predict: --cam cannot be combined with --rsna-csv")
+    alone = [name for name, value in (("--image-source", args.image_source),
+                                      ("--prior-from", args.prior_from)) if value]
+    if alone and not args.rsna_csv:
+        parser.error(f"predict: {' and '.join(alone)} only apply with --rsna-csv")
 
 
 def _show_warnings_as_lines(command: str) -> None:
@@ -464,7 +583,9 @@ def _show_warnings_as_lines(command: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (see :data:`EXIT_STATUS`)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_combinations(parser, args)
     with warnings.catch_warnings():
         _show_warnings_as_lines(args.command)
         try:

@@ -13,8 +13,11 @@ import pytest
 import torch
 from torch import nn
 
+from ichlib.checkpoint import save_checkpoint
 from ichlib.io.nifti import save_mask, save_volume
-from ichlib.labels import CT_ICH_COLUMNS, CT_ICH_CSV_COLUMNS
+from ichlib.labels import CT_ICH_COLUMNS, CT_ICH_CSV_COLUMNS, LABELS
+from ichlib.model import CNNBiLSTM
+from ichlib.preprocess.dataset import PreprocessConfig
 from ichlib.training.config import TrainConfig
 
 
@@ -214,3 +217,13 @@ def tiny_train_config(data: Path, out: Path, **changes) -> TrainConfig:
                 "val_fraction": 0.25, "test_fraction": 0.25, "n_boot": 20, "progress": False,
                 "deterministic": True, "cache_dir": str(out.parent / "cache")}
     return TrainConfig(data_dir=str(data), out_dir=str(out), **{**settings, **changes})
+
+
+def tiny_checkpoint(path: Path, pooling: str = "max", seq_len: int = 4, seed: int = 0) -> Path:
+    """An untrained ResNet-18 + BiLSTM at 32 px, brain window, thresholds 0.5, marked synthetic:
+    outputs that differ from slice to slice, saved in about a second."""
+    torch.manual_seed(seed)
+    model = CNNBiLSTM(lstm_hidden=8, pooling=pooling).eval()
+    return save_checkpoint(path, {"model": model.state_dict(), "model_config": model.model_config,
+                                  "preprocess": PreprocessConfig(("brain",), 32, seq_len).to_dict(),
+                                  "thresholds": dict.fromkeys(LABELS, 0.5), "data": "synthetic"})

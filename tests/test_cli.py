@@ -19,7 +19,15 @@ import pytest
 
 import ichlib
 from ichlib.checkpoint import load_checkpoint
-from ichlib.cli import DEFAULT_WINDOWS, EXIT_STATUS, WINDOW_NAMES, build_parser, main
+from ichlib.cli import (
+    DEFAULT_IMAGE_SOURCE,
+    DEFAULT_WINDOWS,
+    EXIT_STATUS,
+    IMAGE_SOURCES,
+    WINDOW_NAMES,
+    build_parser,
+    main,
+)
 from ichlib.labels import LABELS
 from ichlib.preprocess.windowing import WINDOWS
 from ichlib.training.config import TrainConfig
@@ -79,6 +87,22 @@ def _bad_values(tmp: Path, write: bool = True) -> dict[str, tuple[list[str], str
         "cam_top_k_zero": (["predict", "--checkpoint", "x.pt", "scan.nii", "--cam-top-k", "0"],
                            "argument --cam-top-k: must be at least 1"),
         "unknown_option": ([*train, "--learning-rate", "1"], "unrecognized arguments: --learning-rate"),
+        "rsna_csv_is_a_folder": (["predict", "--checkpoint", "x.pt", "d", "--rsna-csv", str(tmp)],
+                                 "argument --rsna-csv: .* is a folder, not a file"),
+        "rsna_csv_with_cam": (["predict", "--checkpoint", "x.pt", "d", "--rsna-csv", str(tmp / "s.csv"),
+                               "--cam", str(tmp / "cams")], "--cam cannot be combined with --rsna-csv"),
+        "prior_without_rsna_csv": (["predict", "--checkpoint", "x.pt", "d", "--prior-from", "t.csv"],
+                                   "--prior-from only apply with --rsna-csv"),
+        "image_source_unknown": (["predict", "--checkpoint", "x.pt", "d", "--rsna-csv", str(tmp / "s.csv"),
+                                  "--image-source", "lstm"], "argument --image-source: invalid choice"),
+        "evaluate_nothing_to_score": (["evaluate", "--data", "d"], "one of the arguments --checkpoint "
+                                                                   "--submission is required"),
+        "evaluate_both": (["evaluate", "--data", "d", "--checkpoint", "x.pt", "--submission", "s.csv"],
+                          "argument --submission: not allowed with argument --checkpoint"),
+        "evaluate_split_unknown": (["evaluate", "--data", "d", "--checkpoint", "x.pt", "--split", "holdout"],
+                                   "argument --split: invalid choice"),
+        "evaluate_n_boot_negative": (["evaluate", "--data", "d", "--checkpoint", "x.pt", "--n-boot", "-1"],
+                                     "argument --n-boot: must be at least 0"),
     }
 
 
@@ -89,7 +113,7 @@ BAD_VALUE_CASES = sorted(_bad_values(Path("/nonexistent"), write=False))
 def test_a_bad_option_value_fails_at_once_with_one_usage_line(case, tmp_path, capsys, monkeypatch):
     argv, message = _bad_values(tmp_path)[case]
     ran = []
-    for name in ("_cmd_train", "_cmd_predict", "_cmd_synth"):
+    for name in ("_cmd_train", "_cmd_predict", "_cmd_synth", "_cmd_evaluate"):
         monkeypatch.setattr(f"ichlib.cli.{name}", lambda args, name=name: ran.append(name))
     with pytest.raises(SystemExit) as info:
         main(argv)
@@ -132,7 +156,7 @@ def test_exit_status_1_for_data_and_run_problems(tmp_path, capsys):
 
 
 def test_the_exit_statuses_are_documented_in_help_and_readme(capsys):
-    for argv in (["--help"], ["train", "--help"], ["predict", "--help"]):
+    for argv in (["--help"], ["train", "--help"], ["predict", "--help"], ["evaluate", "--help"]):
         with pytest.raises(SystemExit):
             main(argv)
         out = capsys.readouterr().out
@@ -171,6 +195,10 @@ def test_every_option_has_help_and_defaults_are_shown(capsys):
 
 def test_window_names_match_the_library():
     assert WINDOW_NAMES == tuple(WINDOWS)
+    from ichlib import rsna_submission
+
+    assert IMAGE_SOURCES == rsna_submission.IMAGE_SOURCES
+    assert DEFAULT_IMAGE_SOURCE == rsna_submission.DEFAULT_IMAGE_SOURCE
     assert DEFAULT_WINDOWS == "brain,subdural,bone"
 
 
