@@ -18,6 +18,13 @@ def test_early_stopping():
     assert auc.update(0.6, 1) and auc.update(0.7, 2) and not auc.update(0.65, 3) and not auc.stopped
 
 
+def test_early_stopping_keeps_a_first_epoch_without_a_score_until_one_has_a_score():
+    tracker = EarlyStopping("slice_mean_auc")
+    assert [tracker.update(s, e) for e, s in enumerate([None, None, 0.6, None, 0.5], start=1)] == \
+        [True, False, True, False, False]
+    assert tracker.best_epoch == 3 and tracker.best_score == 0.6
+
+
 def test_optimizer_step_refuses_a_nan_loss_before_changing_anything():
     layer = torch.nn.Linear(2, 1)
     before = [p.detach().clone() for p in layer.parameters()]

@@ -83,12 +83,18 @@ class EarlyStopping:
     stopped: bool = False
 
     def update(self, score: float | None, epoch: int) -> bool:
-        """Record the score of ``epoch``; returns True if it is the new best."""
+        """Record the score of ``epoch``; returns True if it is the new best.
+
+        A score can be undefined (None: e.g. an AUC on validation slices without blood). The
+        first epoch is kept even then, so a run always has a best checkpoint; any epoch with
+        a score replaces it.
+        """
         lower_is_better = MONITORS[self.monitor]
-        improved = score is not None and (self.best_score is None or (
-            score < self.best_score if lower_is_better else score > self.best_score))
+        improved = self.best_epoch is None or (score is not None and (self.best_score is None or (
+            score < self.best_score if lower_is_better else score > self.best_score)))
         if improved:
-            self.best_score, self.best_epoch, self.since_best = float(score), int(epoch), 0
+            self.best_score = None if score is None else float(score)
+            self.best_epoch, self.since_best = int(epoch), 0
         else:
             self.since_best += 1
         if self.patience is not None and self.since_best >= self.patience:

@@ -186,7 +186,7 @@ def plot_slice_importance(result: ScanCAM, slice_labels: np.ndarray | None = Non
 
 
 #: The columns of a localisation table drawn by :func:`plot_localization`.
-LOCALIZATION_METRICS = ("pointing_0mm", "pointing_5mm", "energy", "dice")
+LOCALIZATION_METRICS = ("pointing_0mm", "pointing_5mm", "energy", "energy_in_brain", "dice")
 
 
 def plot_localization(table: pd.DataFrame, label: str = "any", *, title: str | None = None,
