@@ -74,7 +74,7 @@ def test_gallery_one_panel_per_map_with_its_maximum_marked():
     x, result, masks = fake_result()
     shifted = np.roll(result.maps[3], 6, axis=1)
     maps = {"gradcam @ layer4": result.maps[3], "layercam @ layer3": shifted, "hirescam @ layer4": result.maps[3] * 0}
-    fig = plot_cam_gallery(x[3, 0], maps, masks[3], columns=2, title="SYNTHETIC")
+    fig = plot_cam_gallery(x[3, 0], maps, masks[3], columns=2, title="SYNTHETIC", per_panel=False)
     panels = [ax for ax in fig.axes if ax.get_title() in maps]
     assert [ax.get_title() for ax in panels] == list(maps)
     crosses = [ax.lines[0].get_xydata()[0].tolist() if ax.lines else None for ax in panels]
@@ -83,6 +83,18 @@ def test_gallery_one_panel_per_map_with_its_maximum_marked():
     assert sum(not ax.axison for ax in fig.axes[:4]) == 4 and len(fig.axes) == 5  # 3 panels + 1 empty + colorbar
     with pytest.raises(ValueError):
         plot_cam_gallery(x[3, 0], {})
+
+
+def test_gallery_scales_a_faint_map_to_its_panel_so_it_shows():
+    x, result, masks = fake_result()
+    faint = result.maps[3] / result.maps[3].max() * 0.05      # 5% of a scan maximum elsewhere
+    fig = plot_cam_gallery(x[3, 0], {"faint": faint}, masks[3])
+    panel = fig.axes[0]
+    heat = panel.images[1].get_array()
+    assert float(np.max(heat)) == pytest.approx(1.0)           # drawn at full strength
+    assert panel.get_title() == "faint\n(peak 0.05)"            # and the title says how faint it was
+    as_is = plot_cam_gallery(x[3, 0], {"faint": faint}, masks[3], per_panel=False).axes[0]
+    assert float(np.max(as_is.images[1].get_array())) == pytest.approx(0.05)
 
 
 def test_montage_shows_the_most_important_slices_first(tmp_path):

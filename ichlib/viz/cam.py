@@ -73,9 +73,14 @@ def plot_cam_slice(image: np.ndarray, cam: np.ndarray, mask: np.ndarray | None =
 
 
 def plot_cam_gallery(image: np.ndarray, maps: dict[str, np.ndarray], mask: np.ndarray | None = None, *,
-                     columns: int = 3, title: str | None = None) -> Figure:
+                     columns: int = 3, title: str | None = None, per_panel: bool = True) -> Figure:
     """The same slice under several CAMs: one panel per map, the mask outlined and each map's
     maximum marked (what the pointing game scores).
+
+    Maps normalised across a whole scan can be faint on any one slice (the scan's strongest
+    slice may be another), which would leave a panel without a visible map. With
+    ``per_panel`` each map is drawn scaled to its own maximum, and the panel's title says
+    what that maximum was (e.g. "peak 0.18": 18% of the scan's maximum for scan-normalised maps).
 
     Args:
         image: Windowed slice ``[H, W]`` in [0, 1].
@@ -83,6 +88,7 @@ def plot_cam_gallery(image: np.ndarray, maps: dict[str, np.ndarray], mask: np.nd
         mask: Optional boolean mask ``[H, W]``.
         columns: Panels per row.
         title: Figure title.
+        per_panel: Scale each map to its own maximum (False: draw the values as they are).
     """
     image = _as_2d(image, "image")
     if not maps:
@@ -93,15 +99,17 @@ def plot_cam_gallery(image: np.ndarray, maps: dict[str, np.ndarray], mask: np.nd
     for ax in axes.ravel():
         ax.set_axis_off()
     for ax, (name, cam) in zip(axes.ravel(), maps.items()):
-        cam = _as_2d(cam, name)
-        _overlay(ax, image, cam)
+        cam = np.clip(np.nan_to_num(_as_2d(cam, name).astype(float)), 0.0, None)
+        peak = float(cam.max())
+        _overlay(ax, image, cam / peak if per_panel and peak > 0 else cam)
         if mask is not None and np.any(mask):
             ax.contour(np.asarray(mask, dtype=float), levels=[0.5], colors=MASK_COLOR, linewidths=1.0)
-        if cam.max() > 0:
+        if peak > 0:
             r, c = np.unravel_index(int(np.argmax(cam)), cam.shape)
             ax.plot(c, r, marker="+", color="yellow", markersize=11, markeredgewidth=2)
-        ax.set_title(name, fontsize=8)
-    fig.colorbar(_mappable(), ax=axes[:, -1].tolist(), fraction=0.046, pad=0.02, label="map value")
+        ax.set_title(f"{name}\n(peak {peak:.2f})" if per_panel else name, fontsize=8)
+    fig.colorbar(_mappable(), ax=axes[:, -1].tolist(), fraction=0.046, pad=0.02,
+                 label="map value / panel's peak" if per_panel else "map value")
     if title:
         fig.suptitle(title, fontsize=9)
     return fig
