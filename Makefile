@@ -82,11 +82,12 @@ check: data
 run: data
 	@mkdir -p $(RUNS)/notebooks $(FIGURES)
 	@set -e; for nb in $(NOTEBOOKS); do \
-		name=$$(basename $$nb); echo "== $$name"; start=$$(date +%s); extra=""; \
+		name=$$(basename $$nb); echo "== $$name   ($$($(PY) -m ichlib.notebook_runner expected $$name))"; \
+		start=$$(date +%s); extra=""; \
 		data=(-p DATA_DIR "$(abspath $(DATA))"); \
 		case $$name in 04_*) extra="$(NB04_PARAMS)";; \
 			06_*) data=(); [ -z "$(RSNA)" ] || data=(-p RSNA_DIR "$(abspath $(RSNA))");; esac; \
-		$(PY) -m papermill -k python3 --log-level WARNING "$$nb" "$(RUNS)/notebooks/$$name" \
+		$(PY) -m papermill -k python3 --engine ichlib --log-level WARNING "$$nb" "$(RUNS)/notebooks/$$name" \
 			"$${data[@]}" -p FIGURES_DIR "$(abspath $(FIGURES))" \
 			-p RUNS_DIR "$(abspath $(RUNS))" -p SMOKE $(SMOKE) $$extra \
 			2> >(grep -v --line-buffered "$(KERNEL_NOISE)" >&2); \
