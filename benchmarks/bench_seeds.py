@@ -4,7 +4,7 @@ For each seed, notebook 04's recipe at its defaults (128 px, S = 16, batch 4, th
 the 200-patient course phantom split 110 / 30 / 60): the slice task with height-matched
 negatives (``two_stage`` stage 1, ``--slice-epochs``), the two-stage model, and end-to-end
 models with λ = 0.5 (the design) and λ = 0 warm-started from that slice task
-(``--e2e-epochs``, the CNN at 0.1 × the learning rate). The seed changes everything a seed
+(``--e2e-epochs``, the CNN at 0.1 × the learning rate, the epoch kept by validation mean AUC). The seed changes everything a seed
 changes in ``TrainConfig``: the patient split (110 / 30 / 60, stratified), the initialisation,
 the slice draws and the augmentation, so each seed's rules are scored again on its own test
 patients and every model is compared with them on those.
@@ -60,6 +60,7 @@ def run_seed(seed: int, args, data_dir: Path, out: Path) -> list[dict]:
     for lam in (0.5, 0.0):
         config = dataclasses.replace(slice_task, two_stage=False, aux_weight=lam, epochs=args.e2e_epochs,
                                      init_from=str(two_stage.out_dir / "stage1.pt"), encoder_lr_scale=0.1,
+                                     monitor="mean_auc",  # as notebook 04's E2E_MONITOR
                                      out_dir=str(out / f"seed{seed}" / f"end_to_end_aux{lam:g}"))
         start = time.perf_counter()
         result = ichlib.fit(config)
