@@ -17,7 +17,7 @@ Per-image probabilities come from one of two per-slice outputs (:data:`IMAGE_SOU
   models with ``"max"`` or ``"mean"`` pooling have them.
 
 ``ichlib evaluate`` (:mod:`ichlib.evaluate`) scores both on a labelled folder; on the synthetic
-RSNA folder the slice head scored better (the README and notebook 06 give the numbers).
+RSNA folder the slice head scored better (the README gives the numbers).
 
 An image that cannot be predicted (an unreadable file, a series failing a check, a scan the
 model fails on) still gets its six rows, filled with the *prior*, and is reported as an
