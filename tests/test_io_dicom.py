@@ -380,8 +380,15 @@ def test_constant_volume_refused(tmp_path):
         ds = ct_dataset(np.full((4, 4), 1064, np.int16), sop_uid=f"1.2.3.{k + 1}",
                         series_uid="1.2.3", study_uid="1.2", patient_id="P", position=(0, 0, 5.0 * k))
         write_dataset(folder / f"{k}.dcm", ds)
-    with pytest.raises(DataError, match="constant"):
+    with pytest.raises(DataError, match="constant") as dicom:
         load_dicom_series(folder)
+    # the NIfTI reader refuses the same volume with the same words (one shared HU check)
+    from ichlib.io.nifti import load_nifti, save_volume
+
+    nifti = save_volume(tmp_path / "c.nii", np.full((2, 4, 4), 40.0))
+    with pytest.raises(DataError) as same:
+        load_nifti(nifti)
+    assert dicom.value.problem == same.value.problem == "volume is constant (40 everywhere); it holds no image"
 
 
 # --- rescaled values that are not finite --------------------------------------------------

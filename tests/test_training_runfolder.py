@@ -229,7 +229,17 @@ def test_a_full_cache_disk_stops_the_run_instead_of_skipping_every_scan(data, sm
 
 
 def test_write_error_is_a_data_error_that_names_the_file(tmp_path):
-    assert issubclass(WriteError, ichlib.DataError) and ichlib.WriteError is WriteError
+    from ichlib.io.atomic import atomic_write_text
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    target = blocker / "run" / "history.csv"          # its folder cannot be made: a file is in the way
+    with pytest.raises(ichlib.DataError) as info:
+        atomic_write_text(target, "epoch\n1\n")
+    assert type(info.value) is WriteError and info.value.path == str(target)
+    assert str(info.value).startswith(f"{target}: could not write the file")
+    assert info.value.problem == ("could not write the file: a part of the path is a file, not a folder; "
+                                  "any previous version is left intact")
 
 
 # --- Ctrl-C (the real SIGINT through the command line: tests/test_cli.py) ---------------------

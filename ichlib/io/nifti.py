@@ -60,12 +60,6 @@ def load_nifti(path: str | os.PathLike) -> Volume:
     header = _header_of(img, path)
     _check_scan_dtype(img, path)
     data = _read_voxels(img, path)
-    if not np.isfinite(data).all():
-        bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
-        raise DataError(path, f"{bad} voxels are NaN or Inf; refusing to guess their HU")
-    if data.size and float(data.min()) == float(data.max()):
-        raise DataError(path, f"volume is constant ({float(data.min()):g} everywhere); "
-                              "it holds no image")
     problem = hu_problem(data)
     if problem:
         raise DataError(path, problem)

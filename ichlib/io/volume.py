@@ -59,11 +59,18 @@ class VolumeHeader:
 
 
 def hu_problem(hu: np.ndarray) -> str | None:
-    """Why a finite volume cannot be Hounsfield units, or None.
+    """Why a loaded volume cannot be used as Hounsfield units, or None.
 
-    Every value in [0, 1] is a normalised image or a mask, not CT: a head CT holds air near
-    -1000 HU and bone above 300 HU.
+    The one check every reader (NIfTI, DICOM) runs on its voxels: values that are NaN or
+    Inf (never guessed), a constant volume (no image), and values all in [0, 1] (a
+    normalised image or a mask, not CT: a head CT holds air near -1000 HU and bone above
+    300 HU).
     """
+    if not np.isfinite(hu).all():
+        bad = int(np.size(hu) - np.count_nonzero(np.isfinite(hu)))
+        return f"{bad} voxels are NaN or Inf; refusing to guess their HU"
+    if hu.size and float(hu.min()) == float(hu.max()):
+        return f"volume is constant ({float(hu.min()):g} everywhere); it holds no image"
     if hu.size and float(hu.min()) >= 0.0 and float(hu.max()) <= 1.0:
         return (f"all values lie in [{float(hu.min()):g}, {float(hu.max()):g}]: a normalised image or "
                 "a mask, not Hounsfield units (a head CT holds air near -1000 HU)")

@@ -169,9 +169,6 @@ def load_dicom_series(source: str | os.PathLike | Sequence[str | os.PathLike],
         check_slice_header(header)
     _check_size(layout)
     hu = _stack_hu(layout, datasets)
-    if hu.size and float(hu.min()) == float(hu.max()):
-        raise DataError(where, f"volume is constant ({float(hu.min()):g} HU everywhere); it "
-                               "holds no image")
     problem = hu_problem(hu)
     if problem:
         raise DataError(where, problem)
