@@ -30,7 +30,7 @@ from ichlib.version import __version__
 if TYPE_CHECKING:
     from ichlib.training.config import TrainConfig
 
-#: The exit statuses of every subcommand (also in ``ichlib --help`` and the README).
+#: The exit statuses of every subcommand (also in ``ichlib --help`` and docs/cli.md).
 EXIT_STATUS = """\
 exit status:
   0    success
@@ -275,7 +275,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                                        cam_errors), indent=2, allow_nan=False))
     else:
         for prediction in predictions:
-            print(format_prediction(prediction) + "\n")
+            print(format_prediction(prediction, slices=args.slices) + "\n")
     for error in errors:
         print(f"ichlib predict: error: {error.error}", file=sys.stderr)
     for path, message in cam_errors:
@@ -512,7 +512,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "*.dcm files (any number of series) or .series manifests")
     p.add_argument("--json", action="store_true",
                    help="print JSON (with the checkpoint, the ichlib version, the data it was "
-                        "trained on and the Grad-CAM files) instead of text")
+                        "trained on, every slice's probabilities and the Grad-CAM files) instead of text")
+    p.add_argument("--slices", action="store_true",
+                   help="text output: also print the per-slice table (slice head, one row per slice); "
+                        "by default only the patient-level table and its validation thresholds")
     p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--fp32", action="store_true", help="plain float32 even where bf16 is fast")
     p.add_argument("--cam", metavar="OUT_DIR", type=_writable_dir,
@@ -566,6 +569,9 @@ def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespac
         return
     if args.rsna_csv and args.cam:
         parser.error("predict: --cam cannot be combined with --rsna-csv")
+    if args.slices and (args.json or args.rsna_csv):
+        parser.error(f"predict: --slices applies to the text output only (not with "
+                     f"{'--json, which always holds the slices' if args.json else '--rsna-csv'})")
     alone = [name for name, value in (("--image-source", args.image_source),
                                       ("--prior-from", args.prior_from)) if value]
     if alone and not args.rsna_csv:

@@ -223,23 +223,59 @@ def predict_files(checkpoint: str | os.PathLike | Mapping, paths: Iterable[str |
     return predictions, errors
 
 
-def format_prediction(prediction: ScanPrediction) -> str:
-    """Human-readable text: the six probabilities by label, then one line per slice."""
+#: The note under the patient-level table: where the thresholds come from.
+THRESHOLD_NOTE = ("* chosen per label on the validation split when the model was trained (Youden's J; "
+                  "0.5 where validation had one class); POSITIVE: probability >= threshold")
+#: The note under a prediction of a model trained on the synthetic phantom.
+SYNTHETIC_NOTE = ("SYNTHETIC: the model was trained on the synthetic phantom; these results have "
+                  "no clinical meaning")
+#: The note under a prediction of a model trained on other data.
+RESEARCH_NOTE = "research code, not a medical device: not for clinical use"
+
+
+def format_prediction(prediction: ScanPrediction, slices: bool = False) -> str:
+    """Human-readable text of one scan's prediction.
+
+    First the patient-level table (:func:`_patient_lines`): each label's probability, its
+    threshold and the call, ``POSITIVE`` or ``negative``. Then one line on where the thresholds
+    come from (:data:`THRESHOLD_NOTE`) and one on the data the model was trained on
+    (:data:`SYNTHETIC_NOTE` for the phantom).
+
+    Args:
+        prediction: One scan's prediction.
+        slices: Also print the per-slice table (slice head, one row per slice by
+            SliceNumber); otherwise one line says how many slices it has.
+    """
     lines = [f"{prediction.path or '<array>'}"]
-    if prediction.trained_on == "synthetic":
-        lines.append("  (model trained on SYNTHETIC phantom data; not for any clinical use)")
-    lines.append("  patient-level probability:")
-    width = max(map(len, LABELS))
-    for label in LABELS:
-        p = prediction.probabilities[label]
-        flag = ""
-        if label in prediction.thresholds:
-            t = prediction.thresholds[label]
-            flag = f"  {'POSITIVE' if p >= t else 'negative'} at threshold {t:.3f}"
-        lines.append(f"    {label:<{width}}  {p:.4f}{flag}")
-    lines.append("  per-slice probability (slice head):")
-    lines += ["    " + line for line in _slice_lines(prediction)]
+    lines += ["  " + line for line in _patient_lines(prediction)]
+    lines.append("  " + (THRESHOLD_NOTE if prediction.thresholds else
+                         "* the checkpoint holds no thresholds: no label is called POSITIVE or negative"))
+    lines.append("  " + (SYNTHETIC_NOTE if prediction.trained_on == "synthetic" else RESEARCH_NOTE))
+    if slices:
+        lines.append("  per-slice probability (slice head):")
+        lines += ["    " + line for line in _slice_lines(prediction)]
+    else:
+        lines.append(f"  per-slice probabilities of the {len(prediction.slice_numbers)} slices: "
+                     "not shown (ichlib predict --slices shows them)")
     return "\n".join(lines)
+
+
+def _patient_lines(prediction: ScanPrediction) -> list[str]:
+    """The patient-level table: ``label``, ``probability``, ``threshold*`` and ``call`` columns.
+
+    The call is ``POSITIVE`` when ``probability >= threshold``, else ``negative``; a label
+    without a threshold shows ``n/a`` and ``-``.
+    """
+    positive = prediction.positive
+    rows = [["label", "probability", "threshold*", "call"]]
+    for label in LABELS:
+        t = prediction.thresholds.get(label)
+        call = "-" if t is None else ("POSITIVE" if positive[label] else "negative")
+        rows.append([label, f"{prediction.probabilities[label]:.4f}", "n/a" if t is None else f"{t:.4f}",
+                     call])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join([row[0].ljust(widths[0]), row[1].rjust(widths[1]), row[2].rjust(widths[2]),
+                       row[3]]).rstrip() for row in rows]
 
 
 def _slice_lines(prediction: ScanPrediction) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,15 @@ from ichlib.cli import main
 from ichlib.io.load import load_volume
 from ichlib.labels import LABELS
 from ichlib.model import CNNBiLSTM
-from ichlib.predict import Predictor, format_prediction, predict_files, predict_scan
+from ichlib.predict import (
+    SYNTHETIC_NOTE,
+    THRESHOLD_NOTE,
+    Predictor,
+    ScanPrediction,
+    format_prediction,
+    predict_files,
+    predict_scan,
+)
 from ichlib.preprocess.dataset import PreprocessConfig
 from ichlib.preprocess.sampling import uniform_indices
 from ichlib.training.config import TrainConfig
@@ -80,14 +89,69 @@ def test_prediction_contents(trained, scans):
     json.dumps(doc)
     assert doc["slices"][0]["SliceNumber"] == 1
     text = format_prediction(prediction)
-    assert "SYNTHETIC" in text and "intraventricular" in text and "SliceNumber" in text
+    assert "SYNTHETIC" in text and "intraventricular" in text and "SliceNumber" not in text
+    assert "SliceNumber" in format_prediction(prediction, slices=True)
+
+
+def test_the_text_patient_table_reads_back_with_its_validation_thresholds(trained, scans):
+    run, _ = trained
+    good, _ = scans
+    prediction = Predictor(run.best_path, device="cpu")(good[0])
+    lines = format_prediction(prediction).splitlines()
+    assert lines[0] == str(good[0])
+    assert lines[1].split() == ["label", "probability", "threshold*", "call"]
+    rows = [line.split() for line in lines[2:2 + len(LABELS)]]
+    assert [row[0] for row in rows] == list(LABELS)
+    np.testing.assert_allclose([float(row[1]) for row in rows],
+                               [prediction.probabilities[k] for k in LABELS], atol=5e-5)
+    np.testing.assert_allclose([float(row[2]) for row in rows],
+                               [prediction.thresholds[k] for k in LABELS], atol=5e-5)
+    assert [row[3] == "POSITIVE" for row in rows] == [prediction.positive[k] for k in LABELS]
+    assert {row[3] for row in rows} <= {"POSITIVE", "negative"}
+    assert lines[8] == "  " + THRESHOLD_NOTE and "validation split" in lines[8] and "Youden" in lines[8]
+    assert lines[9] == "  " + SYNTHETIC_NOTE and "no clinical meaning" in lines[9]
+    n = len(prediction.slice_numbers)
+    assert lines[10:] == [f"  per-slice probabilities of the {n} slices: not shown "
+                          "(ichlib predict --slices shows them)"]
+
+
+def _hand_made(thresholds: dict[str, float], trained_on: str = "synthetic") -> ScanPrediction:
+    probabilities = dict(zip(LABELS, [0.9, 0.03, 0.035, 0.5, 0.2, 0.0], strict=True))
+    return ScanPrediction(path="scan.nii", probabilities=probabilities, slice_numbers=[1, 2],
+                          slice_probabilities=np.zeros((2, 6)), thresholds=thresholds,
+                          trained_on=trained_on)
+
+
+def test_the_call_is_probability_at_or_above_the_threshold_and_each_threshold_is_shown():
+    thresholds = {"any": 0.5, "intraparenchymal": 0.035, "intraventricular": 0.035,
+                  "subarachnoid": 0.6, "epidural": 0.1}  # no threshold for subdural
+    lines = format_prediction(_hand_made(thresholds)).splitlines()
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2:8]}
+    assert rows == {"any": ["0.9000", "0.5000", "POSITIVE"],
+                    "intraparenchymal": ["0.0300", "0.0350", "negative"],
+                    "intraventricular": ["0.0350", "0.0350", "POSITIVE"],  # equal: positive
+                    "subarachnoid": ["0.5000", "0.6000", "negative"],
+                    "epidural": ["0.2000", "0.1000", "POSITIVE"],
+                    "subdural": ["0.0000", "n/a", "-"]}
+    # probability and threshold right-aligned under their headers
+    ends = [[m.end() for m in re.finditer(r"\S+", line)][1:3] for line in lines[1:8]]
+    assert all(e == ends[0] for e in ends), ends
+
+
+def test_the_notes_follow_the_checkpoint():
+    real = format_prediction(_hand_made({}, trained_on="real"))
+    assert "SYNTHETIC" not in real and "not a medical device" in real
+    assert "the checkpoint holds no thresholds" in real and THRESHOLD_NOTE not in real
+    assert "POSITIVE" not in real.replace("POSITIVE or negative", "")
+    synthetic = format_prediction(_hand_made(dict.fromkeys(LABELS, 0.5)))
+    assert SYNTHETIC_NOTE in synthetic and THRESHOLD_NOTE in synthetic
 
 
 def test_the_text_slice_table_reads_back_as_the_probabilities(trained, scans):
     run, _ = trained
     good, _ = scans
     prediction = Predictor(run.best_path, device="cpu")(good[0])
-    text = format_prediction(prediction).splitlines()
+    text = format_prediction(prediction, slices=True).splitlines()
     start = text.index("  per-slice probability (slice head):") + 1
     header, *rows = text[start:]
     assert header.split() == ["SliceNumber", *LABELS]
@@ -147,9 +211,25 @@ def test_cli_predict_reports_the_bad_scan_and_fails(trained, scans, capsys):
     status = main(["predict", "--checkpoint", str(run.best_path), str(good[0]), str(bad), str(good[1])])
     out, err = capsys.readouterr()
     assert status != 0
-    assert str(good[0]) in out and str(good[1]) in out and "SliceNumber" in out and "subdural" in out
+    assert str(good[0]) in out and str(good[1]) in out and "subdural" in out
+    assert out.count("threshold*") == 2 and out.count(THRESHOLD_NOTE) == 2 and "SliceNumber" not in out
     assert str(bad) not in out
     assert str(bad) in err and "error" in err
+
+
+def test_cli_predict_slices_adds_one_row_per_slice(trained, scans, capsys):
+    run, _ = trained
+    good, _ = scans
+    argv = ["predict", "--checkpoint", str(run.best_path), "--fp32", str(good[0])]
+    assert main(argv) == 0
+    plain = capsys.readouterr().out.strip().splitlines()
+    assert main([*argv, "--slices"]) == 0
+    with_slices = capsys.readouterr().out.strip().splitlines()
+    n = load_volume(good[0]).n_slices
+    assert len(plain) == 11 and plain[:10] == with_slices[:10] and "not shown" in plain[10]
+    assert with_slices[10] == "  per-slice probability (slice head):"
+    assert with_slices[11].split() == ["SliceNumber", *LABELS]
+    assert [int(line.split()[0]) for line in with_slices[12:]] == list(range(1, n + 1))
 
 
 def test_cli_predict_json(trained, scans, capsys):
