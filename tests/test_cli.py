@@ -159,16 +159,43 @@ def test_exit_status_1_for_data_and_run_problems(tmp_path, capsys):
     assert main(["check", str(tmp_path / "nodata")]) == 1
 
 
-def test_the_exit_statuses_are_documented_in_help_and_readme(capsys):
+def test_the_exit_statuses_are_documented_in_help_and_docs(capsys):
     for argv in (["--help"], ["train", "--help"], ["predict", "--help"], ["evaluate", "--help"]):
         with pytest.raises(SystemExit):
             main(argv)
         out = capsys.readouterr().out
         assert "exit status:" in out and "2    a usage error" in out and "130  interrupted" in out
-    readme = (ROOT / "README.md").read_text()
-    for code in ("0", "1", "2", "130"):
-        assert re.search(rf"^\| `{code}` \|", readme, re.M), f"exit status {code} not in the README table"
+    documented = re.findall(r"^\| `(\d+)` \|", (ROOT / "docs" / "cli.md").read_text(), re.M)
+    assert documented == re.findall(r"^  (\d+) ", EXIT_STATUS, re.M) == ["0", "1", "2", "130"]
     assert EXIT_STATUS.count("\n  ") == 6
+
+
+def _documented_options(command: str) -> dict[str, str]:
+    """docs/cli.md's option table for ``ichlib COMMAND``: first option string -> default cell."""
+    text = (ROOT / "docs" / "cli.md").read_text()
+    section = re.search(rf"^## `ichlib {command}`$(.*?)(?=^## |\Z)", text, re.M | re.S)
+    assert section, f"docs/cli.md has no section for ichlib {command}"
+    rows = re.findall(r"^\| `([^`]+)` \| ([^|]*) \|", section.group(1), re.M)
+    return {cell.split(",")[0].split()[0]: default.strip() for cell, default in rows
+            if cell not in ("option", "status")}
+
+
+def test_docs_cli_lists_every_option_with_its_default():
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, type(parser._subparsers._group_actions[0])))
+    for name, sub in subparsers.choices.items():
+        documented = _documented_options(name)
+        expected = {}
+        for action in sub._actions:
+            if action.dest == "help":
+                continue
+            key = action.option_strings[0] if action.option_strings else action.dest.upper()
+            default = action.default
+            expected[key] = ("" if default is None or default is False else f"`{default}`")
+        assert set(documented) == set(expected), name
+        for key, default in expected.items():
+            if documented[key] not in ("required", "this or `--submission`", "this or `--checkpoint`"):
+                assert documented[key] == default, (name, key, documented[key], default)
 
 
 # --- help ---------------------------------------------------------------------------------------
