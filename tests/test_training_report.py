@@ -17,6 +17,7 @@ from ichlib.training.report import (
     meets_bar,
     patient_outcomes,
     read_metrics,
+    verdict_table,
 )
 
 
@@ -50,7 +51,7 @@ def test_one_row_per_run_and_the_baseline_on_the_same_patients():
     assert table.loc[POSITION, "mean subtype AUC"] == 0.55
     assert table.loc["two-stage", "mean subtype AUC"] == 0.8
     assert table.loc["two-stage", "subtype 95% CI"] == "0.50-0.90"
-    assert table.loc[BASELINE, "subtype 95% CI"] == "n/a" and table.loc[BASELINE, "train seconds"] is None
+    assert table.loc[BASELINE, "subtype 95% CI"] == "n/a" and table.loc[BASELINE, "train seconds"] == "-"
     assert table.loc["end to end", "image weighted log loss"] == 0.21
     assert table.loc["two-stage", "train seconds"] == 12
     with pytest.raises(ValueError, match="different patients"):
@@ -76,6 +77,17 @@ def test_the_bar_needs_both_rules_beaten_and_auc_any():
     assert not met and "AUC any 0.850 (bar 0.90)" in line
     met, line = meets_bar(metrics(0.95, 0.8, pos_sub=0.78))  # +0.02 ± 0.05 against the position rule
     assert not met and "does not clearly beat the position rule" in line and "beats the intensity rule" in line
+
+
+def test_the_verdict_table_has_one_short_row_per_run():
+    runs = {"good": metrics(0.95, 0.8), "short of any": metrics(0.85, 0.8),
+            "unclear": metrics(0.95, 0.8, base_sub=0.7, diff_ci=(-0.02, 0.2)), "worse": metrics(0.95, 0.6)}
+    table = verdict_table(runs)
+    assert list(table.index) == list(runs)
+    assert table.loc["good"].tolist() == [0.95, "yes", "beats", "beats", "MET"]
+    assert table.loc["short of any", "AUC any ≥ 0.90"] == "no" and table.loc["short of any", "bar"] == "NOT MET"
+    assert table.loc["unclear", "vs intensity rule"] == "no clear difference"
+    assert table.loc["worse", "vs intensity rule"] == "rule is better" and table.loc["worse", "bar"] == "NOT MET"
 
 
 def test_outcomes_at_the_validation_threshold_by_hand():

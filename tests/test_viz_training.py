@@ -37,6 +37,15 @@ def test_roc_panels_handle_one_class_labels():
     assert len(fig.axes) == 6
     assert len(fig.axes[0].lines) == 3  # chance line + 2 models
     assert "one class" in fig.axes[1].texts[0].get_text()
+    # the legend sits beside the panels: it overlaps no axes and no axis label
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend = fig.legends[0].get_window_extent(renderer)
+    for ax in fig.axes:
+        assert not legend.overlaps(ax.get_window_extent(renderer))
+        for text in (ax.xaxis.label, ax.yaxis.label):
+            assert not text.get_text() or not legend.overlaps(text.get_window_extent(renderer))
+    assert [ax.get_xlabel() for ax in fig.axes] == ["", "", "", "1 - specificity", "1 - specificity", "1 - specificity"]
     plt.close(fig)
 
 

@@ -65,6 +65,27 @@ def comparison_table(runs: Mapping[str, Mapping], baseline_from: str | None = No
     for rule, key in RULES.items():
         if source.get(key):
             rows[rule] = {**_row(source[key]["test"], None), **{f"Δ subtype vs {r.split()[0]}": "-" for r in RULES}}
+    table = pd.DataFrame(rows).T
+    return table.astype(object).where(table.notna(), "-")  # a rule has no training time: "-", not None
+
+
+def verdict_table(runs: Mapping[str, Mapping], any_auc: float = 0.90) -> pd.DataFrame:
+    """The course's bar (:func:`meets_bar`) for each run, one short row each.
+
+    Columns: ``AUC any``, ``AUC any ≥ <bar>`` (yes / no), ``vs intensity rule`` and ``vs
+    position rule`` (the paired verdict on mean subtype AUC: ``beats``, ``no clear
+    difference`` or ``rule is better``), and ``bar`` (``MET`` / ``NOT MET``).
+    """
+    rows = {}
+    for name, metrics in runs.items():
+        auc = metrics["test"]["patient"]["labels"]["any"]["auc"]
+        row = {"AUC any": _round(auc), f"AUC any ≥ {any_auc:.2f}": "yes" if auc is not None and auc >= any_auc else "no"}
+        for rule in RULES:
+            ci = (((metrics.get("comparisons") or {}).get(rule) or {}).get("mean_subtype") or {}).get("ci")
+            row[f"vs {rule}"] = ("n/a" if not ci else "beats" if ci[0] > 0 else "rule is better" if ci[1] < 0
+                                 else "no clear difference")
+        row["bar"] = "MET" if meets_bar(metrics, any_auc)[0] else "NOT MET"
+        rows[name] = row
     return pd.DataFrame(rows).T
 
 

@@ -52,7 +52,11 @@ def plot_roc_curves(y_true: np.ndarray, scores: Mapping[str, np.ndarray], note: 
         scores: ``{model name: [N, 6] scores}``.
         note: Figure title.
     """
-    fig, axes = plt.subplots(1, len(LABELS), figsize=(3.0 * len(LABELS), 3.2), sharey=True)
+    columns = 3
+    rows = -(-len(LABELS) // columns)
+    fig, grid = plt.subplots(rows, columns, figsize=(3.0 * columns + 2.4, 3.0 * rows), sharex=True,
+                             sharey=True, layout="constrained", squeeze=False)
+    axes = grid.ravel()
     for j, (ax, label) in enumerate(zip(axes, LABELS)):
         y = np.asarray(y_true)[:, j] > 0.5
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
@@ -64,20 +68,18 @@ def plot_roc_curves(y_true: np.ndarray, scores: Mapping[str, np.ndarray], note: 
                 ax.plot(fpr, tpr, lw=1.5, label=name)
         ax.set_title(f"{label} ({int(y.sum())}+/{int((~y).sum())}-)", fontsize=9,
                      color=SUBTYPE_COLORS.get(label, "black") if label != "any" else "black")
-        ax.set_xlabel("1 - specificity")
         ax.set_aspect("equal")
-    axes[0].set_ylabel("sensitivity")
-    handles, names = axes[0].get_legend_handles_labels()
-    if not handles:
-        for ax in axes[1:]:
-            handles, names = ax.get_legend_handles_labels()
-            if handles:
-                break
-    if handles:
-        fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=8, bbox_to_anchor=(0.5, -0.02))
+    for ax in axes[len(LABELS):]:
+        ax.set_axis_off()
+    for ax in grid[-1]:
+        ax.set_xlabel("1 - specificity")
+    for ax in grid[:, 0]:
+        ax.set_ylabel("sensitivity")
+    handles, names = next(((h, n) for h, n in (ax.get_legend_handles_labels() for ax in axes) if h), ([], []))
+    if handles:  # beside the panels, never over a curve or an axis label
+        fig.legend(handles, names, loc="outside right center", fontsize=8)
     if note:
         fig.suptitle(note, fontsize=9)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
 
 
