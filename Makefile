@@ -43,7 +43,7 @@ help:
 	@echo "make test-browser  JupyterLab in headless chromium (apt-get install chromium chromium-driver)"
 	@echo "make data   generate the synthetic phantom into data/synthetic if absent"
 	@echo "make check  ichlib check \$$DATA"
-	@echo "make lint   ruff"
+	@echo "make lint   ruff, mypy on the ichlib names the notebooks use, the architecture tests"
 	@echo "make strip  strip outputs from the committed notebooks"
 	@echo "make bench  the CPU benchmarks (reference vs fast path; results in runs/bench/)"
 	@echo "make bench-gpu  the GPU benchmark (needs CUDA)"
@@ -133,6 +133,7 @@ test-browser: env
 
 lint: env
 	$(PY) -m ruff check ichlib tests benchmarks
+	$(PY) tests/notebook_names.py   # mypy: every ichlib name the notebooks and docs use resolves
 	$(PY) -m pytest -q tests/test_architecture.py   # import cycles, layer contracts, function length
 
 strip: env

@@ -1,10 +1,8 @@
 """ichlib: intracranial hemorrhage detection on head CT with a CNN + BiLSTM.
 
-The public names below are the ones the notebooks and users rely on; keep them stable.
+The names here are the ones the notebooks and the README use; keep them stable. Everything
+else is imported from its subpackage (``ichlib.io.Volume``, ``ichlib.explain.scan_grad_cam``).
 Results on the synthetic phantom are synthetic: nothing here is a clinical tool.
-
-Every name is imported on first use, so ``import ichlib`` (and ``ichlib --help``) stays
-quick: the subpackages pull in PyTorch, pandas and pydicom only when a name needs them.
 
 The package, by the stages data flows through (lower layers never import upper ones):
 
@@ -17,88 +15,189 @@ The package, by the stages data flows through (lower layers never import upper o
 - :mod:`ichlib.explain`: Grad-CAM and how well it localises;
 - :mod:`ichlib.viz`: figures;
 - :mod:`ichlib.synthetic`: the phantom; :mod:`ichlib.course`: the notebooks' setup.
+
+``ichlib.evaluate`` is training's :func:`~ichlib.training.engine.evaluate`. The module of the
+same name (a checkpoint scored on a labelled folder) is imported from itself, and none of its
+names is here: importing it would rebind ``ichlib.evaluate`` to the module.
+
+Start-up time: the errors, the labels and the version are imported here; every other name is
+imported on first use (``__getattr__`` below, from the table ``_ON_FIRST_USE``), so
+``import ichlib`` and ``ichlib --help`` load neither PyTorch nor pandas. The imports under
+``TYPE_CHECKING`` are the same names for type checkers and IDEs; ``tests/test_packaging.py``
+checks that they and the table agree.
 """
 
-from importlib import import_module
+from __future__ import annotations
 
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+from ichlib.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DataWarning,
+    IchlibError,
+    RunInterrupted,
+    WriteError,
+)
+from ichlib.labels import LABELS, SUBTYPES
 from ichlib.version import __version__
 
-_LAZY = {
-    # errors and labels
-    "IchlibError": "ichlib.errors", "DataError": "ichlib.errors", "ConfigError": "ichlib.errors",
-    "CheckpointError": "ichlib.errors", "WriteError": "ichlib.errors", "RunInterrupted": "ichlib.errors",
-    "DataWarning": "ichlib.errors", "LABELS": "ichlib.labels", "SUBTYPES": "ichlib.labels",
-    # io
-    "Volume": "ichlib.io", "load_volume": "ichlib.io", "load_mask": "ichlib.io",
-    "save_volume": "ichlib.io", "save_mask": "ichlib.io", "load_dicom_series": "ichlib.io",
-    "CtIchData": "ichlib.io", "Problem": "ichlib.io", "read_ct_ich": "ichlib.io",
-    "read_rsna": "ichlib.io", "read_dataset": "ichlib.io", "detect_format": "ichlib.io",
-    "check_dataset": "ichlib.io", "label_counts": "ichlib.io", "cooccurrence": "ichlib.io",
-    # preprocess
-    "WINDOWS": "ichlib.preprocess", "window": "ichlib.preprocess", "multi_window": "ichlib.preprocess",
-    "resize_slices": "ichlib.preprocess", "uniform_indices": "ichlib.preprocess",
-    "patient_split": "ichlib.preprocess", "kfold_split": "ichlib.preprocess", "cv_split": "ichlib.preprocess",
-    "rsna_group_split": "ichlib.preprocess", "PreprocessConfig": "ichlib.preprocess",
-    "ScanDataset": "ichlib.preprocess", "prepare_scan": "ichlib.preprocess",
-    "sampled_mask": "ichlib.preprocess", "intracranial_mask": "ichlib.preprocess",
-    "lesion_contrast": "ichlib.preprocess", "ScanAugment": "ichlib.preprocess",
-    # model, checkpoints, prediction
-    "CNNBiLSTM": "ichlib.model", "ModelOutput": "ichlib.model", "ScanSliceLoss": "ichlib.losses",
-    "load_checkpoint": "ichlib.checkpoint", "model_from_checkpoint": "ichlib.checkpoint",
-    "Predictor": "ichlib.predict", "predict_scan": "ichlib.predict", "predict_files": "ichlib.predict",
-    # training
-    "TrainConfig": "ichlib.training", "fit": "ichlib.training", "train_one_epoch": "ichlib.training",
-    "evaluate": "ichlib.training", "RunLog": "ichlib.training", "results_table": "ichlib.training",
-    "run_intensity_baseline": "ichlib.training", "prepare_data": "ichlib.training",
-    "build_model": "ichlib.training", "build_criterion": "ichlib.training",
-    "make_optimizer": "ichlib.training", "make_loader": "ichlib.training",
-    "make_eval_loader": "ichlib.training", "comparison_table": "ichlib.training",
-    "patient_outcomes": "ichlib.training", "read_metrics": "ichlib.training",
-    "beats_baseline": "ichlib.training", "cross_validate": "ichlib.training",
-    "meets_bar": "ichlib.training", "run_position_baseline": "ichlib.training",
-    "audit_checkpoint": "ichlib.training", "compare_runs": "ichlib.training",
-    "paired_auc_difference": "ichlib.training",
-    # explain
-    "scan_grad_cam": "ichlib.explain", "ScanCAM": "ichlib.explain", "ScanLabelTarget": "ichlib.explain",
-    "SliceLabelTarget": "ichlib.explain", "explain_scan": "ichlib.explain",
-    "cascading_randomization": "ichlib.explain", "deletion_test": "ichlib.explain", "intensity_map": "ichlib.explain",
-    "chance_prior": "ichlib.explain", "compare_cams": "ichlib.explain", "CamSpec": "ichlib.explain",
-    "energy_in_mask": "ichlib.explain", "pointing_game": "ichlib.explain",
-    "localization_table": "ichlib.explain", "collect_localization": "ichlib.explain",
-    "localization_verdict": "ichlib.explain", "CANDIDATES": "ichlib.explain",
-    # figures
-    "SYNTHETIC_NOTE": "ichlib.viz", "SUBTYPE_COLORS": "ichlib.viz", "show_slice": "ichlib.viz",
-    "montage": "ichlib.viz", "save_figure": "ichlib.viz", "write_cam_report": "ichlib.viz",
-    "SliceViewer": "ichlib.viz", "plot_history": "ichlib.viz", "plot_roc_curves": "ichlib.viz",
-    "confusion_counts": "ichlib.viz", "plot_confusion_matrices": "ichlib.viz",
-    "plot_cam_slice": "ichlib.viz", "plot_cam_montage": "ichlib.viz", "plot_cam_gallery": "ichlib.viz",
-    "plot_slice_importance": "ichlib.viz", "plot_localization": "ichlib.viz",
-    "plot_phantom_findings": "ichlib.viz", "plot_label_aucs": "ichlib.viz",
-    "plot_shortcut_audit": "ichlib.viz",
-    # the phantom and the course
-    "write_synthetic_ct_ich": "ichlib.synthetic", "write_synthetic_rsna": "ichlib.synthetic",
-    "course_paths": "ichlib.course", "ensure_synthetic": "ichlib.course",
-    "COURSE_PATIENTS": "ichlib.course", "is_synthetic": "ichlib.io.folder",
+if TYPE_CHECKING:
+    from ichlib import (
+        checkpoint,
+        course,
+        device,
+        explain,
+        io,
+        losses,
+        model,
+        predict,
+        preprocess,
+        rsna_submission,
+        synthetic,
+        training,
+        viz,
+    )
+    from ichlib.checkpoint import load_checkpoint, model_from_checkpoint
+    from ichlib.course import COURSE_PATIENTS
+    from ichlib.explain import (
+        CANDIDATES,
+        collect_localization,
+        compare_cams,
+        deletion_test,
+        explain_scan,
+        localization_table,
+        localization_verdict,
+    )
+    from ichlib.io import (
+        DuplicateLabelWarning,
+        check_dataset,
+        cooccurrence,
+        detect_format,
+        label_counts,
+        largest_lesion_slice,
+        load_dicom_series,
+        load_mask,
+        load_volume,
+        read_ct_ich,
+        read_rsna,
+    )
+    from ichlib.model import CNNBiLSTM
+    from ichlib.predict import Predictor
+    from ichlib.preprocess import (
+        BLOOD_HU,
+        WINDOWS,
+        PreprocessConfig,
+        ScanDataset,
+        intracranial_mask,
+        lesion_contrast,
+        multi_window,
+        patient_split,
+        prepare_scan,
+        rsna_group_split,
+        sampled_mask,
+        uniform_indices,
+        window,
+    )
+    from ichlib.rsna_submission import predict_rsna, write_submission
+    from ichlib.training import (
+        RunLog,
+        TrainConfig,
+        audit_checkpoint,
+        beats_baseline,
+        build_criterion,
+        build_model,
+        compare_runs,
+        comparison_table,
+        evaluate,
+        make_eval_loader,
+        make_loader,
+        make_optimizer,
+        meets_bar,
+        patient_outcomes,
+        prepare_data,
+        read_metrics,
+        results_table,
+        run_intensity_baseline,
+        run_position_baseline,
+        train_one_epoch,
+    )
+    from ichlib.training.fit import fit
+    from ichlib.viz import (
+        SUBTYPE_COLORS,
+        SliceViewer,
+        confusion_counts,
+        montage,
+        plot_cam_gallery,
+        plot_cam_montage,
+        plot_cam_slice,
+        plot_confusion_matrices,
+        plot_label_aucs,
+        plot_localization,
+        plot_phantom_findings,
+        plot_roc_curves,
+        plot_shortcut_audit,
+        plot_slice_importance,
+        show_slice,
+        write_cam_report,
+    )
+
+#: The names imported on first use, by the module that defines or re-exports them.
+_ON_FIRST_USE: dict[str, tuple[str, ...]] = {
+    "ichlib.checkpoint": ("load_checkpoint", "model_from_checkpoint"),
+    "ichlib.course": ("COURSE_PATIENTS",),
+    "ichlib.explain": ("CANDIDATES", "collect_localization", "compare_cams", "deletion_test",
+                       "explain_scan", "localization_table", "localization_verdict"),
+    "ichlib.io": ("DuplicateLabelWarning", "check_dataset", "cooccurrence", "detect_format",
+                  "label_counts", "largest_lesion_slice", "load_dicom_series", "load_mask",
+                  "load_volume", "read_ct_ich", "read_rsna"),
+    "ichlib.model": ("CNNBiLSTM",),
+    "ichlib.predict": ("Predictor",),
+    "ichlib.preprocess": ("BLOOD_HU", "WINDOWS", "PreprocessConfig", "ScanDataset",
+                          "intracranial_mask", "lesion_contrast", "multi_window", "patient_split",
+                          "prepare_scan", "rsna_group_split", "sampled_mask", "uniform_indices",
+                          "window"),
+    "ichlib.rsna_submission": ("predict_rsna", "write_submission"),
+    "ichlib.training": ("RunLog", "TrainConfig", "audit_checkpoint", "beats_baseline",
+                        "build_criterion", "build_model", "compare_runs", "comparison_table",
+                        "evaluate", "make_eval_loader", "make_loader", "make_optimizer", "meets_bar",
+                        "patient_outcomes", "prepare_data", "read_metrics", "results_table",
+                        "run_intensity_baseline", "run_position_baseline", "train_one_epoch"),
+    "ichlib.training.fit": ("fit",),
+    "ichlib.viz": ("SUBTYPE_COLORS", "SliceViewer", "confusion_counts", "montage",
+                   "plot_cam_gallery", "plot_cam_montage", "plot_cam_slice",
+                   "plot_confusion_matrices", "plot_label_aucs", "plot_localization",
+                   "plot_phantom_findings", "plot_roc_curves", "plot_shortcut_audit",
+                   "plot_slice_importance", "show_slice", "write_cam_report"),
 }
+_MODULE_OF = {name: module for module, names in _ON_FIRST_USE.items() for name in names}
+
+#: Subpackages and modules reachable as attributes after ``import ichlib`` (``ichlib.course.setup``).
+_SUBMODULES = ("checkpoint", "course", "device", "explain", "io", "losses", "model", "predict",
+               "preprocess", "rsna_submission", "synthetic", "training", "viz")
 
 
-#: Submodules reachable as attributes after ``import ichlib`` (``ichlib.course.setup``).
-_SUBMODULES = ("io", "preprocess", "model", "losses", "checkpoint", "predict", "device", "training",
-               "explain", "viz", "synthetic", "course", "labels", "errors")
-
-
-def __getattr__(name: str):
-    if name in _SUBMODULES:
-        return import_module(f"ichlib.{name}")
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name]), name)
+if not TYPE_CHECKING:  # type checkers see the imports above, and no catch-all __getattr__
+    def __getattr__(name: str) -> object:
+        """Import a public name or a subpackage on first use, and keep it in the module."""
+        if name in _SUBMODULES:
+            return import_module(f"ichlib.{name}")
+        if name not in _MODULE_OF:
+            raise AttributeError(f"module 'ichlib' has no attribute {name!r}")
+        value = getattr(import_module(_MODULE_OF[name]), name)
         globals()[name] = value
         return value
-    raise AttributeError(f"module 'ichlib' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
+    return sorted({*globals(), *_MODULE_OF, *_SUBMODULES})
 
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "__version__",
+    "CheckpointError", "ConfigError", "DataError", "DataWarning", "IchlibError", "RunInterrupted",
+    "WriteError", "LABELS", "SUBTYPES",
+    *_MODULE_OF,
+]

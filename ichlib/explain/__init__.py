@@ -1,32 +1,32 @@
 """Explaining the model: Grad-CAM from the patient-level output to every slice, maps in the
 scan's geometry, and how well maps localise the blood against model-free baselines."""
 
-from ichlib._lazy import lazy_exports
+from ichlib.explain.baselines import chance_prior, intensity_map
+from ichlib.explain.cam import (
+    CANDIDATES,
+    CamSpec,
+    ScanCAM,
+    ScanLabelTarget,
+    SliceLabelTarget,
+    normalize_scan,
+    scan_grad_cam,
+    whole_scan_grad_cam,
+)
+from ichlib.explain.deletion import DeletionResult, deletion_test
+from ichlib.explain.localization import (
+    collect_localization,
+    compare_cams,
+    localization_table,
+    localization_verdict,
+)
+from ichlib.explain.randomization import cascading_randomization
+from ichlib.explain.report import ScanExplanation, explain_scan, maps_to_volume, save_cam_nifti
+from ichlib.explain.scores import energy_in_mask, pointing_game
 
-_NAMES = {
-    "ScanCAM": ".cam",
-    "ScanLabelTarget": ".cam",
-    "SliceLabelTarget": ".cam",
-    "normalize_scan": ".cam",
-    "scan_grad_cam": ".cam",
-    "whole_scan_grad_cam": ".cam",
-    "cascading_randomization": ".randomization",
-    "DeletionResult": ".deletion",
-    "deletion_test": ".deletion",
-    "collect_localization": ".localization",
-    "energy_in_mask": ".scores",
-    "intensity_map": ".baselines",
-    "chance_prior": ".baselines",
-    "compare_cams": ".localization",
-    "CamSpec": ".cam",
-    "CANDIDATES": ".cam",
-    "localization_verdict": ".localization",
-    "localization_table": ".localization",
-    "pointing_game": ".scores",
-    "ScanExplanation": ".report",
-    "explain_scan": ".report",
-    "maps_to_volume": ".report",
-    "save_cam_nifti": ".report",
-}
-__getattr__, __dir__ = lazy_exports(__name__, _NAMES)
-__all__ = sorted(_NAMES)
+__all__ = [
+    "CANDIDATES", "CamSpec", "DeletionResult", "ScanCAM", "ScanExplanation", "ScanLabelTarget",
+    "SliceLabelTarget", "cascading_randomization", "chance_prior", "collect_localization",
+    "compare_cams", "deletion_test", "energy_in_mask", "explain_scan", "intensity_map",
+    "localization_table", "localization_verdict", "maps_to_volume", "normalize_scan",
+    "pointing_game", "save_cam_nifti", "scan_grad_cam", "whole_scan_grad_cam",
+]

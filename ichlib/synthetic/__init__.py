@@ -3,14 +3,8 @@
 Everything it writes is SYNTHETIC: no patient data is used or reproduced.
 """
 
-from ichlib._lazy import lazy_exports
+from ichlib.synthetic.phantom import Phantom, make_phantom
+from ichlib.synthetic.rsna import write_synthetic_rsna
+from ichlib.synthetic.writer import write_synthetic_ct_ich
 
-_NAMES = {
-    "Phantom": ".phantom",
-    "make_phantom": ".phantom",
-    "plan_subtypes": ".writer",
-    "write_synthetic_ct_ich": ".writer",
-    "write_synthetic_rsna": ".rsna",
-}
-__getattr__, __dir__ = lazy_exports(__name__, _NAMES)
-__all__ = sorted(_NAMES)
+__all__ = ["Phantom", "make_phantom", "write_synthetic_ct_ich", "write_synthetic_rsna"]

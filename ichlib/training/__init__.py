@@ -1,44 +1,43 @@
 """Training and evaluating the CNN + BiLSTM: the loop's parts, the run, metrics, baselines,
-two-stage training and distributed training under ``torchrun``."""
+two-stage training and distributed training under ``torchrun``.
 
-from ichlib._lazy import lazy_exports
+:func:`~ichlib.training.fit.fit` is ``ichlib.fit``; it is not re-exported here, so that
+``ichlib.training.fit`` stays its module (tests and ``torchrun`` workers patch names in it).
+"""
 
-_NAMES = {
-    "run_intensity_baseline": ".baseline",
-    "TrainConfig": ".config",
-    "CVResult": ".cv",
-    "cross_validate": ".cv",
-    "PreparedData": ".data",
-    "prepare_data": ".data",
-    "EarlyStopping": ".engine",
-    "EvalResult": ".engine",
-    "evaluate": ".engine",
-    "optimizer_step": ".engine",
-    "train_one_epoch": ".engine",
-    "final_evaluation": ".evaluation",
-    "audit_checkpoint": ".evaluation",
-    "FitResult": ".fit",
-    "fit": ".fit",
-    "make_loader": ".loaders",
-    "make_eval_loader": ".data",
-    "make_optimizer": ".engine",
-    "comparison_table": ".report",
-    "patient_outcomes": ".report",
-    "read_metrics": ".report",
-    "beats_baseline": ".report",
-    "meets_bar": ".report",
-    "compare_runs": ".report",
-    "run_position_baseline": ".shortcuts",
-    "paired_auc_difference": ".metrics",
-    "RunLog": ".log",
-    "results_table": ".metrics",
-    "RunFolderWarning": ".runfolder",
-    "run_folder": ".runfolder",
-    "score_predictions": ".metrics",
-    "EndToEnd": ".strategies",
-    "TwoStage": ".strategies",
-    "build_criterion": ".strategies",
-    "build_model": ".strategies",
-}
-__getattr__, __dir__ = lazy_exports(__name__, _NAMES)
-__all__ = sorted(_NAMES)
+from ichlib.training.baseline import run_intensity_baseline
+from ichlib.training.config import TrainConfig
+from ichlib.training.cv import CVResult, cross_validate
+from ichlib.training.data import PreparedData, make_eval_loader, prepare_data
+from ichlib.training.engine import (
+    EarlyStopping,
+    EvalResult,
+    evaluate,
+    make_optimizer,
+    train_one_epoch,
+)
+from ichlib.training.evaluation import audit_checkpoint
+from ichlib.training.fit import FitResult
+from ichlib.training.loaders import make_loader
+from ichlib.training.log import RunLog
+from ichlib.training.metrics import paired_auc_difference, results_table, score_predictions
+from ichlib.training.report import (
+    beats_baseline,
+    compare_runs,
+    comparison_table,
+    meets_bar,
+    patient_outcomes,
+    read_metrics,
+)
+from ichlib.training.runfolder import RunFolderWarning
+from ichlib.training.shortcuts import run_position_baseline
+from ichlib.training.strategies import EndToEnd, TwoStage, build_criterion, build_model
+
+__all__ = [
+    "CVResult", "EarlyStopping", "EndToEnd", "EvalResult", "FitResult", "PreparedData",
+    "RunFolderWarning", "RunLog", "TrainConfig", "TwoStage", "audit_checkpoint", "beats_baseline",
+    "build_criterion", "build_model", "compare_runs", "comparison_table", "cross_validate",
+    "evaluate", "make_eval_loader", "make_loader", "make_optimizer", "meets_bar",
+    "paired_auc_difference", "patient_outcomes", "prepare_data", "read_metrics", "results_table",
+    "run_intensity_baseline", "run_position_baseline", "score_predictions", "train_one_epoch",
+]

@@ -1,28 +1,30 @@
 """Figures, one module per topic: slices and montages, training curves and ROC, Grad-CAM, and
 the interactive slice viewer."""
 
-from ichlib._lazy import lazy_exports
+from ichlib.viz.cam import (
+    plot_cam_gallery,
+    plot_cam_montage,
+    plot_cam_slice,
+    plot_localization,
+    plot_slice_importance,
+    write_cam_report,
+)
+from ichlib.viz.figures import SUBTYPE_COLORS, SYNTHETIC_NOTE, montage, save_figure, show_slice
+from ichlib.viz.phantom import plot_phantom_findings
+from ichlib.viz.training import (
+    confusion_counts,
+    plot_confusion_matrices,
+    plot_history,
+    plot_label_aucs,
+    plot_roc_curves,
+    plot_shortcut_audit,
+)
+from ichlib.viz.viewer import SliceViewer
 
-_NAMES = {
-    "plot_cam_montage": ".cam",
-    "plot_cam_gallery": ".cam",
-    "plot_cam_slice": ".cam",
-    "plot_localization": ".cam",
-    "plot_slice_importance": ".cam",
-    "SliceViewer": ".viewer",
-    "plot_phantom_findings": ".phantom",
-    "write_cam_report": ".cam",
-    "SUBTYPE_COLORS": ".figures",
-    "SYNTHETIC_NOTE": ".figures",
-    "montage": ".figures",
-    "save_figure": ".figures",
-    "show_slice": ".figures",
-    "confusion_counts": ".training",
-    "plot_confusion_matrices": ".training",
-    "plot_history": ".training",
-    "plot_label_aucs": ".training",
-    "plot_shortcut_audit": ".training",
-    "plot_roc_curves": ".training",
-}
-__getattr__, __dir__ = lazy_exports(__name__, _NAMES)
-__all__ = sorted(_NAMES)
+__all__ = [
+    "SUBTYPE_COLORS", "SYNTHETIC_NOTE", "SliceViewer", "confusion_counts", "montage",
+    "plot_cam_gallery", "plot_cam_montage", "plot_cam_slice", "plot_confusion_matrices",
+    "plot_history", "plot_label_aucs", "plot_localization", "plot_phantom_findings",
+    "plot_roc_curves", "plot_shortcut_audit", "plot_slice_importance", "save_figure", "show_slice",
+    "write_cam_report",
+]

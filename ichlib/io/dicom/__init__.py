@@ -4,24 +4,20 @@ See :mod:`ichlib.io.dicom.series` for the conventions (slice order along the nor
 the modality LUT, padding to air).
 """
 
-from ichlib._lazy import lazy_exports
+from ichlib.io.dicom.enhanced import frame_headers
+from ichlib.io.dicom.headers import NotDicomError, SliceHeader, read_slice_header
+from ichlib.io.dicom.ordering import SeriesLayout, order_slices
+from ichlib.io.dicom.pixels import AIR_HU, dataset_to_hu, has_12bit_bug
+from ichlib.io.dicom.series import (
+    IgnoredFilesWarning,
+    load_dicom_series,
+    read_dicom_series_header,
+    read_series_manifest,
+    write_series_manifest,
+)
 
-_NAMES = {
-    "frame_headers": ".enhanced",
-    "NotDicomError": ".headers",
-    "SliceHeader": ".headers",
-    "read_slice_header": ".headers",
-    "SeriesLayout": ".ordering",
-    "order_slices": ".ordering",
-    "AIR_HU": ".pixels",
-    "dataset_to_hu": ".pixels",
-    "has_12bit_bug": ".pixels",
-    "IgnoredFilesWarning": ".series",
-    "load_dicom_series": ".series",
-    "read_dicom_series_header": ".series",
-    "read_series_headers": ".series",
-    "read_series_manifest": ".series",
-    "write_series_manifest": ".series",
-}
-__getattr__, __dir__ = lazy_exports(__name__, _NAMES)
-__all__ = sorted(_NAMES)
+__all__ = [
+    "AIR_HU", "IgnoredFilesWarning", "NotDicomError", "SeriesLayout", "SliceHeader",
+    "dataset_to_hu", "frame_headers", "has_12bit_bug", "load_dicom_series", "order_slices",
+    "read_dicom_series_header", "read_series_manifest", "read_slice_header", "write_series_manifest",
+]
