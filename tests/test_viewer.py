@@ -187,6 +187,20 @@ def test_montage_has_evenly_spaced_slices_with_their_titles(viewer):
         viewer.montage(n=0)
 
 
+def test_montage_and_slice_figure_read_at_notebook_width(viewer):
+    from ichlib.viz.check import figure_problems, small_texts
+    from ichlib.viz.figures import SYNTHETIC_NOTE
+
+    viewer.note, viewer.name = SYNTHETIC_NOTE, "patient 022"
+    montage = viewer.montage()  # 12 panels in rows of 6, as notebooks 01 and 02 show it
+    assert figure_problems(montage) == []
+    footer = montage.get_supxlabel()
+    assert SYNTHETIC_NOTE in footer and "SDH subdural" in footer
+    sizes = {t.get_text(): px for t, px in small_texts(montage, min_px=100)}
+    assert sizes[footer] >= 10.5  # the footer was 8.9 px on screen at 8 pt: too small to read
+    assert figure_problems(viewer.figure()) == []
+
+
 # --- display ----------------------------------------------------------------------------
 
 def _shell(allow_stdin: bool | None):

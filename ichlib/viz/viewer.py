@@ -40,6 +40,7 @@ from ichlib.errors import ConfigError, DataError
 from ichlib.labels import LABELS, SUBTYPES
 from ichlib.preprocess.sampling import uniform_indices
 from ichlib.preprocess.windowing import WINDOWS, window
+from ichlib.viz.figures import ABBREVIATIONS, NOTE_SIZE, TITLE_SIZE, abbreviation_key
 
 #: Colormap of Grad-CAM maps, as in :mod:`ichlib.cam_plots`.
 CAM_CMAP = "turbo"
@@ -50,9 +51,6 @@ CUSTOM = "custom"
 #: Environment variable that forces the display mode ("static" or "interactive").
 MODE_ENV = "ICHLIB_VIEWER"
 MASK_STYLES = ("outline", "fill")
-#: Short subtype names for the montage's panel titles.
-ABBREVIATIONS = {"intraparenchymal": "IPH", "intraventricular": "IVH", "subarachnoid": "SAH",
-                 "epidural": "EDH", "subdural": "SDH"}
 LEVEL_RANGE = (-1024.0, 3071.0)
 WIDTH_RANGE = (1.0, 4096.0)
 
@@ -235,7 +233,7 @@ class SliceViewer:
         if self.cam is not None:
             fig.colorbar(ScalarMappable(Normalize(0, 1), CAM_CMAP), ax=ax, fraction=0.046,
                          pad=0.02, label="Grad-CAM")
-        fig.supxlabel(self._footer(), fontsize=8)
+        fig.supxlabel(self._footer(), fontsize=NOTE_SIZE)
         return fig
 
     def render_png(self, index: int | None = None) -> bytes:
@@ -257,14 +255,14 @@ class SliceViewer:
             ax.set_axis_off()
             ax.imshow(self.frame(int(k)), aspect=self._aspect())
             short = ", ".join(ABBREVIATIONS[s] for s in self.slice_labels(int(k)) if s != "any")
-            ax.set_title(f"slice {int(k) + 1}" + (f" · {short}" if short else ""), fontsize=8)
+            ax.set_title(f"slice {int(k) + 1}" + (f" · {short}" if short else ""), fontsize=TITLE_SIZE)
         if self.cam is not None and self.show_cam:
             fig.colorbar(ScalarMappable(Normalize(0, 1), CAM_CMAP), ax=fig.axes, fraction=0.02,
                          pad=0.01, label="Grad-CAM")
         head = f"{self.name} · " if self.name else ""
-        fig.suptitle(f"{head}{len(picks)} of {self.n_slices} slices (static view)", fontsize=11)
-        key = "  ".join(f"{a} {s}" for s, a in ABBREVIATIONS.items())
-        fig.supxlabel(self._footer() + (f"\n{key}" if self.labels is not None else ""), fontsize=8)
+        fig.suptitle(f"{head}{len(picks)} of {self.n_slices} slices (static view)", fontsize=TITLE_SIZE + 2)
+        key = abbreviation_key() if self.labels is not None else ""
+        fig.supxlabel(self._footer() + (f"\n{key}" if key else ""), fontsize=NOTE_SIZE + 1)
         return fig
 
     def montage_png(self, n: int = 12, ncols: int = 6) -> bytes:
