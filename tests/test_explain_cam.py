@@ -352,3 +352,41 @@ def test_whole_scan_cam_explains_the_prediction_from_every_slice():
     np.testing.assert_allclose(result.raw[row], part.raw, rtol=1e-5, atol=1e-7)
     with pytest.raises(ConfigError, match="covering"):
         whole_scan_grad_cam(model, x, samplings[:1])
+
+
+# --- the grad-cam classes ---------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["gradcam", "hirescam", "gradcam++", "layercam"])
+def test_each_method_is_a_named_subclass_of_grad_cams_class(method):
+    import pytorch_grad_cam
+
+    from ichlib.explain import cam as cam_module
+    from ichlib.explain.cam import CAM_METHODS, ScanAsBatch
+
+    cls = CAM_METHODS[method]
+    library = {"gradcam": pytorch_grad_cam.GradCAM, "hirescam": pytorch_grad_cam.HiResCAM,
+               "gradcam++": pytorch_grad_cam.GradCAMPlusPlus, "layercam": pytorch_grad_cam.LayerCAM}[method]
+    assert issubclass(cls, library) and getattr(cam_module, cls.__name__) is cls
+    assert cls.__module__ == "ichlib.explain.cam" and cls.__doc__
+    # used the way grad-cam's classes are used, it gives what scan_grad_cam gives
+    torch.manual_seed(5)
+    model = ToyBiLSTM(downsamplings=2).eval()
+    x = scan_input(s=3, size=32, seed=4)
+    expected = scan_grad_cam(model, x, "epidural", method=method, normalize="slice")
+    with cls(ScanAsBatch(model), [model.target_layer]) as cam:
+        per_slice = cam(x, [ScanLabelTarget("epidural")])
+    np.testing.assert_allclose(per_slice, expected.maps, atol=1e-6)
+    assert len(cam.raw_cams) == 1
+    np.testing.assert_allclose(cam.raw_cams[0], expected.raw, rtol=1e-5, atol=1e-8)
+    assert not model.target_layer._forward_hooks          # the with block released grad-cam's hooks
+
+
+def test_an_error_inside_the_with_block_is_not_swallowed():
+    # grad-cam's own __exit__ prints an IndexError and swallows it; the scan classes let it through.
+    from ichlib.explain.cam import ScanAsBatch, ScanGradCAM
+
+    model = ToyBiLSTM().eval()
+    with pytest.raises(IndexError):
+        with ScanGradCAM(ScanAsBatch(model, "slice"), [model.target_layer]) as cam:
+            cam(scan_input(s=3), [SliceLabelTarget(7, "any")])   # only 3 slices
+    assert not model.target_layer._forward_hooks

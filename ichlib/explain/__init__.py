@@ -5,8 +5,13 @@ from ichlib.explain.baselines import chance_prior, intensity_map
 from ichlib.explain.cam import (
     CANDIDATES,
     CamSpec,
+    ScanAsBatch,
     ScanCAM,
+    ScanGradCAM,
+    ScanGradCAMPlusPlus,
+    ScanHiResCAM,
     ScanLabelTarget,
+    ScanLayerCAM,
     SliceLabelTarget,
     normalize_scan,
     scan_grad_cam,
@@ -24,7 +29,8 @@ from ichlib.explain.report import ScanExplanation, explain_scan, maps_to_volume,
 from ichlib.explain.scores import energy_in_mask, pointing_game
 
 __all__ = [
-    "CANDIDATES", "CamSpec", "DeletionResult", "ScanCAM", "ScanExplanation", "ScanLabelTarget",
+    "CANDIDATES", "CamSpec", "DeletionResult", "ScanAsBatch", "ScanCAM", "ScanExplanation",
+    "ScanGradCAM", "ScanGradCAMPlusPlus", "ScanHiResCAM", "ScanLabelTarget", "ScanLayerCAM",
     "SliceLabelTarget", "cascading_randomization", "chance_prior", "collect_localization",
     "compare_cams", "deletion_test", "energy_in_mask", "explain_scan", "intensity_map",
     "localization_table", "localization_verdict", "maps_to_volume", "normalize_scan",

@@ -12,6 +12,14 @@ last block (``model.target_layer``):
   and the map ``ReLU(sum_k w[s, k] A[s, k])``;
 - exactly one target is passed, paired with the single output row.
 
+Each method is ``grad-cam``'s own class with two of its hooks extended (:class:`_ScanMaps`):
+:class:`ScanGradCAM`, :class:`ScanHiResCAM`, :class:`ScanGradCAMPlusPlus` and
+:class:`ScanLayerCAM`, by name in :data:`CAM_METHODS`. Used directly, they work like the
+library's classes on ``ScanAsBatch(model)``::
+
+    with ScanGradCAM(ScanAsBatch(model), [model.target_layer]) as cam:
+        per_slice = cam(x, [ScanLabelTarget("subdural")])   # [S, H, W]; cam.raw_cams[0]: [S, h, w]
+
 The library scales each slice's map to [0, 1] on its own (min-max), which hides how much
 a slice matters. :func:`scan_grad_cam` therefore keeps the un-normalised maps and, by
 default, divides the whole scan by its one maximum (``normalize="scan"``), so a faint
@@ -32,6 +40,7 @@ from typing import Literal
 import numpy as np
 import torch
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
+from pytorch_grad_cam.base_cam import BaseCAM
 from torch import nn
 
 from ichlib.errors import ConfigError, IchlibError
@@ -142,20 +151,26 @@ class ScanAsBatch(nn.Module):
         return out.scan_logits if hasattr(out, "scan_logits") else out
 
 
-class _ScanCAMHooks:
-    """Hooks added to a ``grad-cam`` method class: keep the un-normalised ReLU'd maps, and
-    check that the CNN ran once on all slices as a batch.
+class _ScanMaps(BaseCAM):
+    """What the scan methods add to a ``grad-cam`` method, through two of its documented hooks.
 
-    Only these two hooks of the library are extended; the weights, the weighted sum and the
-    per-slice scaling are the library's own code for each method.
+    - :meth:`compute_cam_per_layer` checks that the CNN ran once on all slices as a batch (the
+      way ``grad-cam``'s own FullGrad reads the recorded activations there), then runs the
+      library's computation;
+    - :meth:`get_cam_image` keeps each layer's map before the library scales it per slice:
+      ``raw_cams[i]`` is the ReLU'd map ``[S, h, w]`` of target layer ``i``, from the last call.
+
+    The channel weights, the weighted sum and the per-slice scaling are the library's own code
+    for each method. Leaving a ``with`` block releases the hooks and lets every exception through
+    (``grad-cam``'s own ``__exit__`` prints and swallows an ``IndexError``).
     """
 
-    def get_cam_image(self, *args, **kwargs) -> np.ndarray:
-        cam = super().get_cam_image(*args, **kwargs)
-        self.raw_cams.append(np.maximum(cam, 0).astype(np.float32))
-        return cam
+    def __init__(self, model: nn.Module, target_layers: list[nn.Module]) -> None:
+        super().__init__(model, target_layers)
+        self.raw_cams: list[np.ndarray] = []
 
-    def compute_cam_per_layer(self, input_tensor, targets, eigen_smooth):
+    def compute_cam_per_layer(self, input_tensor: torch.Tensor, targets: list, eigen_smooth: bool
+                              ) -> list[np.ndarray]:
         acts = self.activations_and_grads.activations
         grads = self.activations_and_grads.gradients
         n = int(input_tensor.shape[0])
@@ -168,25 +183,40 @@ class _ScanCAMHooks:
             if a.ndim != 4 or a.shape[0] != n or tuple(g.shape) != tuple(a.shape):
                 raise IchlibError(f"target layer activations {tuple(a.shape)} / gradients "
                                   f"{tuple(g.shape)} are not [S={n}, F, h, w]")
+        self.raw_cams = []
         return super().compute_cam_per_layer(input_tensor, targets, eigen_smooth)
+
+    def get_cam_image(self, input_tensor: torch.Tensor, target_layer: nn.Module, targets: list,
+                      activations: np.ndarray, grads: np.ndarray, eigen_smooth: bool = False
+                      ) -> np.ndarray:
+        cam = super().get_cam_image(input_tensor, target_layer, targets, activations, grads,
+                                    eigen_smooth)
+        self.raw_cams.append(np.maximum(cam, 0).astype(np.float32))
+        return cam
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.activations_and_grads.release()
+
+
+class ScanGradCAM(_ScanMaps, GradCAM):
+    """``grad-cam``'s GradCAM over one scan: channel weights from each slice's mean gradient."""
+
+
+class ScanHiResCAM(_ScanMaps, HiResCAM):
+    """``grad-cam``'s HiResCAM over one scan: the gradient times the activation, per position."""
+
+
+class ScanGradCAMPlusPlus(_ScanMaps, GradCAMPlusPlus):
+    """``grad-cam``'s GradCAM++ over one scan: positive gradients weighted by their curvature."""
+
+
+class ScanLayerCAM(_ScanMaps, LayerCAM):
+    """``grad-cam``'s LayerCAM over one scan: positive gradients times activations, per position."""
 
 
 #: The ``grad-cam`` methods a scan can be explained with.
-CAM_METHODS: dict[str, type] = {"gradcam": GradCAM, "hirescam": HiResCAM,
-                                "gradcam++": GradCAMPlusPlus, "layercam": LayerCAM}
-_SCAN_CLASSES: dict[str, type] = {}
-
-
-def _scan_cam(method: str, model: nn.Module, layers: list[nn.Module]):
-    """An instance of ``grad-cam``'s ``method`` with :class:`_ScanCAMHooks`."""
-    if method not in CAM_METHODS:
-        raise ConfigError(f"unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}")
-    if method not in _SCAN_CLASSES:
-        _SCAN_CLASSES[method] = type(f"_Scan{CAM_METHODS[method].__name__}",
-                                     (_ScanCAMHooks, CAM_METHODS[method]), {})
-    cam = _SCAN_CLASSES[method](model, layers)
-    cam.raw_cams = []
-    return cam
+CAM_METHODS: dict[str, type[_ScanMaps]] = {"gradcam": ScanGradCAM, "hirescam": ScanHiResCAM,
+                                           "gradcam++": ScanGradCAMPlusPlus, "layercam": ScanLayerCAM}
 
 
 # --- the result -------------------------------------------------------------------------
@@ -270,6 +300,8 @@ def scan_grad_cam(model: nn.Module, x: torch.Tensor | np.ndarray,
     """
     if normalize not in _NORMALIZE:
         raise ConfigError(f"normalize must be 'scan', 'slice' or None, got {normalize!r}")
+    if method not in CAM_METHODS:
+        raise ConfigError(f"unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}")
     x, target, slice_pos, slice_indices = _checked_inputs(x, target, slice_indices)
     layers = _resolve_layers(model, target_layer)
 
@@ -280,12 +312,9 @@ def scan_grad_cam(model: nn.Module, x: torch.Tensor | np.ndarray,
     with _preserved_state(model), torch.inference_mode(False), torch.enable_grad(), \
             _cudnn_off(device), _graph_from(layers):
         inp = x.detach().clone().to(device=device, dtype=dtype)
-        cam = _scan_cam(method, ScanAsBatch(model, head), layers)
-        try:
+        with CAM_METHODS[method](ScanAsBatch(model, head), layers) as cam:
             per_slice = cam(inp, [target])
             outputs = cam.outputs.detach().float().cpu()[0]
-        finally:
-            cam.activations_and_grads.release()
     height, width = int(x.shape[-2]), int(x.shape[-1])
     raw = _fuse(cam.raw_cams, (height, width))
     if normalize == "slice":
