@@ -70,6 +70,7 @@ if TYPE_CHECKING:
         explain_scan,
         localization_table,
         localization_verdict,
+        write_cam_report,
     )
     from ichlib.io import (
         DuplicateLabelWarning,
@@ -141,7 +142,6 @@ if TYPE_CHECKING:
         plot_shortcut_audit,
         plot_slice_importance,
         show_slice,
-        write_cam_report,
     )
 
 #: The names imported on first use, by the module that defines or re-exports them.
@@ -149,7 +149,8 @@ _ON_FIRST_USE: dict[str, tuple[str, ...]] = {
     "ichlib.checkpoint": ("load_checkpoint", "model_from_checkpoint"),
     "ichlib.course": ("COURSE_PATIENTS",),
     "ichlib.explain": ("CANDIDATES", "collect_localization", "compare_cams", "deletion_test",
-                       "explain_scan", "localization_table", "localization_verdict"),
+                       "explain_scan", "localization_table", "localization_verdict",
+                       "write_cam_report"),
     "ichlib.io": ("DuplicateLabelWarning", "check_dataset", "cooccurrence", "detect_format",
                   "label_counts", "largest_lesion_slice", "load_dicom_series", "load_mask",
                   "load_volume", "read_ct_ich", "read_rsna"),
@@ -170,7 +171,7 @@ _ON_FIRST_USE: dict[str, tuple[str, ...]] = {
                    "plot_cam_gallery", "plot_cam_montage", "plot_cam_slice",
                    "plot_confusion_matrices", "plot_label_aucs", "plot_localization",
                    "plot_phantom_findings", "plot_roc_curves", "plot_shortcut_audit",
-                   "plot_slice_importance", "show_slice", "write_cam_report"),
+                   "plot_slice_importance", "show_slice"),
 }
 _MODULE_OF = {name: module for module, names in _ON_FIRST_USE.items() for name in names}
 

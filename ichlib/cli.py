@@ -363,14 +363,15 @@ def _write_cams(args: argparse.Namespace, checkpoint: dict, predictions: list
                 ) -> tuple[dict[str, list[str]], list[tuple[str, str]]]:
     """Grad-CAM report per predicted scan (PNG, and NIfTI maps unless --no-cam-nifti).
 
-    Output names are unique per input scan (:func:`ichlib.viz.cam.unique_stems`); a scan
+    Output names are unique per input scan (:func:`ichlib.explain.report.unique_stems`); a scan
     whose report fails is reported and the others still get theirs.
 
     Returns:
         The files written per scan path, and ``(scan, message)`` per failed scan.
     """
     from ichlib.checkpoint import model_from_checkpoint  # lazy: start-up time
-    from ichlib.viz.cam import unique_stems, write_cam_report  # lazy: start-up time
+    from ichlib.explain.report import unique_stems, write_cam_report  # lazy: start-up time
+    from ichlib.viz.cam import save_cam_montage  # lazy: start-up time
 
     model, config = model_from_checkpoint(checkpoint, source=args.checkpoint)
     scans = [Path(p.path) for p in predictions if p.path]
@@ -380,6 +381,7 @@ def _write_cams(args: argparse.Namespace, checkpoint: dict, predictions: list
     for scan in scans:
         try:
             paths = write_cam_report(model, config, scan, args.cam, top_k=args.cam_top_k,
+                                     figure=save_cam_montage,
                                      save_nifti=not args.no_cam_nifti, label=args.cam_label,
                                      stem=stems[scan], synthetic=checkpoint.get("data") == "synthetic")
         except Exception as exc:  # one scan's failure must not stop the others

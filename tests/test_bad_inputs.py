@@ -827,7 +827,7 @@ def test_8_cam_outputs_of_scans_with_one_name_do_not_overwrite_each_other(skippe
 
 
 def test_8_unique_stems():
-    from ichlib.viz.cam import unique_stems
+    from ichlib.explain.report import unique_stems
 
     paths = [Path("/d/a/scan.nii"), Path("/d/b/scan.nii.gz"), Path("/d/c/other.nii"),
              Path("/e/a/scan.nii"), Path("/d/a/scan.nii")]
@@ -1016,6 +1016,7 @@ def test_predict_json_names_the_version_checkpoint_data_and_cam_files(skipped_ru
 
 def test_cam_title_says_synthetic(skipped_run, mixed_folder, tmp_path, monkeypatch):
     from ichlib.checkpoint import load_checkpoint, model_from_checkpoint
+    from ichlib.explain.report import write_cam_report
     from ichlib.viz import cam as viz_cam
 
     titles = []
@@ -1024,7 +1025,8 @@ def test_cam_title_says_synthetic(skipped_run, mixed_folder, tmp_path, monkeypat
                         lambda *a, **k: titles.append(k["title"]) or real(*a, **k))
     model, config = model_from_checkpoint(load_checkpoint(skipped_run.best_path))
     scan = mixed_folder / "ct_scans" / "049.nii"
-    viz_cam.write_cam_report(model, config, scan, tmp_path, save_nifti=False, synthetic=True)
-    viz_cam.write_cam_report(model, config, scan, tmp_path, save_nifti=False, synthetic=False)
+    for synthetic in (True, False):
+        write_cam_report(model, config, scan, tmp_path, save_nifti=False, synthetic=synthetic,
+                         figure=viz_cam.save_cam_montage)
     assert titles[0].startswith("SYNTHETIC: model trained on the synthetic phantom")
     assert "SYNTHETIC" not in titles[1]

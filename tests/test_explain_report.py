@@ -1,4 +1,5 @@
-"""Maps back in the scan's geometry: placed at the sampled slices, exported aligned with the scan."""
+"""A scan's Grad-CAM report: maps back in the scan's geometry, placed at the sampled slices,
+exported aligned with the scan, and the report's files (PNG + NIfTI)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ import torch
 
 from ichlib.errors import ConfigError
 from ichlib.explain.cam import CamSpec
-from ichlib.explain.report import explain_scan, maps_to_volume, save_cam_nifti
+from ichlib.explain.report import (
+    explain_scan,
+    maps_to_volume,
+    save_cam_nifti,
+    unique_stems,
+    write_cam_report,
+)
+from ichlib.io.load import load_volume
 from ichlib.io.nifti import save_like, save_volume
 from ichlib.model import CNNBiLSTM
 from ichlib.preprocess.dataset import PreprocessConfig
@@ -84,3 +92,65 @@ def test_explain_scan_uses_the_chosen_method_and_layer(small_ct_ich):
     assert default.cam.raw.shape == (8, 2, 2) and layer3.cam.raw.shape == (8, 4, 4)  # 1/32 and 1/16 of 64 px
     assert default.map_volume().shape == layer3.map_volume().shape == default.volume.hu.shape
     assert not np.allclose(default.cam.maps, layer3.cam.maps)
+
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_write_cam_report_png_and_aligned_nifti(make_ct_ich, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ichlib.viz.cam import save_cam_montage
+
+    root = make_ct_ich({60: np.eye(7, 5, -2, dtype=int)}, size=48)
+    scan = root / "ct_scans" / "060.nii"
+    torch.manual_seed(0)
+    model = CNNBiLSTM("resnet18", in_channels=2, lstm_hidden=8).train()
+    config = PreprocessConfig(windows=("brain", "subdural"), img_size=64, seq_len=4)
+    open_before = plt.get_fignums()
+
+    paths = write_cam_report(model, config, scan, tmp_path / "out", top_k=3, figure=save_cam_montage)
+
+    assert model.training                                     # state restored
+    assert plt.get_fignums() == open_before                   # no figure left open
+    png, nifti = paths
+    assert png.name.startswith("060_cam_") and png.suffix == ".png"
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    assert nifti.name == png.name[:-4] + ".nii.gz"
+    source, written = nib.load(scan), nib.load(nifti)
+    np.testing.assert_allclose(written.affine, source.affine)
+    assert written.shape == source.shape
+    maps = np.transpose(np.asarray(written.dataobj, dtype=np.float32), (2, 1, 0))
+    assert maps.shape == load_volume(scan).hu.shape == (7, 48, 48)
+    assert maps.min() >= 0 and maps.max() == pytest.approx(1.0, abs=1e-3)
+    assert all(maps[k].any() for k in range(7))               # every slice is explained
+
+    only_png = write_cam_report(model, config, scan, tmp_path / "png", save_nifti=False,
+                                label="epidural", figure=save_cam_montage)
+    assert [p.name for p in only_png] == ["060_cam_epidural.png"]
+
+
+def test_write_cam_report_without_a_figure_writes_the_nifti_only(small_ct_ich, tmp_path):
+    model = CNNBiLSTM(lstm_hidden=8).eval()
+    config = PreprocessConfig(windows=("brain",), img_size=32, seq_len=4)
+    scan = small_ct_ich / "ct_scans" / "050.nii"
+    drawn = []
+    paths = write_cam_report(model, config, scan, tmp_path, label="any", stem="a.b")
+    assert [p.name for p in paths] == ["a.b_cam_any.nii.gz"]  # a dot in the stem stays
+    paths = write_cam_report(model, config, scan, tmp_path, label="any", save_nifti=False, synthetic=True,
+                             figure=lambda explained, path, *, title, top_k: drawn.append((path, title, top_k)))
+    assert paths == [tmp_path / "050_cam_any.png"] and drawn[0][0] == paths[0] and drawn[0][2] == 6
+    first, second, third = drawn[0][1].splitlines()
+    assert first.startswith("SYNTHETIC: model trained on the synthetic phantom")
+    assert second.startswith("050.nii: Grad-CAM for 'any' (p = ") and third.startswith("any ")
+    with pytest.raises(ConfigError, match="nothing to write"):
+        write_cam_report(model, config, scan, tmp_path, save_nifti=False)
+
+
+def test_unique_stems_keep_scans_of_one_name_apart(tmp_path):
+    paths = [tmp_path / "a" / "scan.nii", tmp_path / "b" / "scan.nii.gz", tmp_path / "c" / "other.nii"]
+    stems = unique_stems([*paths, paths[0]])
+    assert stems == {paths[0]: "a_scan", paths[1]: "b_scan", paths[2]: "other"}

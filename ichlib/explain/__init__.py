@@ -25,7 +25,13 @@ from ichlib.explain.localization import (
     localization_verdict,
 )
 from ichlib.explain.randomization import cascading_randomization
-from ichlib.explain.report import ScanExplanation, explain_scan, maps_to_volume, save_cam_nifti
+from ichlib.explain.report import (
+    ScanExplanation,
+    explain_scan,
+    maps_to_volume,
+    save_cam_nifti,
+    write_cam_report,
+)
 from ichlib.explain.scores import energy_in_mask, pointing_game
 
 __all__ = [
@@ -34,5 +40,5 @@ __all__ = [
     "SliceLabelTarget", "cascading_randomization", "chance_prior", "collect_localization",
     "compare_cams", "deletion_test", "energy_in_mask", "explain_scan", "intensity_map",
     "localization_table", "localization_verdict", "maps_to_volume", "normalize_scan",
-    "pointing_game", "save_cam_nifti", "scan_grad_cam", "whole_scan_grad_cam",
+    "pointing_game", "save_cam_nifti", "scan_grad_cam", "whole_scan_grad_cam", "write_cam_report",
 ]

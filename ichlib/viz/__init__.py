@@ -7,7 +7,7 @@ from ichlib.viz.cam import (
     plot_cam_slice,
     plot_localization,
     plot_slice_importance,
-    write_cam_report,
+    save_cam_montage,
 )
 from ichlib.viz.figures import SUBTYPE_COLORS, SYNTHETIC_NOTE, montage, save_figure, show_slice
 from ichlib.viz.phantom import plot_phantom_findings
@@ -25,6 +25,6 @@ __all__ = [
     "SUBTYPE_COLORS", "SYNTHETIC_NOTE", "SliceViewer", "confusion_counts", "montage",
     "plot_cam_gallery", "plot_cam_montage", "plot_cam_slice", "plot_confusion_matrices",
     "plot_history", "plot_label_aucs", "plot_localization", "plot_phantom_findings",
-    "plot_roc_curves", "plot_shortcut_audit", "plot_slice_importance", "save_figure", "show_slice",
-    "write_cam_report",
+    "plot_roc_curves", "plot_shortcut_audit", "plot_slice_importance", "save_cam_montage",
+    "save_figure", "show_slice",
 ]

@@ -10,10 +10,8 @@ Slices are named by CT-ICH's 1-based ``SliceNumber`` (``slice_indices + 1``).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,12 +23,11 @@ from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from torch import nn
 
 from ichlib.explain.cam import ScanCAM
-from ichlib.explain.report import explain_scan, save_cam_nifti
+from ichlib.explain.report import ScanExplanation
 from ichlib.io.atomic import atomic_path
-from ichlib.labels import LABELS, label_index
+from ichlib.labels import label_index
 
 CMAP = "turbo"
 MASK_COLOR = "lime"
@@ -341,81 +338,15 @@ def _save(fig: Figure, path: str | os.PathLike | None) -> Figure:
     return fig
 
 
-def write_cam_report(model: nn.Module, config, scan_path: str | os.PathLike,
-                     out_dir: str | os.PathLike, top_k: int = 6, save_nifti: bool = True,
-                     label: str | None = None, stem: str | None = None,
-                     synthetic: bool = False) -> list[Path]:
-    """Explain one scan: a PNG of its most important slices, and optionally a NIfTI of the maps.
-
-    The scan is preprocessed with :func:`~ichlib.preprocess.dataset.prepare_scan`, and Grad-CAM is
-    computed for the patient-level ``label`` (default: the label with the highest
-    predicted probability), normalised across the scan.
-
-    Files (``STEM`` is ``stem``, by default the scan's file name without ``.nii``/``.nii.gz``;
-    give several scans of one name distinct stems with :func:`unique_stems`):
-
-    - ``STEM_cam_LABEL.png``: the ``top_k`` slices with the highest importance, map over
-      the windowed slice; all six probabilities in the title; importance along the scan.
-    - ``STEM_cam_LABEL.nii.gz`` (if ``save_nifti``): float32 maps in [0, 1], same shape
-      and affine as the scan; maps are upsampled to the scan's in-plane size and put at
-      the sampled slices, zeros elsewhere.
-
-    Args:
-        model: Trained model (its device is used).
-        config: The :class:`~ichlib.preprocess.dataset.PreprocessConfig` the model was trained with.
-        scan_path: A NIfTI CT volume or a DICOM series.
-        out_dir: Output folder (created if needed).
-        top_k: Number of slices in the figure.
-        save_nifti: Also write the map volume.
-        label: Label to explain; None for the most probable one.
-        stem: Output name stem (default: from the scan's file name).
-        synthetic: The model was trained on the synthetic phantom: the title says SYNTHETIC.
+def save_cam_montage(explained: ScanExplanation, path: str | os.PathLike, *, title: str | None = None,
+                     top_k: int = 6) -> Path:
+    """Draw an explained scan's ``top_k`` most important slices (:func:`plot_cam_montage`) into a
+    PNG at ``path`` and close the figure: the figure of
+    :func:`~ichlib.explain.report.write_cam_report` (``figure=save_cam_montage``).
 
     Returns:
-        The paths written, PNG first.
+        ``path``.
     """
-    scan_path, out_dir = Path(scan_path), Path(out_dir)
-    explained = explain_scan(model, config, scan_path, label)
-    result = explained.cam
-    name = scan_path.name
-    stem = stem or scan_stem(scan_path)
-    probs = ", ".join(f"{n} {p:.2f}" for n, p in zip(LABELS, result.probabilities, strict=True))
-    title = f"{name}: Grad-CAM for '{result.label}' (p = {result.probability:.2f})\n{probs}"
-    if synthetic:
-        title = f"{SYNTHETIC_TITLE}\n{title}"
-    png = out_dir / f"{stem}_cam_{result.label}.png"
-    fig = plot_cam_montage(explained.x, result, top_k=top_k, title=title, path=png)
+    fig = plot_cam_montage(explained.x, explained.cam, top_k=top_k, title=title, path=path)
     plt.close(fig)
-    written = [png]
-    if save_nifti:
-        target = out_dir / f"{stem}_cam_{result.label}.nii.gz"
-        written.append(save_cam_nifti(target, explained.map_volume(), scan_path,
-                                      spacing=explained.volume.spacing))
-    return written
-
-
-#: First line of a Grad-CAM figure's title when the model was trained on the phantom.
-SYNTHETIC_TITLE = "SYNTHETIC: model trained on the synthetic phantom; not for any clinical use"
-
-
-def scan_stem(scan_path: str | os.PathLike) -> str:
-    """A scan's file name without ``.nii``/``.nii.gz`` (a DICOM folder or manifest: its name)."""
-    name = Path(scan_path).name
-    return name[:-7] if name.endswith(".nii.gz") else name[:-4] if name.endswith(".nii") else name
-
-
-def unique_stems(scans: Sequence[str | os.PathLike]) -> dict[Path, str]:
-    """An output stem per scan, distinct for distinct scans (``a/scan.nii``, ``b/scan.nii``).
-
-    A scan whose stem no other scan shares keeps it; otherwise its parent folder's name is
-    put in front (``a_scan``), and where that still collides, a short hash of the resolved
-    path is added. The same path given twice gets the same stem.
-    """
-    paths = list(dict.fromkeys(Path(s) for s in scans))
-    stems = {p: scan_stem(p) for p in paths}
-    for attempt in (lambda p: f"{p.resolve().parent.name}_{scan_stem(p)}",
-                    lambda p: f"{p.resolve().parent.name}_{scan_stem(p)}_"
-                              f"{hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:8]}"):
-        counts = Counter(stems.values())
-        stems = {p: (attempt(p) if counts[stem] > 1 else stem) for p, stem in stems.items()}
-    return stems
+    return Path(path)
