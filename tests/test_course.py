@@ -1,3 +1,6 @@
+import re
+
+import nbformat
 import pytest
 
 from ichlib.course import (
@@ -83,3 +86,20 @@ def test_setup_rsna_writes_a_smoke_sized_phantom(tmp_path):
     assert load_dicom_series(data.scans[data.patient_ids[0]]).hu.shape[1:] == (64, 64)
     two = setup_rsna(None, tmp_path / "f", tmp_path / "r2", True, sizes={"N_PATIENTS": 2})
     assert read_rsna(two.paths.data).patients["patient_id_dicom"].nunique() == 2
+
+
+#: The notebooks that take their sizes from setup (04 and 05 join when they are converted).
+SIZED_NOTEBOOKS = ("01", "02", "03", "06")
+
+
+@pytest.mark.parametrize("number", SIZED_NOTEBOOKS)
+def test_course_notebooks_have_no_smoke_clamps_and_end_with_exercises(number):
+    path = next((repo_root() / "notebooks").glob(f"{number}_*.ipynb"))
+    cells = nbformat.read(path, as_version=4).cells
+    code = "\n".join(c.source for c in cells if c.cell_type == "code")
+    assert "if SMOKE" not in code and "sizes=" in code, path.name
+    last = cells[-1]
+    assert last.cell_type == "markdown" and last.source.startswith("## Try this"), path.name
+    exercises = re.findall(r"^\d\. \*\*", last.source, flags=re.MULTILINE)
+    assert 2 <= len(exercises) <= 3, f"{path.name}: {len(exercises)} exercises"
+    assert all(not c.get("outputs") for c in cells if c.cell_type == "code"), f"{path.name} has outputs"
