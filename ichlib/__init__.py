@@ -14,7 +14,8 @@ The package, by the stages data flows through (lower layers never import upper o
   ``torchrun``;
 - :mod:`ichlib.explain`: Grad-CAM and how well it localises;
 - :mod:`ichlib.viz`: figures;
-- :mod:`ichlib.synthetic`: the phantom; :mod:`ichlib.course`: the notebooks' setup.
+- :mod:`ichlib.synthetic`: the phantom; :mod:`ichlib.course`: the notebooks' setup;
+  :mod:`ichlib.explore`: the data notebooks' analysis.
 
 ``ichlib.evaluate`` is training's :func:`~ichlib.training.engine.evaluate`. The module of the
 same name (a checkpoint scored on a labelled folder) is imported from itself, and none of its
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
         course,
         device,
         explain,
+        explore,
         io,
         losses,
         model,
@@ -71,6 +73,15 @@ if TYPE_CHECKING:
         localization_table,
         localization_verdict,
         write_cam_report,
+    )
+    from ichlib.explore import (
+        contrast_per_window,
+        example_scan,
+        fracture_table,
+        hu_samples,
+        lesion_slice,
+        slice_at_height,
+        window_table,
     )
     from ichlib.io import (
         DuplicateLabelWarning,
@@ -129,19 +140,31 @@ if TYPE_CHECKING:
     from ichlib.viz import (
         SUBTYPE_COLORS,
         SliceViewer,
+        abbreviation_key,
         confusion_counts,
         montage,
         plot_cam_gallery,
         plot_cam_montage,
         plot_cam_slice,
+        plot_composite,
         plot_confusion_matrices,
+        plot_contrast,
+        plot_cooccurrence,
+        plot_hu_per_tissue,
         plot_label_aucs,
+        plot_label_prevalence,
         plot_localization,
         plot_phantom_findings,
+        plot_repeats,
         plot_roc_curves,
+        plot_sampling,
+        plot_scan_lengths,
         plot_shortcut_audit,
         plot_slice_importance,
+        plot_subtype_examples,
+        plot_windows,
         show_slice,
+        slice_title,
     )
 
 #: The names imported on first use, by the module that defines or re-exports them.
@@ -151,6 +174,8 @@ _ON_FIRST_USE: dict[str, tuple[str, ...]] = {
     "ichlib.explain": ("CANDIDATES", "collect_localization", "compare_cams", "deletion_test",
                        "explain_scan", "localization_table", "localization_verdict",
                        "write_cam_report"),
+    "ichlib.explore": ("contrast_per_window", "example_scan", "fracture_table", "hu_samples",
+                       "lesion_slice", "slice_at_height", "window_table"),
     "ichlib.io": ("DuplicateLabelWarning", "check_dataset", "cooccurrence", "detect_format",
                   "label_counts", "largest_lesion_slice", "load_dicom_series", "load_mask",
                   "load_volume", "read_ct_ich", "read_rsna"),
@@ -167,17 +192,20 @@ _ON_FIRST_USE: dict[str, tuple[str, ...]] = {
                         "patient_outcomes", "prepare_data", "read_metrics", "results_table",
                         "run_intensity_baseline", "run_position_baseline", "train_one_epoch"),
     "ichlib.training.fit": ("fit",),
-    "ichlib.viz": ("SUBTYPE_COLORS", "SliceViewer", "confusion_counts", "montage",
-                   "plot_cam_gallery", "plot_cam_montage", "plot_cam_slice",
-                   "plot_confusion_matrices", "plot_label_aucs", "plot_localization",
-                   "plot_phantom_findings", "plot_roc_curves", "plot_shortcut_audit",
-                   "plot_slice_importance", "show_slice"),
+    "ichlib.viz": ("SUBTYPE_COLORS", "SliceViewer", "abbreviation_key", "confusion_counts",
+                   "montage", "plot_cam_gallery", "plot_cam_montage", "plot_cam_slice",
+                   "plot_composite", "plot_confusion_matrices", "plot_contrast",
+                   "plot_cooccurrence", "plot_hu_per_tissue", "plot_label_aucs",
+                   "plot_label_prevalence", "plot_localization", "plot_phantom_findings",
+                   "plot_repeats", "plot_roc_curves", "plot_sampling", "plot_scan_lengths",
+                   "plot_shortcut_audit", "plot_slice_importance", "plot_subtype_examples",
+                   "plot_windows", "show_slice", "slice_title"),
 }
 _MODULE_OF = {name: module for module, names in _ON_FIRST_USE.items() for name in names}
 
 #: Subpackages and modules reachable as attributes after ``import ichlib`` (``ichlib.course.setup``).
-_SUBMODULES = ("checkpoint", "course", "device", "explain", "io", "losses", "model", "predict",
-               "preprocess", "rsna_submission", "synthetic", "training", "viz")
+_SUBMODULES = ("checkpoint", "course", "device", "explain", "explore", "io", "losses", "model",
+               "predict", "preprocess", "rsna_submission", "synthetic", "training", "viz")
 
 
 if not TYPE_CHECKING:  # type checkers see the imports above, and no catch-all __getattr__
