@@ -103,12 +103,12 @@ def test_text_over_the_figure_edge_is_clipped():
 def test_small_text_depends_on_the_shown_width():
     fig, ax = plt.subplots(figsize=(5, 3), dpi=100, layout="constrained")
     ax.set_title("eight points", fontsize=8)  # 11.1 px at full size
-    assert display_scale(fig, 1100) == 1.0
-    assert small_texts(fig, display_width_px=1100) == []
-    wide, ax = plt.subplots(figsize=(22, 3), dpi=100, layout="constrained")
+    assert display_scale(fig, 1000) == 1.0
+    assert small_texts(fig, display_width_px=1000) == []
+    wide, ax = plt.subplots(figsize=(20, 3), dpi=100, layout="constrained")
     ax.set_title("eight points", fontsize=8)  # shrunk to about half: 5.6 px
-    assert 0.45 < display_scale(wide, 1100) < 0.55
-    sizes = {t.get_text(): px for t, px in small_texts(wide, display_width_px=1100)}
+    assert 0.45 < display_scale(wide, 1000) < 0.55
+    sizes = {t.get_text(): px for t, px in small_texts(wide, display_width_px=1000)}
     assert 5.0 < sizes["eight points"] < 6.2
 
 

@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 from ichlib.preprocess.windowing import WINDOWS, window
 from ichlib.synthetic.head import TISSUE
 from ichlib.synthetic.phantom import make_phantom
-from ichlib.viz.figures import SYNTHETIC_NOTE
+from ichlib.viz.figures import SYNTHETIC_NOTE, TITLE_SIZE, add_note
 
 #: The gallery's panels: (title, subtypes, forced ages, forced calcifications).
 _PANELS: tuple[tuple[str, tuple[str, ...], dict[str, str], tuple[str, ...]], ...] = (
@@ -43,8 +43,9 @@ def plot_phantom_findings(size: int = 256, n_slices: int = 30, seed: int = 0) ->
         ax.imshow(window(ph.hu[k], *WINDOWS["brain"]), cmap="gray", vmin=0, vmax=1)
         if subtypes and found[k].any():
             ax.contour(found[k].astype(float), levels=[0.5], colors="lime", linewidths=0.8)
-        ax.set_title(f"{title}\nslice {k + 1}", fontsize=9)
+        ax.set_title(f"{title}\nslice {k + 1}", fontsize=TITLE_SIZE)
         ax.set_axis_off()
-    fig.suptitle(f"what a density rule confuses: mimics and blood ages (brain window, blood outlined) · "
-                 f"{SYNTHETIC_NOTE}", fontsize=9)
+    fig.suptitle("what a density rule confuses: mimics and blood ages (brain window, blood outlined)",
+                 fontsize=TITLE_SIZE + 1)
+    add_note(fig, SYNTHETIC_NOTE)
     return fig
