@@ -13,6 +13,7 @@ capped in smoke mode (see :data:`SMOKE_SIZES`)::
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,6 +184,18 @@ class Course:
         save_figure(fig, self.paths.figures, name)
 
 
+def _one_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+              line: str | None = None) -> str:
+    return f"warning ({category.__name__}): {message}\n"
+
+
+def readable_warnings() -> None:
+    """Show warnings as one line, ``warning (Kind): message``, without the file, line number
+    and source line Python adds (they mean nothing to a student). Each warning still shows once
+    per place, as by default; ``warnings.simplefilter`` works as usual."""
+    warnings.formatwarning = _one_line
+
+
 def setup(data_dir: str | os.PathLike | None = None, figures_dir: str | os.PathLike | None = None,
           runs_dir: str | os.PathLike | None = None, smoke: bool = False,
           sizes: Mapping[str, int | None] | None = None) -> Course:
@@ -195,8 +208,11 @@ def setup(data_dir: str | os.PathLike | None = None, figures_dir: str | os.PathL
         smoke: The notebook's quick pass for tests.
         sizes: The notebook's size parameters by name; ``course.sizes`` gives them back,
             capped at :data:`SMOKE_SIZES` when ``smoke`` (:func:`smoke_sizes`).
+
+    Warnings are shown as one line from here on (:func:`readable_warnings`).
     """
     sized = smoke_sizes(sizes or {}, bool(smoke))
+    readable_warnings()
     paths = course_paths(data_dir, figures_dir, runs_dir)
     if data_dir is None:
         ensure_synthetic(paths.data)
@@ -221,6 +237,7 @@ def setup_rsna(rsna_dir: str | os.PathLike | None = None, figures_dir: str | os.
     sized = smoke_sizes(sizes or {}, bool(smoke))
     phantom = smoke_sizes({"N_PATIENTS": n_patients, "SIZE": size}, bool(smoke))
     phantom.update({k: v for k, v in sized.items() if k in phantom})
+    readable_warnings()
     paths = course_paths(None, figures_dir, runs_dir)
     data = Path(rsna_dir).resolve() if rsna_dir else paths.runs / "synthetic_rsna"
     if rsna_dir is None and not is_synthetic(data):

@@ -1,17 +1,24 @@
-"""JupyterLab in a real browser: executed notebooks show their figures, and the slice viewer's
-slider changes its image.
+"""JupyterLab in a real browser: every executed notebook of the course shows all its figures,
+and the slice viewer's slider changes its image.
 
 Marked ``browser`` and left out of ``make test`` (pyproject's addopts say ``-m 'not browser'``);
 ``make test-browser`` runs them. They drive Debian's ``chromium`` headless through its
 ``chromium-driver`` with Selenium, pointed at the driver by path so that Selenium Manager never
 downloads anything; ``.ci/run`` installs both packages when they are missing. JupyterLab runs
 on 127.0.0.1 on a free port, with a token, in a temporary root, settings and workspace folder.
-The viewer's screenshot is saved under ``runs/browser/`` and its path printed.
+
+The course's notebooks are opened as ``make run`` left them in ``$RUNS/notebooks/`` (``RUNS`` as
+in the Makefile, default ``runs``): every image must load (natural size above zero), and a
+full-page screenshot of each notebook goes to ``$RUNS/browser/<notebook>.png``. When that folder
+has no executed notebook, each notebook is executed here first in smoke mode on a tiny phantom,
+and its screenshot goes to ``$RUNS/browser/smoke/``. A folder with only some of them fails,
+naming the missing ones. Every screenshot's path is printed.
 """
 
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import secrets
@@ -31,11 +38,16 @@ import nbformat
 import pytest
 
 from ichlib.io.atomic import atomic_path
+from ichlib.viz.check import DISPLAY_WIDTH_PX
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[1]
-SHOTS = ROOT / "runs" / "browser"
+RUNS = ROOT / os.environ.get("RUNS", "runs")  # `make test-browser RUNS=...` as for `make run`
+SHOTS = RUNS / "browser"
+#: The course's notebooks, by file name (their executed copies have the same names).
+COURSE = sorted(p.name for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/svg+xml")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -98,11 +110,15 @@ def _kernel_env() -> dict[str, str]:
 
 
 def _write_lab_settings(settings: Path) -> None:
-    """No news, no update check, no toasts: nothing reaches the network or covers the page."""
+    """No news, no update check, no toasts: nothing reaches the network or covers the page. Every
+    cell of a notebook is attached and drawn (windowing off), so all its images load at once."""
     path = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False,
                                 "doNotDisturbMode": True}))
+    tracker = settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True)
+    tracker.write_text(json.dumps({"windowingMode": "none"}))
 
 
 def _wait(what: str, check: Callable[[], object], timeout: float, log: Path | None = None):
@@ -313,3 +329,145 @@ def test_slice_viewer_slider_changes_the_image(lab, browser, capsys):
     shot = _save_screenshot(browser, "slice_viewer.png")
     assert shot.stat().st_size > 10_000
     _report(capsys, f"slice viewer screenshot (slice {start} -> {moved}): {shot}")
+
+
+# --- the course's executed notebooks ----------------------------------------------------------
+
+# The notebook's scrolling element and, in viewport pixels, its box and its full height.
+SCROLLER_JS = """
+const panel = document.getElementById(arguments[0]);
+const notebook = panel && panel.querySelector('.jp-Notebook');
+if (!notebook) return null;
+const scrolls = el => el.scrollHeight > el.clientHeight + 1 &&
+                      ['auto', 'scroll'].includes(getComputedStyle(el).overflowY);
+const el = [notebook, ...notebook.querySelectorAll('*')].find(scrolls) || notebook;
+el.setAttribute('data-ichlib-scroller', '1');
+const r = el.getBoundingClientRect();
+return [r.left, r.top, el.clientWidth, el.clientHeight, el.scrollHeight];
+"""
+# Every <img> of the notebook's outputs: natural and shown size, and whether it has loaded.
+IMAGES_JS = """
+return Array.from(document.querySelectorAll(`[id='${arguments[0]}'] .jp-OutputArea-output img`))
+  .map(img => [img.complete, img.naturalWidth, img.naturalHeight, img.clientWidth]);
+"""
+OUTPUT_WIDTH_JS = """
+const out = document.querySelector(`[id='${arguments[0]}'] .jp-OutputArea-output`);
+return out ? out.clientWidth : 0;
+"""
+
+
+@dataclass
+class Executed:
+    """Where the course's executed notebooks come from for this session."""
+
+    folder: Path
+    smoke: bool
+    phantom: Path | None = None
+    runs: Path | None = None
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory) -> Executed:
+    """``$RUNS/notebooks`` from ``make run``; when it has none, a smoke run made notebook by
+    notebook (:func:`_executed_notebook`). Some but not all: a failure naming the missing ones."""
+    folder = RUNS / "notebooks"
+    found = [name for name in COURSE if (folder / name).is_file()]
+    if found and len(found) < len(COURSE):
+        missing = ", ".join(sorted(set(COURSE) - set(found)))
+        pytest.fail(f"{folder} lacks {missing}: `make run` stopped early? Run `make run` again "
+                    "(or remove the folder: the notebooks are then executed here in smoke mode)")
+    if found:
+        return Executed(folder, smoke=False)
+    from ichlib.synthetic.writer import write_synthetic_ct_ich
+
+    phantom = write_synthetic_ct_ich(tmp_path_factory.mktemp("phantom"), n_patients=12, size=96, seed=1)
+    return Executed(tmp_path_factory.mktemp("executed"), smoke=True, phantom=phantom,
+                    runs=tmp_path_factory.mktemp("smoke-runs"))
+
+
+def _executed_notebook(executed: Executed, name: str, monkeypatch) -> Path:
+    """The executed notebook ``name``; in a smoke session, executed now (04 before 05, as the
+    tests run in name order)."""
+    path = executed.folder / name
+    if not executed.smoke:
+        return path
+    import papermill
+
+    for var in ("MPLBACKEND", "ICHLIB_VIEWER"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    data = {} if name.startswith("06") else {"DATA_DIR": str(executed.phantom)}
+    papermill.execute_notebook(
+        str(ROOT / "notebooks" / name), str(path), kernel_name="python3", progress_bar=False,
+        parameters={**data, "FIGURES_DIR": str(executed.runs / "figures"), "RUNS_DIR": str(executed.runs),
+                    "SMOKE": True}, cwd=str(executed.runs))
+    return path
+
+
+def _image_outputs(path: Path) -> int:
+    cells = nbformat.read(path, as_version=4).cells
+    return sum(any(kind in out.get("data", {}) for kind in IMAGE_TYPES)
+               for cell in cells for out in cell.get("outputs", []))
+
+
+def _full_page(driver, panel: str) -> tuple[object, int]:
+    """The whole notebook as one image: its scrolling element shot screen by screen, stitched.
+
+    Returns:
+        The PIL image and the number of screens it took.
+    """
+    from PIL import Image
+
+    left, top, width, height, total = (int(round(v)) for v in driver.execute_script(SCROLLER_JS, panel))
+    edge = 4  # the toolbar's border lies on the scroller's first rows: screens overlap by this much
+    page = Image.new("RGB", (width, total), "white")
+    screens, offset = 0, 0
+    while True:
+        shown = int(driver.execute_script(
+            "const el = document.querySelector('[data-ichlib-scroller]'); el.scrollTop = arguments[0];"
+            "return new Promise(done => requestAnimationFrame(() => requestAnimationFrame("
+            "() => done(el.scrollTop))));", offset))
+        time.sleep(0.2)
+        shot = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
+        page.paste(shot.crop((left, top + edge, left + width, top + height)), (0, shown + edge))
+        screens += 1
+        if shown + height >= total or offset >= total:
+            return page, screens
+        offset = shown + height - edge
+
+
+@pytest.mark.parametrize("name", COURSE, ids=[Path(n).stem for n in COURSE])
+def test_every_figure_of_the_executed_notebook_loads(name, executed, lab, browser, monkeypatch, capsys):
+    """Opened in JupyterLab, every image output of the notebook has loaded (natural size above 0),
+    the output area is at least as wide as the figure checks assume, and a full-page screenshot
+    is saved."""
+    path = _executed_notebook(executed, name, monkeypatch)
+    expected = _image_outputs(path)
+    assert expected > 0, f"{path} has no image output: was it executed?"
+    shutil.copy(path, lab.root / name)
+    browser.get(lab.url(name))
+    panel = _wait(f"{name} to open", lambda: browser.execute_script(NOTEBOOK_READY_JS, name), 180, lab.log)
+
+    def loaded() -> list:
+        images = browser.execute_script(IMAGES_JS, panel)
+        return images if len(images) >= expected and all(ok and w > 0 and h > 0 for ok, w, h, _ in images) else []
+
+    try:
+        images = _wait(f"{expected} loaded images in {name}", loaded, 120, lab.log)
+    except pytest.fail.Exception:
+        images = browser.execute_script(IMAGES_JS, panel)
+        broken = [i for i, (ok, w, h, _) in enumerate(images) if not (ok and w > 0 and h > 0)]
+        pytest.fail(f"{name}: {len(images)} <img> for {expected} image outputs; not loaded: {broken}")
+    assert len(images) == expected, f"{name}: {len(images)} <img> for {expected} image outputs"
+    width = browser.execute_script(OUTPUT_WIDTH_JS, panel)
+    assert width >= DISPLAY_WIDTH_PX, (f"the output area is {width} px wide; ichlib.viz.check sizes "
+                                       f"text for {DISPLAY_WIDTH_PX} px")
+    page, screens = _full_page(browser, panel)
+    shot = SHOTS / ("smoke" if executed.smoke else "") / f"{Path(name).stem}.png"
+    with atomic_path(shot, suffix=".png") as tmp:
+        page.save(tmp)
+    assert page.height > 1000 and shot.stat().st_size > 20_000
+    shrunk = min(shown / natural for _, natural, _, shown in images)
+    _report(capsys, f"{name}{' (smoke run)' if executed.smoke else ''}: {len(images)} images loaded, "
+                    f"output area {width} px, narrowest image shown at {shrunk:.0%}; "
+                    f"full page ({page.width}x{page.height}, {screens} screens): {shot}")

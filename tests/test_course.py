@@ -1,4 +1,5 @@
 import re
+import warnings
 
 import nbformat
 import pytest
@@ -13,7 +14,7 @@ from ichlib.course import (
     setup_rsna,
     smoke_sizes,
 )
-from ichlib.errors import ConfigError
+from ichlib.errors import ConfigError, DataWarning
 from ichlib.io.dicom.series import load_dicom_series
 from ichlib.io.folder import is_synthetic
 from ichlib.io.rsna import read_rsna
@@ -86,6 +87,14 @@ def test_setup_rsna_writes_a_smoke_sized_phantom(tmp_path):
     assert load_dicom_series(data.scans[data.patient_ids[0]]).hu.shape[1:] == (64, 64)
     two = setup_rsna(None, tmp_path / "f", tmp_path / "r2", True, sizes={"N_PATIENTS": 2})
     assert read_rsna(two.paths.data).patients["patient_id_dicom"].nunique() == 2
+
+
+def test_setup_shows_warnings_as_one_readable_line(small_ct_ich, tmp_path, monkeypatch):
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored afterwards
+    setup(small_ct_ich, tmp_path / "f", tmp_path / "r")
+    text = warnings.formatwarning(DataWarning("scan.nii: NaN spacing"), DataWarning, "/x/io/volume.py", 12,
+                                  "    raise_it()")
+    assert text == "warning (DataWarning): scan.nii: NaN spacing\n"
 
 
 #: The notebooks that take their sizes from setup (04 and 05 join when they are converted).
