@@ -135,6 +135,7 @@ if TYPE_CHECKING:
         run_intensity_baseline,
         run_position_baseline,
         train_one_epoch,
+        verdict_table,
     )
     from ichlib.training.fit import fit
     from ichlib.viz import (
@@ -190,7 +191,8 @@ _ON_FIRST_USE: dict[str, tuple[str, ...]] = {
                         "build_criterion", "build_model", "compare_runs", "comparison_table",
                         "evaluate", "make_eval_loader", "make_loader", "make_optimizer", "meets_bar",
                         "patient_outcomes", "prepare_data", "read_metrics", "results_table",
-                        "run_intensity_baseline", "run_position_baseline", "train_one_epoch"),
+                        "run_intensity_baseline", "run_position_baseline", "train_one_epoch",
+                        "verdict_table"),
     "ichlib.training.fit": ("fit",),
     "ichlib.viz": ("SUBTYPE_COLORS", "SliceViewer", "abbreviation_key", "confusion_counts",
                    "montage", "plot_cam_gallery", "plot_cam_montage", "plot_cam_slice",

@@ -28,6 +28,7 @@ from ichlib.training.report import (
     meets_bar,
     patient_outcomes,
     read_metrics,
+    verdict_table,
 )
 from ichlib.training.runfolder import RunFolderWarning
 from ichlib.training.shortcuts import run_position_baseline
@@ -40,4 +41,5 @@ __all__ = [
     "evaluate", "make_eval_loader", "make_loader", "make_optimizer", "meets_bar",
     "paired_auc_difference", "patient_outcomes", "prepare_data", "read_metrics", "results_table",
     "run_intensity_baseline", "run_position_baseline", "score_predictions", "train_one_epoch",
+    "verdict_table",
 ]
