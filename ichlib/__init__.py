@@ -17,9 +17,9 @@ The package, by the stages data flows through (lower layers never import upper o
 - :mod:`ichlib.synthetic`: the phantom; :mod:`ichlib.course`: the notebooks' setup;
   :mod:`ichlib.explore`: the data notebooks' analysis.
 
-``ichlib.evaluate`` is training's :func:`~ichlib.training.engine.evaluate`. The module of the
-same name (a checkpoint scored on a labelled folder) is imported from itself, and none of its
-names is here: importing it would rebind ``ichlib.evaluate`` to the module.
+``ichlib.evaluate`` is training's :func:`~ichlib.training.engine.evaluate`; a checkpoint or a
+submission scored on a labelled folder (``ichlib evaluate`` on the command line) is
+:mod:`ichlib.scoring`.
 
 Start-up time: the errors, the labels and the version are imported here; every other name is
 imported on first use (``__getattr__`` below, from the table ``_ON_FIRST_USE``), so
@@ -114,6 +114,7 @@ if TYPE_CHECKING:
         window,
     )
     from ichlib.rsna_submission import predict_rsna, write_submission
+    from ichlib.scoring import evaluate_checkpoint, format_evaluation, image_prior, score_submission
     from ichlib.training import (
         RunLog,
         TrainConfig,
@@ -187,6 +188,7 @@ _ON_FIRST_USE: dict[str, tuple[str, ...]] = {
                           "prepare_scan", "rsna_group_split", "sampled_mask", "uniform_indices",
                           "window"),
     "ichlib.rsna_submission": ("predict_rsna", "write_submission"),
+    "ichlib.scoring": ("evaluate_checkpoint", "format_evaluation", "image_prior", "score_submission"),
     "ichlib.training": ("RunLog", "TrainConfig", "audit_checkpoint", "beats_baseline",
                         "build_criterion", "build_model", "compare_runs", "comparison_table",
                         "evaluate", "make_eval_loader", "make_loader", "make_optimizer", "meets_bar",

@@ -291,7 +291,7 @@ def _predict_rsna_csv(args: argparse.Namespace, inputs: list[str], missing: bool
 
     prior, prior_source = None, "given"
     if args.prior_from:
-        from ichlib.evaluate import image_prior  # lazy: start-up time (imports the metrics)
+        from ichlib.scoring import image_prior  # lazy: start-up time (imports the metrics)
 
         prior, prior_source = image_prior(args.prior_from)
     start = time.perf_counter()
@@ -325,13 +325,13 @@ def _predict_rsna_csv(args: argparse.Namespace, inputs: list[str], missing: bool
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.submission:
-        from ichlib.evaluate import format_submission_score, score_submission  # lazy: start-up time
+        from ichlib.scoring import format_submission_score, score_submission  # lazy: start-up time
 
         report = score_submission(args.submission, args.data)
         print(json.dumps(report, indent=2, allow_nan=False) if args.json else format_submission_score(report))
         return 0
-    from ichlib.evaluate import evaluate_checkpoint, format_evaluation  # lazy: start-up time
     from ichlib.io.sniff import check_checkpoint_file  # lazy: start-up time
+    from ichlib.scoring import evaluate_checkpoint, format_evaluation  # lazy: start-up time
 
     check_checkpoint_file(args.checkpoint)
     report = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, device=args.device,

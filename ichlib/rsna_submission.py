@@ -16,13 +16,13 @@ Per-image probabilities come from one of two per-slice outputs (:data:`IMAGE_SOU
   (:func:`~ichlib.preprocess.sampling.covering_indices`) gets the mean of its logits. Only
   models with ``"max"`` or ``"mean"`` pooling have them.
 
-``ichlib evaluate`` (:mod:`ichlib.evaluate`) scores both on a labelled folder; on the synthetic
+``ichlib evaluate`` (:mod:`ichlib.scoring`) scores both on a labelled folder; on the synthetic
 RSNA folder the slice head scored better (the README gives the numbers).
 
 An image that cannot be predicted (an unreadable file, a series failing a check, a scan the
 model fails on) still gets its six rows, filled with the *prior*, and is reported as an
 error. The prior is given (e.g. the image prevalence of ``stage_2_train.csv``,
-:func:`ichlib.evaluate.image_prior`), or else the mean probability the model gave to the
+:func:`ichlib.scoring.image_prior`), or else the mean probability the model gave to the
 images it did predict in the same call.
 
 This module does not import the training stack (start-up time of ``ichlib predict``).

@@ -31,7 +31,7 @@ class Use:
 
     Attributes:
         source: The notebook's or page's file name.
-        line: A statement: ``ichlib.course.setup`` or ``from ichlib.evaluate import image_prior``.
+        line: A statement: ``ichlib.course.setup`` or ``from ichlib.scoring import image_prior``.
     """
 
     source: str

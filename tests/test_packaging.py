@@ -137,9 +137,6 @@ def test_each_init_imports_exactly_its_public_names(package):
         assert getattr(module, name) is getattr(importlib.import_module(module._MODULE_OF[name]), name)
 
 
-#: ``ichlib.evaluate`` is both training's evaluate() (notebook 04) and the module that scores a
-#: checkpoint; importing the module rebinds the name. To be renamed (issue 23).
-KNOWN_SHADOWS = {("ichlib", "evaluate")}
 
 
 @pytest.mark.parametrize("package", PACKAGES)
@@ -148,7 +145,7 @@ def test_no_public_name_is_also_a_submodule(package):
     # the function, and `import ichlib.training.fit` could not reach the module's names.
     module = importlib.import_module(package)
     submodules = {info.name for info in pkgutil.iter_modules(module.__path__)}
-    shadows = {(package, n) for n in module.__all__ if n in submodules} - KNOWN_SHADOWS
+    shadows = {(package, n) for n in module.__all__ if n in submodules}
     assert not shadows
 
 

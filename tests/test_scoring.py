@@ -13,10 +13,10 @@ import pytest
 
 from ichlib.cli import main
 from ichlib.errors import DataError
-from ichlib.evaluate import evaluate_checkpoint, image_prior, score_submission
 from ichlib.io.rsna import DuplicateLabelWarning, read_rsna_labels
 from ichlib.labels import LABELS
 from ichlib.rsna_submission import write_submission
+from ichlib.scoring import evaluate_checkpoint, image_prior, score_submission
 from ichlib.synthetic.rsna import write_synthetic_rsna
 from tests.conftest import tiny_checkpoint
 
