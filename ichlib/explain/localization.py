@@ -114,10 +114,15 @@ def compare_cams(model: nn.Module, data: CtIchData, val_ids: Sequence[str], conf
                  n_boot: int = 200, seed: int = 0) -> tuple[pd.DataFrame, CamSpec, dict[str, float]]:
     """Score every candidate CAM on the validation split and pick the default.
 
-    The default has the highest pointing game at 0 mm (ties: higher energy in the mask).
     With ``baselines``, the chance prior, the randomised model (under the first candidate)
     and the intensity map are scored on the same slices: their rows follow the candidates',
-    and their Dice thresholds are chosen here too, so a test table can use them all.
+    and their Dice thresholds are chosen here too, so a test table can use them all. The
+    default is then the candidate whose *weaker* margin over the chance prior is largest
+    (column ``margin``): the smaller of its pointing game at 0 mm and its energy in the mask
+    (inside the brain) as multiples of the prior's, the targets
+    :func:`localization_verdict` judges together. A prior that points at the blood on none of
+    these slices counts as pointing on one of them, so the ratio stays finite. Without
+    baselines the default has the highest pointing game (ties: higher energy).
 
     Returns:
         The table (candidates best first, then the baselines), the chosen :class:`CamSpec`,
@@ -130,10 +135,27 @@ def compare_cams(model: nn.Module, data: CtIchData, val_ids: Sequence[str], conf
     if table.empty:
         return table, candidates[0], thresholds
     names = [spec.name for spec in candidates]
-    table = table.assign(_candidate=table["method"].isin(names)).sort_values(
-        ["_candidate", pointing_column(0.0), "energy"], ascending=False, ignore_index=True)
+    table = table.assign(_candidate=table["method"].isin(names))
+    order = ["_candidate", pointing_column(0.0), "energy"]
+    if METHOD_CHANCE in set(table["method"]):
+        table["margin"] = _margin_over_chance(table)
+        order.insert(1, "margin")
+    table = table.sort_values(order, ascending=False, ignore_index=True)
     chosen = next(spec for spec in candidates if spec.name == table["method"].iloc[0])
     return table.drop(columns="_candidate"), chosen, thresholds
+
+
+def _margin_over_chance(table: pd.DataFrame) -> pd.Series:
+    """Per row: min(pointing at 0 mm, energy) as multiples of the chance prior's (NaN for the
+    references). Energy inside the brain when the table has it; the prior's pointing is
+    floored at one slice of those scored."""
+    chance = table[table["method"] == METHOD_CHANCE].iloc[0]
+    energy = "energy_in_brain" if "energy_in_brain" in table else "energy"
+    point = pointing_column(0.0)
+    floor = 1.0 / max(1, int(chance["n_slices"]))
+    ratios = pd.concat([table[point] / max(float(chance[point]), floor),
+                        table[energy] / max(float(chance[energy]), 1e-12)], axis=1).min(axis=1)
+    return ratios.where(table["_candidate"])
 
 
 def localization_verdict(table: pd.DataFrame, method: str, label: str = "any",
