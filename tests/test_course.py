@@ -111,7 +111,7 @@ def test_course_notebooks_take_their_sizes_from_setup(number):
 
 
 #: The notebooks that end with exercises (04 joins when it has them).
-WITH_EXERCISES = ("01", "02", "03", "05", "06")
+WITH_EXERCISES = ("01", "02", "03", "04", "05", "06")
 
 
 @pytest.mark.parametrize("number", WITH_EXERCISES)
