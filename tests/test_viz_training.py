@@ -6,6 +6,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ichlib.viz.check import figure_problems
 from ichlib.viz.training import (
     confusion_counts,
     plot_confusion_matrices,
@@ -26,6 +27,7 @@ def test_confusion_counts_by_hand():
     assert counts.loc["subdural"].to_dict() == {"TP": 0, "FP": 0, "FN": 0, "TN": 4}
     fig = plot_confusion_matrices(counts, "note")
     assert len(fig.axes) == 6 and fig.axes[0].texts[3].get_text() == "1"
+    assert figure_problems(fig) == []     # readable at JupyterLab's size: no tiny or overlapping text
     plt.close(fig)
 
 
@@ -46,6 +48,7 @@ def test_roc_panels_handle_one_class_labels():
         for text in (ax.xaxis.label, ax.yaxis.label):
             assert not text.get_text() or not legend.overlaps(text.get_window_extent(renderer))
     assert [ax.get_xlabel() for ax in fig.axes] == ["", "", "", "1 - specificity", "1 - specificity", "1 - specificity"]
+    assert figure_problems(fig) == []
     plt.close(fig)
 
 

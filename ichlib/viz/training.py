@@ -95,20 +95,25 @@ def confusion_counts(y_true: np.ndarray, y_prob: np.ndarray, thresholds: Mapping
 
 
 def plot_confusion_matrices(counts: pd.DataFrame, note: str = "") -> plt.Figure:
-    """2x2 confusion matrices, one per label, from :func:`confusion_counts`."""
-    fig, axes = plt.subplots(1, len(counts), figsize=(2.3 * len(counts), 2.6))
-    for ax, (label, row) in zip(np.atleast_1d(axes), counts.iterrows()):
+    """2x2 confusion matrices, one per label, from :func:`confusion_counts`, three to a row."""
+    columns = min(3, max(1, len(counts)))
+    rows = -(-len(counts) // columns)
+    fig, grid = plt.subplots(rows, columns, figsize=(2.9 * columns, 2.7 * rows), layout="constrained",
+                             squeeze=False)
+    axes = grid.ravel()
+    for ax in axes[len(counts):]:
+        ax.set_axis_off()
+    for ax, (label, row) in zip(axes, counts.iterrows()):
         m = np.array([[row["TN"], row["FP"]], [row["FN"], row["TP"]]])
         ax.imshow(m, cmap="Blues", vmin=0, vmax=max(1, m.max()))
         for (i, k), v in np.ndenumerate(m):
-            ax.text(k, i, int(v), ha="center", va="center", fontsize=10,
+            ax.text(k, i, int(v), ha="center", va="center", fontsize=11,
                     color="white" if v > m.max() / 2 else "black")
-        ax.set_xticks([0, 1], ["pred -", "pred +"], fontsize=7)
-        ax.set_yticks([0, 1], ["true -", "true +"], fontsize=7)
-        ax.set_title(label, fontsize=9)
+        ax.set_xticks([0, 1], ["pred -", "pred +"], fontsize=10)
+        ax.set_yticks([0, 1], ["true -", "true +"], fontsize=10)
+        ax.set_title(label, fontsize=10)
     if note:
         fig.suptitle(note, fontsize=9)
-    fig.tight_layout()
     return fig
 
 
