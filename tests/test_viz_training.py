@@ -90,4 +90,5 @@ def test_label_aucs_draw_each_model_with_its_interval_and_mark_missing_labels():
     assert np.allclose(low_caps[:4], [0.5, 0.55, 0.6, 0.65])
     assert sum(t.get_text() == "n/a" for t in ax.texts) == 2  # epidural, for both models
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["two-stage", "baseline"]
+    assert figure_problems(fig) == []   # the legend beside the data, every text readable
     plt.close(fig)

@@ -128,7 +128,7 @@ def plot_label_aucs(table: pd.DataFrame, note: str = "") -> plt.Figure:
     """
     models = list(dict.fromkeys(table["model"]))
     colors = dict(zip(models, sns.color_palette("colorblind", len(models)), strict=True))
-    fig, ax = plt.subplots(figsize=(10, 3.6))
+    fig, ax = plt.subplots(figsize=(10, 3.6), layout="constrained")
     width = 0.7 / max(len(models), 1)
     for m, model in enumerate(models):
         rows = table[table["model"] == model].set_index("label").reindex(list(LABELS))
@@ -138,15 +138,14 @@ def plot_label_aucs(table: pd.DataFrame, note: str = "") -> plt.Figure:
         high = np.nan_to_num(rows["auc_ci_high"].to_numpy(dtype=float) - auc)
         ax.errorbar(x, auc, yerr=[low, high], fmt="o", ms=5, capsize=2, color=colors[model], label=model)
         for xi in x[np.isnan(auc)]:
-            ax.text(xi, 0.52, "n/a", rotation=90, ha="center", fontsize=7, color=colors[model])
+            ax.text(xi, 0.52, "n/a", rotation=90, ha="center", fontsize=9, color=colors[model])
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
-    ax.set_xticks(np.arange(len(LABELS)), LABELS, fontsize=8)
+    ax.set_xticks(np.arange(len(LABELS)), LABELS, fontsize=9)
     ax.set(ylabel="test AUC (95% CI)", ylim=(0.0, 1.02), title="AUC per label on the test patients")
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the data
     sns.despine(ax=ax)
     if note:
         fig.suptitle(note, fontsize=9)
-    fig.tight_layout()
     return fig
 
 
