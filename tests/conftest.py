@@ -227,3 +227,19 @@ def tiny_checkpoint(path: Path, pooling: str = "max", seq_len: int = 4, seed: in
     return save_checkpoint(path, {"model": model.state_dict(), "model_config": model.model_config,
                                   "preprocess": PreprocessConfig(("brain",), 32, seq_len).to_dict(),
                                   "thresholds": dict.fromkeys(LABELS, 0.5), "data": "synthetic"})
+
+
+@pytest.fixture(scope="module")
+def rsna(tmp_path_factory) -> Path:
+    """A synthetic RSNA folder: three patients (four series), 40 px, 8-10 slices."""
+    from ichlib.synthetic.rsna import write_synthetic_rsna
+
+    return write_synthetic_rsna(tmp_path_factory.mktemp("rsna") / "data", n_patients=3, size=40,
+                                n_slices_range=(8, 10), seed=5, workers=1)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny untrained checkpoint (:func:`tiny_checkpoint`) for the RSNA submission and scoring tests."""
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt")
+

@@ -27,20 +27,8 @@ from ichlib.rsna_submission import (
     submission_id,
     write_submission,
 )
-from ichlib.synthetic.rsna import ct_dataset, write_dataset, write_synthetic_rsna
+from ichlib.synthetic.rsna import ct_dataset, write_dataset
 from tests.conftest import tiny_checkpoint
-
-
-@pytest.fixture(scope="module")
-def rsna(tmp_path_factory) -> Path:
-    """Three synthetic patients (four series), 40 px, 8-10 slices."""
-    return write_synthetic_rsna(tmp_path_factory.mktemp("rsna") / "data", n_patients=3, size=40,
-                                n_slices_range=(8, 10), seed=5, workers=1)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt")
 
 
 @pytest.fixture(autouse=True)

@@ -17,22 +17,8 @@ from ichlib.io.rsna import DuplicateLabelWarning, read_rsna_labels
 from ichlib.labels import LABELS
 from ichlib.rsna_submission import write_submission
 from ichlib.scoring import evaluate_checkpoint, image_prior, score_submission
-from ichlib.synthetic.rsna import write_synthetic_rsna
-from tests.conftest import tiny_checkpoint
 
 W = {label: (2.0 if label == "any" else 1.0) for label in LABELS}
-
-
-@pytest.fixture(scope="module")
-def rsna(tmp_path_factory) -> Path:
-    """Three synthetic patients (four series), 40 px, 8-10 slices."""
-    return write_synthetic_rsna(tmp_path_factory.mktemp("rsna") / "data", n_patients=3, size=40,
-                                n_slices_range=(8, 10), seed=5, workers=1)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt")
 
 
 @pytest.fixture(autouse=True)
