@@ -8,7 +8,7 @@ the best, save); a strategy supplies the parts that differ:
   validation ``monitor``) is ``best.pt``.
 - :class:`TwoStage`, as the top RSNA 2019 solutions trained: the epochs train the CNN and
   slice head on single slices (:class:`~ichlib.training.two_stage.SliceStage`), selected by
-  the validation slice loss (``stage1.pt``); then the BiLSTM and scan head are trained on
+  the validation slice AUC (``stage1.pt``); then the BiLSTM and scan head are trained on
   cached embeddings of the frozen CNN, which gives ``best.pt``.
 """
 
@@ -244,7 +244,7 @@ class TwoStage(Strategy):
 
     def epoch_val_set(self) -> ScanDataset:
         """The ``S`` uniformly sampled slices of each validation scan: stage 1 is chosen on its
-        slice loss alone, which needs no whole scans (a third of the work per epoch)."""
+        slice head alone (slice AUC), which needs no whole scans (a third of the work per epoch)."""
         return dataclasses.replace(self.prepared.val, all_slices=False)
 
     def base_rate_loss(self) -> float:

@@ -9,7 +9,7 @@ learns much in the epochs a CPU allows (see notebook 04). In two stages:
    batches of single slices drawn from every slice of the training scans, half of them
    (``positive_fraction``) from slices with blood, each augmented on its own. The budget
    is the end-to-end one: ``epochs x n_train_scans x S`` slices. The epoch with the
-   lowest validation slice loss is kept;
+   best validation slice AUC is kept (the slice loss where validation has no blood);
 2. :func:`embed_scans` runs the frozen CNN once over every slice of every scan (no
    augmentation) and keeps the embeddings in memory (``F`` floats per slice: 512 for
    ResNet-18, so 75 scans of 45 slices take 7 MB);
