@@ -176,3 +176,18 @@ def test_save_cam_montage_writes_the_png_and_closes_its_figure(tmp_path):
     path = save_cam_montage(explained, tmp_path / "m.png", title="a title", top_k=2)
     assert path == tmp_path / "m.png" and path.read_bytes()[:8] == PNG_MAGIC
     assert plt.get_fignums() == open_before
+
+
+def test_long_titles_are_wrapped_to_the_figure_not_cut_off():
+    from ichlib.viz.check import figure_problems
+
+    x, result, masks = fake_result()
+    title = ("test patient 055, slice 21: hirescam @ layer2 for 'any' (p = 0.93) · SYNTHETIC phantom "
+             "data - not patient data, no clinical meaning")
+    for fig in (plot_cam_slice(x[3, 0].numpy(), result.maps[3], masks[3], title=title),
+                plot_slice_importance(result, title=title),
+                plot_cam_montage(x, result, top_k=4, masks=masks, title=title)):
+        assert figure_problems(fig) == []
+        shown = [t.get_text() for t in fig.findobj(matplotlib.text.Text) if "SYNTHETIC" in t.get_text()]
+        assert len(shown) == 1 and shown[0].replace("\n", " ") == title and "\n" in shown[0]
+        plt.close(fig)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def plot_cam_slice(image: np.ndarray, cam: np.ndarray, mask: np.ndarray | None =
         ax.set_axis_off()
     fig.colorbar(_mappable(), ax=axes[1], fraction=0.046, pad=0.02, label="map value")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(_fit(title, fig, 12))
     return _save(fig, path)
 
 
@@ -108,7 +109,7 @@ def plot_cam_gallery(image: np.ndarray, maps: dict[str, np.ndarray], mask: np.nd
     fig.colorbar(_mappable(), ax=axes[:, -1].tolist(), fraction=0.046, pad=0.02,
                  label="map value / panel's peak" if per_panel else "map value")
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(_fit(title, fig, 9), fontsize=9)
     return fig
 
 
@@ -168,7 +169,7 @@ def plot_cam_montage(x: torch.Tensor | np.ndarray, result: ScanCAM, top_k: int =
         _draw_importance(ax, result, slice_labels, highlight=positions)
     if title is None:
         title = f"Grad-CAM for '{result.label}' (p = {result.probability:.2f})"
-    fig.suptitle(title)
+    fig.suptitle(_fit(title, fig, 12))
     return _save(fig, path)
 
 
@@ -186,7 +187,7 @@ def plot_slice_importance(result: ScanCAM, slice_labels: np.ndarray | None = Non
     """
     fig, ax = plt.subplots(figsize=(8.5, 3.2), layout="constrained")
     _draw_importance(ax, result, slice_labels)
-    ax.set_title(title or f"Slice importance for '{result.label}' (p = {result.probability:.2f})")
+    ax.set_title(_fit(title or f"Slice importance for '{result.label}' (p = {result.probability:.2f})", fig, 12))
     return _save(fig, path)
 
 
@@ -303,6 +304,13 @@ def _overlay(ax: Axes, image: np.ndarray, cam: np.ndarray) -> None:
     ax.imshow(image, cmap="gray", vmin=0, vmax=1)
     ax.imshow(cam, cmap=CMAP, vmin=0, vmax=1, alpha=0.65 * np.sqrt(cam))
     ax.set_axis_off()
+
+
+def _fit(title: str, fig: Figure, points: float) -> str:
+    """``title`` broken into lines that fit the figure's width at ``points`` (a long synthetic
+    note would otherwise run past the figure's edge and be cut)."""
+    chars = int(fig.get_figwidth() * 72 / (0.65 * points))
+    return "\n".join(textwrap.fill(line, max(20, chars)) for line in str(title).splitlines())
 
 
 def _mappable() -> ScalarMappable:
