@@ -147,6 +147,11 @@ def test_plot_localization_draws_one_bar_per_method_and_score_with_intervals(tmp
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["trained", "chance"]
     assert "4 patients, 9 slices" in ax.get_title()
     assert (tmp_path / "loc.png").read_bytes()[:8] == PNG_MAGIC
+    from ichlib.viz.check import figure_problems
+
+    long = plot_localization(table, title="test split, 'any': hirescam @ layer2 against the references · "
+                                          "SYNTHETIC phantom data - not patient data, no clinical meaning")
+    assert figure_problems(long) == []     # legend beside the bars, the title wrapped, not cut
 
 
 def test_plot_localization_says_so_when_nothing_was_scored(tmp_path):

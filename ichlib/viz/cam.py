@@ -211,7 +211,7 @@ def plot_localization(table: pd.DataFrame, label: str = "any", *, title: str | N
     """
     rows = table[table["label"] == label] if "label" in table else table.iloc[:0]
     columns = [c for c in LOCALIZATION_METRICS if c in rows]
-    fig, ax = plt.subplots(figsize=(8, 3.4), layout="constrained")
+    fig, ax = plt.subplots(figsize=(10, 3.6), layout="constrained")
     if rows.empty or not columns:
         ax.text(0.5, 0.5, "no scan with blood in its mask:\nnothing to localise",
                 ha="center", va="center", transform=ax.transAxes)
@@ -227,10 +227,10 @@ def plot_localization(table: pd.DataFrame, label: str = "any", *, title: str | N
         ax.set_xticks(np.arange(len(columns)), [c.replace("_", " ") for c in columns])
         ax.set_ylim(0, 1)
         ax.set_ylabel("mean over slices with blood")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars
     n = (int(rows["n_patients"].max()), int(rows["n_slices"].max())) if len(rows) else (0, 0)
-    ax.set_title(title or f"'{label}': {n[0]} patients, {n[1]} slices with blood (95% CI over patients)",
-                 fontsize=9)
+    ax.set_title(_fit(title or f"'{label}': {n[0]} patients, {n[1]} slices with blood (95% CI over patients)",
+                      fig, 9), fontsize=9)
     return _save(fig, path)
 
 
