@@ -93,7 +93,9 @@ def test_predict_cam_check_and_train_on_a_fresh_machine(kind, phantom_and_checkp
     # Predict first, before anything was trained or measured on this machine.
     assert main(["predict", "--checkpoint", str(checkpoint), str(scan)]) == 0
     out, err = capsys.readouterr()
-    assert out.startswith(str(scan)) and "patient-level probability" in out and "error" not in err
+    table = out.splitlines()
+    assert table[0] == str(scan) and table[1].split() == ["label", "probability", "threshold*", "call"]
+    assert [line.split()[0] for line in table[2:8]] == list(ichlib.LABELS) and "error" not in err
     if kind == "avx512_bf16_no_amx":  # measured: a forward pass, outside inference mode
         assert measured == [("inference", False)] * 2
         assert [k.endswith("| inference") for k in json.loads(precision_file.read_text())] == [True]
