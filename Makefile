@@ -73,7 +73,7 @@ data: env
 			echo "Using the synthetic phantom in data/synthetic: $$have patients (make run SYNTH_PATIENTS=N writes another)"; \
 		fi; \
 	fi
-	@test -d "$(DATA)" || { echo "DATA=$(DATA) is not a folder. See README: Real data."; exit 1; }
+	@test -d "$(DATA)" || { echo "DATA=$(DATA) is not a folder. See docs/data.md (real data)."; exit 1; }
 
 check: data
 	$(PY) -m ichlib check "$(DATA)"
