@@ -5,6 +5,7 @@ import pytest
 from ichlib.errors import DataError
 from ichlib.io.ctich import read_ct_ich
 from ichlib.io.tables import cooccurrence, label_counts, refuse_duplicate_columns
+from ichlib.labels import LABELS
 
 
 def test_label_counts_and_cooccurrence_by_hand(small_ct_ich):
@@ -49,3 +50,16 @@ def test_distinct_columns_pass(tmp_path):
     path = tmp_path / "labels.csv"
     path.write_text("Epidural,Epidural.1,Subdural\n1,0,1\n")  # a real '.1' name is not a duplicate
     refuse_duplicate_columns(path)
+
+
+def test_slice_labels_follow_the_table_after_drop_and_come_as_copies(small_ct_ich):
+    data = read_ct_ich(small_ct_ich)
+    by_hand = data.slices[data.slices["patient_id"] == "050"]
+    first = data.slice_labels("050")
+    assert first.shape == (8, 6) and (first == by_hand[list(LABELS)].to_numpy()).all()
+    assert first[2:4, 4].tolist() == [1.0, 1.0]  # epidural on slices 3-4
+    first[:] = 7.0  # a caller's change does not reach the next call
+    assert data.slice_labels("050")[2:4, 4].tolist() == [1.0, 1.0]
+    data.drop(["050"])
+    assert data.slice_labels("050").shape == (0, 6)
+    assert data.slice_labels("051").shape == (5, 6)

@@ -60,6 +60,8 @@ class CtIchData:
     scans: dict[str, Path]
     masks: dict[str, Path | None]
     problems: list[Problem] = field(default_factory=list)
+    _grouped: tuple[pd.DataFrame, dict[str, np.ndarray]] | None = field(default=None, init=False, repr=False,
+                                                                        compare=False)
 
     @property
     def patient_ids(self) -> list[str]:
@@ -78,9 +80,17 @@ class CtIchData:
         self.masks = {pid: self.masks[pid] for pid in keep}
 
     def slice_labels(self, patient_id: str) -> np.ndarray:
-        """Slice labels ``[n_slices, 6]`` (float32) in slice order, columns as LABELS."""
-        rows = self.slices[self.slices["patient_id"] == patient_id]
-        return rows[list(LABELS)].to_numpy(dtype=np.float32)
+        """Slice labels ``[n_slices, 6]`` (float32) in slice order, columns as LABELS.
+
+        The table is grouped by patient once (again whenever ``slices`` is replaced, as
+        :meth:`drop` does); each call returns a fresh copy, so callers may modify it.
+        """
+        if self._grouped is None or self._grouped[0] is not self.slices:
+            labels = self.slices[list(LABELS)].to_numpy(dtype=np.float32)
+            groups = self.slices.groupby("patient_id", sort=False).indices
+            self._grouped = (self.slices, {pid: labels[np.sort(rows)] for pid, rows in groups.items()})
+        found = self._grouped[1].get(patient_id)
+        return found.copy() if found is not None else np.zeros((0, len(LABELS)), dtype=np.float32)
 
     def scan_labels(self, patient_id: str) -> np.ndarray:
         """Patient-level labels ``[6]`` (float32), columns as LABELS."""
