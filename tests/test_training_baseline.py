@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -11,7 +12,12 @@ from ichlib.io.ctich import read_ct_ich
 from ichlib.labels import LABELS
 from ichlib.preprocess.dataset import PreprocessConfig, ScanDataset
 from ichlib.preprocess.hu import intracranial_mask
-from ichlib.training.baseline import IntensityBaseline, hyperdense_fraction, run_intensity_baseline
+from ichlib.training.baseline import (
+    IntensityBaseline,
+    hyperdense_fraction,
+    run_intensity_baseline,
+    scan_hyperdense_fraction,
+)
 from tests.conftest import labels_with
 
 
@@ -74,3 +80,26 @@ def test_baseline_is_scored_on_the_given_test_patients(make_ct_ich):
     assert image["image_weighted_log_loss"] == pytest.approx(
         sum(total for total, _ in image["by_patient"].values()) / 12)
     assert 0 < image["image_weighted_log_loss"] < -math.log(0.5)  # better than a coin: the squares show
+
+
+def test_scan_feature_is_remembered_per_file_and_read_again_when_the_file_changes(make_ct_ich, monkeypatch):
+    import ichlib.training.baseline as baseline
+
+    data = read_ct_ich(make_ct_ich({49: labels_with(4, 0, 1, 2)}, size=32))
+    dataset = ScanDataset(data, data.patient_ids, PreprocessConfig(img_size=16, seq_len=4))
+    pid = data.patient_ids[0]
+    reads = []
+    original = dataset.resized_volume
+    monkeypatch.setattr(dataset, "resized_volume", lambda p: reads.append(p) or original(p))
+    total, per_slice = scan_hyperdense_fraction(dataset, pid)
+    expected_total, expected_slices = hyperdense_fraction(original(pid))
+    assert total == expected_total and np.array_equal(per_slice, expected_slices)
+    per_slice[:] = -1.0  # the caller's copy
+    again, slices_again = scan_hyperdense_fraction(dataset, pid)
+    assert reads == [pid] and again == total and np.array_equal(slices_again, expected_slices)
+    path = data.scans[pid]
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # the file was rewritten
+    scan_hyperdense_fraction(dataset, pid)
+    assert reads == [pid, pid]
+    assert len(baseline._MEMO) <= baseline._MEMO_SIZE

@@ -19,7 +19,9 @@ same definitions the intensity map of :mod:`ichlib.explain.localization` uses.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -92,6 +94,31 @@ class IntensityBaseline:
         return out
 
 
+_MEMO: OrderedDict[tuple, tuple[float, np.ndarray]] = OrderedDict()
+_MEMO_SIZE = 4096  # scans; a few hundred bytes each
+
+
+def scan_hyperdense_fraction(dataset: ScanDataset, patient_id: str) -> tuple[float, np.ndarray]:
+    """:func:`hyperdense_fraction` of a patient's resized volume (:meth:`ScanDataset.resized_volume`).
+
+    Remembered in this process per scan file (path, size, modification time), image size and
+    cache use, so the runs of one notebook, which all score the rule on the same patients,
+    compute it once per scan. A rewritten scan file is read again.
+    """
+    path = Path(dataset.data.scans[patient_id])
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, dataset.config.img_size,
+           dataset.cache_dir is not None)
+    if key in _MEMO:
+        _MEMO.move_to_end(key)
+    else:
+        _MEMO[key] = hyperdense_fraction(np.asarray(dataset.resized_volume(patient_id), dtype=np.float32))
+        if len(_MEMO) > _MEMO_SIZE:
+            _MEMO.popitem(last=False)
+    total, per_slice = _MEMO[key]
+    return total, per_slice.copy()
+
+
 def _scan_features(dataset: ScanDataset) -> tuple[np.ndarray, list[np.ndarray]]:
     """Hyperdense fraction per patient ``[P]`` and per slice (one ``[N_p]`` array each).
 
@@ -99,7 +126,7 @@ def _scan_features(dataset: ScanDataset) -> tuple[np.ndarray, list[np.ndarray]]:
     """
     totals, slices = [], []
     for pid in dataset.patient_ids:
-        total, per_slice = hyperdense_fraction(np.asarray(dataset.resized_volume(pid), dtype=np.float32))
+        total, per_slice = scan_hyperdense_fraction(dataset, pid)
         totals.append(total)
         slices.append(per_slice)
     return np.array(totals), slices

@@ -28,7 +28,7 @@ import numpy as np
 
 from ichlib.labels import LABELS, SUBTYPES
 from ichlib.preprocess.dataset import ScanDataset
-from ichlib.training.baseline import hyperdense_fraction
+from ichlib.training.baseline import scan_hyperdense_fraction
 from ichlib.training.metrics import (
     bootstrap_auc,
     choose_thresholds,
@@ -172,7 +172,7 @@ def slice_rows(patient_ids: Sequence[str], slice_indices: np.ndarray, slice_labe
     for i, pid in enumerate(patient_ids):
         idx, first = np.unique(np.asarray(slice_indices[i]), return_index=True)
         n = len(dataset.data.slice_labels(pid))
-        _, per_slice = hyperdense_fraction(np.asarray(dataset.resized_volume(pid), dtype=np.float32))
+        _, per_slice = scan_hyperdense_fraction(dataset, pid)
         ids += [pid] * len(idx)
         heights.append(relative_heights(n)[idx])
         ys.append(np.asarray(slice_labels[i])[first])
