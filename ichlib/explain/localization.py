@@ -24,7 +24,7 @@ validation split, where the default is picked (never on test).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -90,9 +90,8 @@ def collect_localization(model: nn.Module, data: CtIchData, patient_ids: Sequenc
             if baselines:
                 if label == "any":
                     frames.append(scan.score(METHOD_RANDOMIZED, label, scan.cam_maps(randomized, label, cams[0])))
-                grid = scan.grid if scan.grid != (0, 0) else (scan.x.shape[-2] // 16, scan.x.shape[-1] // 16)
-                frames += [scan.score(METHOD_CHANCE, label, chance_prior(scan.hu, grid, scan.brain)),
-                           scan.score(METHOD_INTENSITY, label, intensity_map(scan.hu, brain=scan.brain))]
+                frames += [scan.score(METHOD_CHANCE, label, scan.chance_maps()),
+                           scan.score(METHOD_INTENSITY, label, scan.intensity_maps())]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_COLUMNS)
 
 
@@ -210,6 +209,7 @@ class _ScanToScore:
     slice_labels: np.ndarray
     spacing: tuple[float, float]
     grid: tuple[int, int] = (0, 0)
+    _references: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
     def read(cls, data: CtIchData, pid: str, config: PreprocessConfig) -> _ScanToScore | None:
@@ -236,6 +236,21 @@ class _ScanToScore:
         if len(spec.layers) == 1 and self.grid == (0, 0):
             self.grid = tuple(int(s) for s in result.raw.shape[1:])
         return result.maps
+
+    def chance_maps(self) -> np.ndarray:
+        """The chance prior at the first single-layer CAM's grid (input / 16 when there is
+        none), computed once per scan and grid: it does not depend on the label."""
+        grid = self.grid if self.grid != (0, 0) else (self.x.shape[-2] // 16, self.x.shape[-1] // 16)
+        key = f"chance {grid}"
+        if key not in self._references:
+            self._references[key] = chance_prior(self.hu, grid, self.brain)
+        return self._references[key]
+
+    def intensity_maps(self) -> np.ndarray:
+        """The intensity map of the scan, computed once: it does not depend on the label."""
+        if "intensity" not in self._references:
+            self._references["intensity"] = intensity_map(self.hu, brain=self.brain)
+        return self._references["intensity"]
 
     def score(self, method: str, label: str, maps: np.ndarray) -> pd.DataFrame:
         """Scores of ``maps`` on the slices labelled ``label`` that have blood in the mask."""
