@@ -255,3 +255,22 @@ def test_label_shuffle_control_scores_chance_and_the_real_labels_do_not(tmp_path
     low, high = scores["shuffled"]["auc_ci"]
     assert low < 0.5 < high, scores["shuffled"]
     assert scores["real"]["auc_ci"][0] > 0.8, scores["real"]
+
+
+def test_the_final_validation_scores_are_those_of_best_pt_read_again(reference_run, tiny_data):
+    """fit reuses the best epoch's validation pass (float32, one process); reading validation
+    again from best.pt must give the same numbers, or the reuse would report another model."""
+    from ichlib.device import resolve_amp, resolve_device
+    from ichlib.training.evaluation import final_evaluation
+
+    config = TrainConfig.from_dict(reference_run.metrics["config"])
+    prepared = prepare_data(config)
+    device = resolve_device(config.device)
+    again = final_evaluation(config, prepared, reference_run.best_path, device, "real")
+    saved = reference_run.metrics["val"]
+    if resolve_amp(config.amp, device) is None:  # the pass was reused: same float32 numbers
+        assert saved["loss"] == pytest.approx(again["val"]["loss"], rel=1e-5)
+        assert saved["patient"]["mean_auc"] == pytest.approx(again["val"]["patient"]["mean_auc"], abs=1e-9)
+    else:  # bf16 training: validation was read again in float32, as here
+        assert saved["loss"] == pytest.approx(again["val"]["loss"], rel=1e-6)
+    assert reference_run.metrics["thresholds"] == pytest.approx(again["thresholds"])

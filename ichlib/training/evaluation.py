@@ -17,7 +17,7 @@ from ichlib.training.baseline import run_intensity_baseline
 from ichlib.training.config import TrainConfig
 from ichlib.training.data import PreparedData, make_eval_loader
 from ichlib.training.distributed import LOCAL, DistContext
-from ichlib.training.engine import evaluate
+from ichlib.training.engine import EvalResult, evaluate
 from ichlib.training.log import QUIET, RunLog
 from ichlib.training.metrics import (
     choose_thresholds,
@@ -40,14 +40,17 @@ from ichlib.version import __version__
 def final_evaluation(config: TrainConfig, prepared: PreparedData, best_path: Path,
                      device: torch.device, data_kind: str,
                      training: dict | None = None, dist: DistContext = LOCAL,
-                     log: RunLog = QUIET) -> dict:
+                     log: RunLog = QUIET, val_result: EvalResult | None = None) -> dict:
     """Evaluate the best checkpoint: thresholds from validation, metrics on test, baseline.
 
     Always in float32, whatever precision trained the model: the reported numbers and the
     test probabilities must not depend on the CPU's bf16 support, and a float32 pass over
     the validation and test scans is cheap.
 
-    ``training`` (best epoch, early stopping, ...) is recorded as it is. Under ``torchrun``
+    ``val_result``: the best epoch's own float32 pass over every validation slice, when
+    training made one (:func:`~ichlib.training.fit.fit` passes it in a single process without
+    autocast); validation is then not read again. ``training`` (best epoch, early stopping,
+    ...) is recorded as it is. Under ``torchrun``
     rank 0 reads the checkpoint, every rank predicts its share, and all compute the same
     metrics from the gathered predictions.
 
@@ -60,7 +63,7 @@ def final_evaluation(config: TrainConfig, prepared: PreparedData, best_path: Pat
         model = model.to(memory_format=torch.channels_last)
     criterion = build_criterion(config, prepared).to(device)
     loaders = {name: make_eval_loader(getattr(prepared, name), config, dist) for name in ("val", "test")}
-    val = evaluate(model, criterion, loaders["val"], device, None, log, desc="val", dist=dist)
+    val = val_result or evaluate(model, criterion, loaders["val"], device, None, log, desc="val", dist=dist)
     test = evaluate(model, criterion, loaders["test"], device, None, log, desc="test", dist=dist)
 
     thresholds, threshold_notes = choose_thresholds(val.scan_labels, val.scan_probs)

@@ -170,6 +170,10 @@ def _fit(config: TrainConfig, resume: bool, log: RunLog | None,
                 "model_config": model.model_config, "data": data_kind, "split": prepared.split,
                 "distributed": dist.describe(config.batch_size)}
         val_loader = make_eval_loader(strategy.epoch_val_set(), config, dist, pin_memory=device.type == "cuda")
+        # The best epoch's validation pass is the final one's when it read every slice in float32
+        # in one process: the final evaluation then reuses it instead of reading validation again.
+        reusable = strategy.epoch_val_set() is prepared.val and amp_dtype is None and not dist.enabled
+        best_val = None
         for epoch in range(len(history), config.epochs):
             if tracker.stopped:
                 break
@@ -181,6 +185,8 @@ def _fit(config: TrainConfig, resume: bool, log: RunLog | None,
             row, thresholds = _history_row(epoch, lr, {**stats, "base_rate_loss": base_rate}, val, strategy)
             improved = dist.agree_with_main(tracker, tracker.update(_score(row, val, tracker.monitor), epoch + 1))
             history.append({**row, "best": improved})
+            if improved:
+                best_val = val if reusable else None
             _save_epoch(out, base, strategy, tracker, history, thresholds, improved, dist)
             progress.epochs_saved = len(history)
             line = strategy.epoch_line(epoch, stats, val, row)
@@ -198,7 +204,8 @@ def _fit(config: TrainConfig, resume: bool, log: RunLog | None,
         stage2 = extra.get("sequence_stage", {})
         training["total_seconds"] = (training["epoch_seconds"] + stage2.get("embed_seconds", 0.0)
                                      + stage2.get("train_seconds", 0.0))
-        metrics = final_evaluation(config, prepared, best, device, data_kind, training, dist, log)
+        metrics = final_evaluation(config, prepared, best, device, data_kind, training, dist, log,
+                                   val_result=best_val)
     return _write_results(out, metrics, history, prepared, dist)
 
 
