@@ -29,6 +29,7 @@ from ichlib.training.cv import (
 )
 from ichlib.training.data import prepare_data
 from ichlib.training.metrics import score_predictions
+from ichlib.training.results import Scores
 from ichlib.training.two_stage import embed_scans
 from tests.conftest import labels_with, tiny_train_config, write_ct_ich
 
@@ -145,6 +146,10 @@ def test_resume_keeps_finished_folds(cli_cv, tmp_path, monkeypatch):
     assert trained == [1]
     assert {k: (out / f"fold_{k}" / "best.pt").stat().st_mtime_ns for k in (0, 2)} == before
     assert (out / "fold_1" / "metrics.json").exists() and result.metrics["n_patients"] == 12
+    # the typed views read the pooled reports of cv_metrics.json
+    assert result.pooled.auc("any") == result.metrics["pooled"]["patient"]["labels"]["any"]["auc"]
+    assert result.pooled.n == 12 and result.baseline.n == 12
+    assert result.baseline.mean_subtype_auc == result.metrics["baseline"]["patient"]["mean_subtype_auc"]
     for pid, k in saved["fold_of"].items():  # the kept folds' predictions are the same
         if k != 1:
             assert result.metrics["probabilities"][pid] == saved["probabilities"][pid]
@@ -259,8 +264,7 @@ def test_pooling_by_hand(tmp_path):
     pooled = pool_folds(config, [first, second])
     assert pooled["fold_of"] == {"a": 0, "b": 0, "c": 1, "d": 1}
     # a 0.9 (+), b 0.2 (-), c 0.6 (-), d 0.7 (+): both positives above both negatives
-    assert pooled["pooled"]["patient"]["labels"]["any"]["auc"] is not None
-    assert pooled["pooled"]["patient"]["labels"]["any"]["auc"] == 1.0
+    assert Scores.from_report(pooled["pooled"]["patient"]).auc("any") == 1.0
     assert pooled["pooled"]["image"]["image_weighted_log_loss"] == pytest.approx(6.0 / 10)
     assert pooled["pooled"]["image"]["prevalence_prior"] == pytest.approx((0.5 * 6 + 0.2 * 4) / 10)
     # One fold without every slice: no pooled image-level number, and the reason.

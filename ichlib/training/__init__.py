@@ -30,13 +30,14 @@ from ichlib.training.report import (
     read_metrics,
     verdict_table,
 )
+from ichlib.training.results import LabelScore, RunMetrics, Scores
 from ichlib.training.runfolder import RunFolderWarning
 from ichlib.training.shortcuts import run_position_baseline
 from ichlib.training.strategies import EndToEnd, TwoStage, build_criterion, build_model
 
 __all__ = [
-    "CVResult", "EarlyStopping", "EndToEnd", "EvalResult", "FitResult", "PreparedData",
-    "RunFolderWarning", "RunLog", "TrainConfig", "TwoStage", "audit_checkpoint", "beats_baseline",
+    "CVResult", "EarlyStopping", "EndToEnd", "EvalResult", "FitResult", "LabelScore", "PreparedData",
+    "RunFolderWarning", "RunLog", "RunMetrics", "Scores", "TrainConfig", "TwoStage", "audit_checkpoint", "beats_baseline",
     "build_criterion", "build_model", "compare_runs", "comparison_table", "cross_validate",
     "evaluate", "make_eval_loader", "make_loader", "make_optimizer", "meets_bar",
     "paired_auc_difference", "patient_outcomes", "prepare_data", "read_metrics", "results_table",

@@ -56,6 +56,7 @@ from ichlib.training.evaluation import final_evaluation, json_safe
 from ichlib.training.fit import describe_amp, fit
 from ichlib.training.log import RunLog
 from ichlib.training.metrics import pooled_image_report, score_predictions
+from ichlib.training.results import Scores
 from ichlib.training.strategies import sequence_stage_on_embeddings
 from ichlib.training.two_stage import embed_scans
 from ichlib.version import __version__
@@ -79,6 +80,17 @@ class CVResult:
     metrics: dict
     fold_dirs: list[Path]
     metrics_path: Path
+
+    @property
+    def pooled(self) -> Scores:
+        """The model's pooled out-of-fold patient scores, by attribute
+        (``cv.pooled.auc("any")``, ``cv.pooled.mean_subtype_auc``)."""
+        return Scores.from_report(self.metrics["pooled"]["patient"])
+
+    @property
+    def baseline(self) -> Scores:
+        """The intensity rule's pooled out-of-fold patient scores, on the same patients."""
+        return Scores.from_report(self.metrics["baseline"]["patient"])
 
 
 def cross_validate(config: TrainConfig, folds: int | None = None, resume: bool = False,

@@ -43,6 +43,7 @@ from ichlib.training.engine import EarlyStopping, deterministic_mode, evaluate, 
 from ichlib.training.evaluation import final_evaluation, json_safe
 from ichlib.training.log import RunLog
 from ichlib.training.metrics import choose_thresholds, score_predictions
+from ichlib.training.results import RunMetrics
 from ichlib.training.runfolder import RunProgress, run_folder
 from ichlib.training.strategies import (
     EndToEnd,
@@ -77,6 +78,17 @@ class FitResult:
     last_path: Path
     history_path: Path
     metrics_path: Path
+
+    @property
+    def scores(self) -> RunMetrics:
+        """``metrics`` by attribute (:class:`~ichlib.training.results.RunMetrics`), e.g.
+        ``run.scores.test.auc("any")``.
+
+        Raises:
+            ConfigError: For a run stopped after its epochs (``epochs_only``), which has no
+                test scores.
+        """
+        return RunMetrics.from_dict(self.metrics)
 
 
 def fit(config: TrainConfig, resume: bool = False, log: RunLog | None = None,

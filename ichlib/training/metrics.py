@@ -26,6 +26,7 @@ from sklearn.metrics import roc_curve
 
 from ichlib.errors import ConfigError
 from ichlib.labels import LABELS, SUBTYPES
+from ichlib.training.results import Scores
 
 #: RSNA 2019 label weights: 2 for ``any``, 1 for each subtype.
 LOG_LOSS_WEIGHTS: dict[str, float] = {label: (2.0 if label == "any" else 1.0) for label in LABELS}
@@ -479,23 +480,26 @@ def flatten_slices(slice_labels: np.ndarray, slice_probs: np.ndarray, patient_id
     return y[keep], p[keep], groups
 
 
-def results_table(reports: Mapping[str, dict] | dict, model: str = "model") -> pd.DataFrame:
+def results_table(reports: Mapping[str, dict | Scores | Sequence[dict | Scores]] | dict | Scores,
+                  model: str = "model") -> pd.DataFrame:
     """A tidy table, one row per (model, level, label), from :func:`score_predictions` reports.
 
     Args:
         reports: One report, or ``{model name: report}`` (or ``{name: [reports...]}``) to
-            compare models on the same patients.
+            compare models on the same patients; a report may be its
+            :class:`~ichlib.training.results.Scores` view (``run.scores.test``).
         model: Name for a single report.
 
     Returns:
         Columns ``model, level, label, n_pos, n_neg, auc, auc_ci_low, auc_ci_high,
         log_loss, threshold, sensitivity, specificity, note``; labels by name.
     """
-    if "labels" in reports:
+    if isinstance(reports, Scores) or "labels" in reports:
         reports = {model: reports}
     rows = []
     for name, value in reports.items():
         for report in value if isinstance(value, (list, tuple)) else [value]:
+            report = report.raw if isinstance(report, Scores) else report
             for label in LABELS:
                 entry = report["labels"][label]
                 low, high = entry["auc_ci"] if entry["auc_ci"] else (None, None)
