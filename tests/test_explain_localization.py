@@ -119,8 +119,8 @@ def test_compare_cams_ranks_the_candidates_on_validation(small_ct_ich, trained_t
     config = PreprocessConfig(windows=("brain",), img_size=32, seq_len=4)
     candidates = (CamSpec("gradcam", ("layer4",)), CamSpec("layercam", ("layer3",)),
                   CamSpec("gradcam", ("layer3", "layer4")))
-    table, chosen, thresholds = compare_cams(trained_toy, data, data.patient_ids, config, candidates,
-                                             n_boot=20)
+    comparison = compare_cams(trained_toy, data, data.patient_ids, config, candidates, n_boot=20)
+    table, chosen, thresholds = comparison.table, comparison.chosen, comparison.dice_thresholds
     names = [c.name for c in candidates]
     ranked = table[table["method"].isin(names)]
     assert list(table["method"][:3]) == list(ranked["method"])  # candidates first, the baselines after
@@ -136,8 +136,8 @@ def test_compare_cams_ranks_the_candidates_on_validation(small_ct_ich, trained_t
                                                                       METHOD_INTENSITY}
     assert chosen.name == table["method"].iloc[0] and set(thresholds) == set(table["method"])
     assert set(table["label"]) == {"any"}
-    alone, chosen_alone, _ = compare_cams(trained_toy, data, data.patient_ids, config, candidates,
-                                          baselines=False, n_boot=20)
+    without = compare_cams(trained_toy, data, data.patient_ids, config, candidates, baselines=False, n_boot=20)
+    alone, chosen_alone = without.table, without.chosen
     # without the references, the highest pointing game (ties: energy) is the default
     assert list(alone["method"]) == sorted(names, key=lambda m: (
         -alone.set_index("method").loc[m, "pointing_0mm"], -alone.set_index("method").loc[m, "energy"]))

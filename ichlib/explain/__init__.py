@@ -19,6 +19,7 @@ from ichlib.explain.cam import (
 )
 from ichlib.explain.deletion import DeletionResult, deletion_test
 from ichlib.explain.localization import (
+    CamComparison,
     collect_localization,
     compare_cams,
     localization_table,
@@ -35,7 +36,7 @@ from ichlib.explain.report import (
 from ichlib.explain.scores import energy_in_mask, pointing_game
 
 __all__ = [
-    "CANDIDATES", "CamSpec", "DeletionResult", "ScanAsBatch", "ScanCAM", "ScanExplanation",
+    "CANDIDATES", "CamComparison", "CamSpec", "DeletionResult", "ScanAsBatch", "ScanCAM", "ScanExplanation",
     "ScanGradCAM", "ScanGradCAMPlusPlus", "ScanHiResCAM", "ScanLabelTarget", "ScanLayerCAM",
     "SliceLabelTarget", "cascading_randomization", "chance_prior", "collect_localization",
     "compare_cams", "deletion_test", "energy_in_mask", "explain_scan", "intensity_map",

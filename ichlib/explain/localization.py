@@ -108,9 +108,26 @@ def localization_table(records: pd.DataFrame, dice_thresholds: Mapping[str, floa
     return score_table(records, thresholds, n_boot=n_boot, seed=seed)
 
 
+@dataclass(frozen=True)
+class CamComparison:
+    """What :func:`compare_cams` found on validation.
+
+    Attributes:
+        table: One row per candidate (best first), then the references, with the scores of
+            :func:`localization_table` and the ``margin`` over the chance prior.
+        chosen: The candidate to use on test.
+        dice_thresholds: The Dice threshold of every method, chosen on these validation slices
+            (pass it to :func:`localization_table` for the test records).
+    """
+
+    table: pd.DataFrame
+    chosen: CamSpec
+    dice_thresholds: dict[str, float]
+
+
 def compare_cams(model: nn.Module, data: CtIchData, val_ids: Sequence[str], config: PreprocessConfig,
                  candidates: Sequence[CamSpec] = CANDIDATES, label: str = "any", baselines: bool = True,
-                 n_boot: int = 200, seed: int = 0) -> tuple[pd.DataFrame, CamSpec, dict[str, float]]:
+                 n_boot: int = 200, seed: int = 0) -> CamComparison:
     """Score every candidate CAM on the validation split and pick the default.
 
     With ``baselines``, the chance prior, the randomised model (under the first candidate)
@@ -124,15 +141,16 @@ def compare_cams(model: nn.Module, data: CtIchData, val_ids: Sequence[str], conf
     baselines the default has the highest pointing game (ties: higher energy).
 
     Returns:
-        The table (candidates best first, then the baselines), the chosen :class:`CamSpec`,
-        and the Dice threshold of every method, chosen on these validation records.
+        A :class:`CamComparison`: the table (candidates best first, then the baselines), the
+        chosen :class:`CamSpec`, and the Dice threshold of every method, chosen on these
+        validation records.
     """
     records = collect_localization(model, data, val_ids, config, candidates, labels=(label,),
                                    baselines=baselines, seed=seed)
     thresholds = choose_dice_threshold(records) if len(records) else {}
     table = localization_table(records, thresholds, n_boot=n_boot, seed=seed)
     if table.empty:
-        return table, candidates[0], thresholds
+        return CamComparison(table, candidates[0], thresholds)
     names = [spec.name for spec in candidates]
     table = table.assign(_candidate=table["method"].isin(names))
     order = ["_candidate", pointing_column(0.0), "energy"]
@@ -141,7 +159,7 @@ def compare_cams(model: nn.Module, data: CtIchData, val_ids: Sequence[str], conf
         order.insert(1, "margin")
     table = table.sort_values(order, ascending=False, ignore_index=True)
     chosen = next(spec for spec in candidates if spec.name == table["method"].iloc[0])
-    return table.drop(columns="_candidate"), chosen, thresholds
+    return CamComparison(table.drop(columns="_candidate"), chosen, thresholds)
 
 
 def _margin_over_chance(table: pd.DataFrame) -> pd.Series:
