@@ -204,10 +204,11 @@ class EndToEnd(Strategy):
 
     def epoch_line(self, epoch: int, stats: dict, val: EvalResult, row: dict) -> str:
         auc = row["val_mean_auc"]
-        return (f"epoch {epoch + 1}/{self.config.epochs}  train loss {stats['loss']:.4f} "
-                f"(base rate {row['train_base_rate_loss']:.4f})  val loss "
-                f"{val.loss:.4f} (scan {val.scan_loss:.4f})  val mean AUC "
-                f"{'n/a' if auc is None else f'{auc:.3f}'}  {stats['slices_per_s']:.1f} slices/s")
+        # Short enough not to wrap in a notebook (about 95 characters with "*best").
+        return (f"epoch {epoch + 1}/{self.config.epochs}  loss {stats['loss']:.3f} "
+                f"(base rate {row['train_base_rate_loss']:.3f})  val {val.loss:.3f} "
+                f"(scan {val.scan_loss:.3f}), mean AUC {'n/a' if auc is None else f'{auc:.3f}'}  "
+                f"{stats['slices_per_s']:.0f} slices/s")
 
 
 class TwoStage(Strategy):
@@ -255,10 +256,9 @@ class TwoStage(Strategy):
         return base_rate_bce(np.stack([self.stage.labels[pid][k] for pid, k in drawn]))
 
     def epoch_line(self, epoch: int, stats: dict, val: EvalResult, row: dict) -> str:
-        return (f"stage 1 epoch {epoch + 1}/{self.config.epochs}  train slice loss "
-                f"{stats['slice_loss']:.4f} (base rate {row['train_base_rate_loss']:.4f})  val slice loss {val.slice_loss:.4f}  "
-                f"val slice AUC {_or_na(row.get('val_slice_mean_auc'))}  "
-                f"{stats['slices_per_s']:.1f} slices/s")
+        return (f"stage 1 epoch {epoch + 1}/{self.config.epochs}  slice loss {stats['slice_loss']:.3f} "
+                f"(base rate {row['train_base_rate_loss']:.3f})  val {val.slice_loss:.3f}, "
+                f"slice AUC {_or_na(row.get('val_slice_mean_auc'))}  {stats['slices_per_s']:.0f} slices/s")
 
     def finish(self, out: Path, log: RunLog) -> tuple[Path, dict]:
         """Stage 2 from the best stage-1 epoch; writes and returns ``best.pt``."""
