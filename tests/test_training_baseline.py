@@ -58,6 +58,29 @@ def test_logistic_mapping_is_monotone_and_handles_one_class_labels():
     assert p[0, 5] == pytest.approx(20.5 / 21)
 
 
+def test_a_few_extreme_negatives_do_not_flip_the_rule():
+    """Slices at the vertex hold little brain and can be mostly "hyperdense" without blood: a
+    long tail of negatives. The rule must keep ranking as the feature does (it scored a slice
+    AUC of 0.29 when those few slices set the slope of a standardised feature)."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    negatives = np.concatenate([rng.uniform(0.0, 0.02, 900), rng.uniform(0.5, 1.0, 30)])
+    positives = rng.uniform(0.01, 0.06, 100)
+    feature = np.concatenate([negatives, positives])
+    labels = np.zeros((len(feature), 6))
+    labels[len(negatives):, 0] = 1
+    by_feature = roc_auc_score(labels[:, 0], feature)
+    assert by_feature > 0.7  # the feature itself ranks the positives higher
+    model = IntensityBaseline().fit(feature, labels)
+    p = model.predict_proba(feature)[:, 0]
+    assert roc_auc_score(labels[:, 0], p) == pytest.approx(by_feature)  # order kept, no ties made
+    assert model.predict_proba(np.array([0.005, 0.04]))[:, 0].tolist() == sorted(
+        model.predict_proba(np.array([0.005, 0.04]))[:, 0].tolist())
+    # values beyond the training range take the extreme rank
+    assert model.predict_proba(np.array([2.0]))[0, 0] == pytest.approx(model.predict_proba(np.array([1.0]))[0, 0], abs=0.01)
+
+
 def test_baseline_is_scored_on_the_given_test_patients(make_ct_ich):
     labels = {49 + i: labels_with(6, (i % 5) if i % 2 else None, 1, 4) for i in range(8)}
     data = read_ct_ich(make_ct_ich(labels, size=32))

@@ -6,8 +6,9 @@ about 35-45 HU, white matter 20-30 HU). The CNN + BiLSTM should beat this by a c
 margin; if it does not, it has learned little more than "bright pixels".
 
 The fraction is a score already (ROC AUC only ranks). To get probabilities for log loss,
-one logistic regression per label maps the feature to a probability, fitted on the
-training patients only; it may learn a negative slope if training says so. The same
+one logistic regression per label maps the feature's rank among the training values to a
+probability, fitted on the training patients only (:class:`IntensityBaseline` says why the
+rank); it may learn a negative slope if training says so. The same
 feature per slice, with its own per-label regressions fitted on training slices, gives
 slice-level predictions. Thresholds come from validation; metrics from the test patients
 the model is tested on, with :func:`ichlib.training.metrics.score_predictions`.
@@ -38,7 +39,7 @@ from ichlib.training.metrics import (
 )
 
 DESCRIPTION = ("fraction of intracranial 0-100 HU voxels in 50-90 HU, mapped to a probability "
-               "per label by a one-feature logistic regression fitted on the training patients")
+               "per label by a one-feature logistic regression on its rank among the training patients")
 
 
 def hyperdense_fraction(hu: np.ndarray) -> tuple[float, np.ndarray]:
@@ -59,22 +60,30 @@ def hyperdense_fraction(hu: np.ndarray) -> tuple[float, np.ndarray]:
 
 @dataclass
 class IntensityBaseline:
-    """Per-label one-feature logistic regressions on the hyperdense fraction.
+    """Per-label one-feature logistic regressions on the hyperdense fraction's rank.
+
+    The feature enters as its rank among the training values (the empirical CDF, ties at
+    their mid-rank, so in [0, 1]), not standardised. On slices it has a long tail: near the
+    vertex and the skull base a slice holds little brain, and bone's partial volume can make
+    most of it "hyperdense" (fractions up to 1.0 without any blood). Standardised, those
+    few slices decided the slope, which came out *negative* for ``any`` although the
+    fraction ranks the training slices with blood above the others (AUC 0.71): the rule then
+    scored a slice AUC of 0.29 on test. On ranks every slice weighs the same, so the slope
+    follows the ranking. The rule may still learn a negative slope if training says so.
 
     A label with one class in training gets its smoothed training prevalence
     ``(n_pos + 0.5) / (n + 1)`` as a constant probability.
     """
 
     models: dict[str, LogisticRegression | float] = field(default_factory=dict)
-    mean: float = 0.0
-    std: float = 1.0
+    reference: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def fit(self, feature: np.ndarray, labels: np.ndarray) -> IntensityBaseline:
         """Fit on training features ``[N]`` and 0/1 labels ``[N, 6]``."""
         f = np.asarray(feature, dtype=np.float64)
         y = np.asarray(labels) > 0.5
-        self.mean, self.std = float(f.mean()), float(f.std()) or 1.0
-        z = ((f - self.mean) / self.std)[:, None]
+        self.reference = np.sort(f)
+        z = self._rank(f)[:, None]
         for j, label in enumerate(LABELS):
             n_pos = int(y[:, j].sum())
             if 0 < n_pos < len(f):
@@ -86,12 +95,23 @@ class IntensityBaseline:
     def predict_proba(self, feature: np.ndarray) -> np.ndarray:
         """Probabilities ``[N, 6]`` (columns as LABELS) for features ``[N]``."""
         f = np.asarray(feature, dtype=np.float64)
-        z = ((f - self.mean) / self.std)[:, None]
+        z = self._rank(f)[:, None]
         out = np.empty((len(f), len(LABELS)))
         for j, label in enumerate(LABELS):
             m = self.models[label]
             out[:, j] = m if isinstance(m, float) else m.predict_proba(z)[:, 1]
         return out
+
+    def _rank(self, f: np.ndarray) -> np.ndarray:
+        """Each value's mid-rank among the training values as a share in [0, 1], centred at 0;
+        linear between neighbouring training values, so the order of the values is kept
+        (values beyond the training range get the extreme rank)."""
+        if len(self.reference) == 0:
+            return np.zeros_like(f)
+        values, first = np.unique(self.reference, return_index=True)
+        last = np.append(first[1:], len(self.reference)) - 1
+        mid = (first + last) / 2.0 + 0.5
+        return np.interp(f, values, mid / len(self.reference)) - 0.5
 
 
 _MEMO: OrderedDict[tuple, tuple[float, np.ndarray]] = OrderedDict()
