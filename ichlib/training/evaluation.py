@@ -43,16 +43,10 @@ def final_evaluation(config: TrainConfig, prepared: PreparedData, best_path: Pat
                      log: RunLog = QUIET, val_result: EvalResult | None = None) -> dict:
     """Evaluate the best checkpoint: thresholds from validation, metrics on test, baseline.
 
-    Always in float32, whatever precision trained the model: the reported numbers and the
-    test probabilities must not depend on the CPU's bf16 support, and a float32 pass over
-    the validation and test scans is cheap.
-
-    ``val_result``: the best epoch's own float32 pass over every validation slice, when
-    training made one (:func:`~ichlib.training.fit.fit` passes it in a single process without
-    autocast); validation is then not read again. ``training`` (best epoch, early stopping,
-    ...) is recorded as it is. Under ``torchrun``
-    rank 0 reads the checkpoint, every rank predicts its share, and all compute the same
-    metrics from the gathered predictions.
+    Always in float32, so the numbers do not depend on the CPU's bf16 support. ``val_result``:
+    the best epoch's own float32 single-process pass over validation (not read again then).
+    ``training`` is recorded as it is. Under ``torchrun`` rank 0 reads the checkpoint, every
+    rank predicts its share, and all compute the metrics from the gathered predictions.
 
     Returns:
         The content of ``metrics.json``.
