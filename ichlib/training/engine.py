@@ -208,7 +208,9 @@ def evaluate(model: CNNBiLSTM, criterion: ScanSliceLoss, loader: DataLoader, dev
     """
     model.eval()
     ids: list[str] = []
-    arrays: dict[str, list[np.ndarray]] = {k: [] for k in ("sp", "sy", "lp", "ly", "li")}
+    # named as EvalResult's fields; "combine_<how>" holds the other combines of whole scans
+    arrays: dict[str, list[np.ndarray]] = {k: [] for k in ("scan_probs", "scan_labels", "slice_probs",
+                                                           "slice_labels", "slice_indices")}
     combines: dict[str, list[np.ndarray]] = {}
     totals = np.zeros(3)
     batch_totals: list[np.ndarray] = []
@@ -223,12 +225,11 @@ def evaluate(model: CNNBiLSTM, criterion: ScanSliceLoss, loader: DataLoader, dev
             batch_totals.append(x.shape[0] * np.array([parts.total.item(), parts.scan.item(),
                                                        parts.slice.item()]))
             ids += list(batch["patient_id"])
-            arrays["sp"].append(torch.sigmoid(output.scan_logits.float()).cpu().numpy())
-            arrays["lp"].append(torch.sigmoid(output.slice_logits.float()).cpu().numpy())
-            arrays["sy"].append(batch["scan_labels"].numpy())
-            arrays["ly"].append(batch["slice_labels"].numpy())
-            arrays["li"].append(batch["slice_indices"].numpy())
-    if combines and len(combines["mean"]) == len(arrays["sp"]):
+            arrays["scan_probs"].append(torch.sigmoid(output.scan_logits.float()).cpu().numpy())
+            arrays["slice_probs"].append(torch.sigmoid(output.slice_logits.float()).cpu().numpy())
+            for key in ("scan_labels", "slice_labels", "slice_indices"):
+                arrays[key].append(batch[key].numpy())
+    if combines and len(combines["mean"]) == len(arrays["scan_probs"]):
         arrays.update({f"combine_{k}": v for k, v in combines.items()})
     ids, arrays, batch_totals = dist.gather_batches(ids, arrays, batch_totals)
     for batch_total in batch_totals:  # in loader order, as one process adds them
@@ -237,10 +238,9 @@ def evaluate(model: CNNBiLSTM, criterion: ScanSliceLoss, loader: DataLoader, dev
         raise ConfigError(f"nothing to evaluate: the {desc} loader is empty")
     mean = totals / len(ids)
     cat = {k: concat_slices(v) for k, v in arrays.items()}
-    return EvalResult(patient_ids=ids, scan_probs=cat["sp"], scan_labels=cat["sy"],
-                      slice_probs=cat["lp"], slice_labels=cat["ly"], slice_indices=cat["li"],
-                      loss=float(mean[0]), scan_loss=float(mean[1]), slice_loss=float(mean[2]),
-                      other_combines={k[len("combine_"):]: v for k, v in cat.items() if k.startswith("combine_")})
+    other = {k[len("combine_"):]: cat.pop(k) for k in list(cat) if k.startswith("combine_")}
+    return EvalResult(patient_ids=ids, **cat, loss=float(mean[0]), scan_loss=float(mean[1]),
+                      slice_loss=float(mean[2]), other_combines=other)
 
 
 
