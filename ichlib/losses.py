@@ -6,6 +6,12 @@ Each BCE is ``torch.nn.functional.binary_cross_entropy_with_logits`` averaged ov
 elements (``B * 6`` for the scan part, ``B * S * 6`` for the slice part), optionally with a
 per-label ``pos_weight``. ``λ`` is :data:`AUXILIARY_LOSS_WEIGHT` by default; ``λ = 0``
 trains the scan head alone (the slice part is still computed, for logging).
+
+With per-scan weights ``w`` (a batch may carry them under :data:`LOSS_WEIGHT_KEY`), each BCE
+is instead the weighted sum ``Σ_i w_i ℓ_i`` of the scans' own means ``ℓ_i``: weights ``1 / B``
+give the mean, weight 0 leaves a scan out. A loader sets them when a batch is a share of a
+larger one, e.g. a process's share of the global batch under ``torchrun``
+(:func:`ichlib.training.loaders.make_train_loader`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from ichlib.model import ModelOutput
 
 #: Default weight λ of the slice-level (auxiliary) loss.
 AUXILIARY_LOSS_WEIGHT = 0.5
+#: Batch key of optional per-scan loss weights (see the module docstring).
+LOSS_WEIGHT_KEY = "loss_weight"
 
 
 class LossParts(NamedTuple):
@@ -53,19 +61,27 @@ class ScanSliceLoss(nn.Module):
         self.register_buffer("scan_pos_weight", _as_weight(scan_pos_weight), persistent=False)
         self.register_buffer("slice_pos_weight", _as_weight(slice_pos_weight), persistent=False)
 
-    def forward(self, output: ModelOutput, scan_labels: torch.Tensor,
-                slice_labels: torch.Tensor) -> LossParts:
+    def forward(self, output: ModelOutput, scan_labels: torch.Tensor, slice_labels: torch.Tensor,
+                weight: torch.Tensor | None = None) -> LossParts:
         """Compute the loss.
 
         Args:
             output: The model's logits (``[B, 6]`` and ``[B, S, 6]``).
             scan_labels: ``[B, 6]`` 0/1 targets.
             slice_labels: ``[B, S, 6]`` 0/1 targets for the sampled slices.
+            weight: Optional ``[B]`` per-scan weights: each part is then ``Σ_i w_i ℓ_i``
+                instead of the mean.
         """
+        reduction = "mean" if weight is None else "none"
         scan = F.binary_cross_entropy_with_logits(
-            output.scan_logits.float(), scan_labels.float(), pos_weight=self.scan_pos_weight)
+            output.scan_logits.float(), scan_labels.float(), pos_weight=self.scan_pos_weight,
+            reduction=reduction)
         slice_ = F.binary_cross_entropy_with_logits(
-            output.slice_logits.float(), slice_labels.float(), pos_weight=self.slice_pos_weight)
+            output.slice_logits.float(), slice_labels.float(), pos_weight=self.slice_pos_weight,
+            reduction=reduction)
+        if weight is not None:
+            w = weight.to(scan)
+            scan, slice_ = (w * scan.mean(dim=1)).sum(), (w * slice_.mean(dim=(1, 2))).sum()
         total = (1.0 - self.aux_weight) * scan + self.aux_weight * slice_
         return LossParts(total=total, scan=scan, slice=slice_)
 

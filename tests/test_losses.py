@@ -73,6 +73,26 @@ def test_pos_weight_enters_as_a_factor_on_positives():
     assert parts.slice.item() == pytest.approx(slice_, rel=1e-6)
 
 
+def test_scan_weights_give_a_weighted_sum_of_the_scans_own_losses():
+    gen = torch.Generator().manual_seed(0)
+    out = ModelOutput(torch.randn(3, 6, generator=gen), torch.randn(3, 4, 6, generator=gen))
+    scan_y = (torch.rand(3, 6, generator=gen) > 0.5).float()
+    slice_y = (torch.rand(3, 4, 6, generator=gen) > 0.5).float()
+    loss = ScanSliceLoss(0.3, torch.rand(6, generator=gen) + 0.5, torch.rand(6, generator=gen) + 0.5)
+    mean = loss(out, scan_y, slice_y)
+    even = loss(out, scan_y, slice_y, torch.full((3,), 1.0 / 3))
+    for got, want in zip(even, mean, strict=True):  # weights 1 / B: the mean
+        assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    # weight 0 leaves a scan out, weight 2 counts one twice: a sum of the scans' own losses
+    weight = [2.0, 0.0, 1.0]
+    weighted = loss(out, scan_y, slice_y, torch.tensor(weight))
+    alone = [loss(ModelOutput(out.scan_logits[i:i + 1], out.slice_logits[i:i + 1]), scan_y[i:i + 1],
+                  slice_y[i:i + 1]) for i in range(3)]
+    for part in range(3):
+        expected = sum(w * alone[i][part].item() for i, w in enumerate(weight))
+        assert weighted[part].item() == pytest.approx(expected, rel=1e-6)
+
+
 def test_pos_weight_from_labels():
     labels = np.zeros((10, 6))
     labels[:2, 0] = 1    # 2 positives, 8 negatives -> 4
