@@ -13,6 +13,7 @@ SGD keeps the comparison at float precision and still checks gradients and optim
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -34,30 +35,35 @@ import ichlib.training.strategies
 from ichlib.checkpoint import load_checkpoint
 from ichlib.cli import main
 from ichlib.errors import ConfigError, IchlibError
-from ichlib.losses import LossParts
+from ichlib.losses import LOSS_WEIGHT_KEY, LossParts, ScanSliceLoss
+from ichlib.model import ModelOutput
 from ichlib.training.config import TrainConfig
 from ichlib.training.data import prepare_data
 from ichlib.training.distributed import (
-    LOSS_WEIGHT_KEY,
     DistContext,
     DistEnv,
-    ShardedEpochSampler,
-    WeightedItems,
     backend_for,
     detect_env,
-    epoch_order,
-    eval_batches,
     group_timeout,
-    merge_batches,
+    merge_eval_shards,
     peer_failure,
     process_device,
     session,
-    split_batches,
 )
-from ichlib.training.engine import train_one_epoch
+from ichlib.training.engine import EpochStats, evaluate, train_one_epoch
 from ichlib.training.evaluation import final_evaluation
 from ichlib.training.fit import fit
-from ichlib.training.loaders import make_loader
+from ichlib.training.loaders import (
+    EpochSampler,
+    WeightedEpochSampler,
+    WeightedItems,
+    epoch_generator,
+    epoch_order,
+    eval_batches,
+    make_eval_loader,
+    make_loader,
+)
+from ichlib.training.log import RunLog
 
 # 15 patients and fractions 0.35: 5 train, 5 val, 5 test. With a global batch of 4 the
 # last training step has 1 scan (rank 1 gets only padding) and evaluation has 2 batches.
@@ -189,8 +195,9 @@ def test_one_process_session_is_inactive(monkeypatch):
     with session(torch.device("cpu"), batch_size=3) as ctx:
         assert not ctx.enabled and ctx.is_main
         assert ctx.from_main(lambda: 7) == 7
+        assert (ctx.rank, ctx.world_size) == (0, 1)
         values = np.array([1.5, 2.0])
-        assert ctx.all_sum(values) is values
+        assert ctx.gather(values) == [values] and ctx.gather(values)[0] is values
         assert ctx.describe(3) == {"world_size": 1, "backend": "none", "global_batch_size": 3,
                                    "per_process_batch_size": 3, "lr_scaling": "none"}
 
@@ -231,7 +238,7 @@ def _index_items(n: int) -> list[dict]:
 
 @pytest.mark.parametrize("n", [1, 5, 8])
 def test_epoch_order_is_the_order_one_process_trains_in(n):
-    def criterion(output, scan_y, slice_y):
+    def criterion(output, scan_y, slice_y, weight=None):
         return LossParts(total=output, scan=output, slice=output)
 
     for epoch in (0, 3):
@@ -243,22 +250,66 @@ def test_epoch_order_is_the_order_one_process_trains_in(n):
     assert sorted(epoch_order(n, 11, 0)) == list(range(n))
 
 
-@pytest.mark.parametrize(("n", "batch", "world"), [(5, 4, 2), (8, 4, 2), (7, 6, 3), (9, 4, 4)])
+def _old_loader_order(n: int, seed: int, epoch: int, batch_size: int) -> list[int]:
+    """A frozen copy of ichlib's single-process training loader before EpochSampler: a
+    ``RandomSampler`` on the per-epoch generator, read through the run's progress bar."""
+    loader = torch.utils.data.DataLoader(list(range(n)), batch_size=batch_size, shuffle=True,
+                                         generator=epoch_generator(seed, epoch))
+    return [int(i) for batch in RunLog(progress=False).bar(loader) for i in batch]
+
+
+@pytest.mark.parametrize(("n", "seed"), [(1, 0), (2, 5), (7, 0), (32, 11), (33, 3), (100, 2026)])
+def test_the_epoch_sampler_keeps_the_old_single_process_order(n, seed):
+    for epoch in (0, 1, 4):
+        old = _old_loader_order(n, seed, epoch, batch_size=4)
+        assert epoch_order(n, seed, epoch) == old
+        new = make_loader(list(range(n)), batch_size=4, shuffle=True, seed=seed, epoch=epoch)
+        assert isinstance(new.sampler, EpochSampler)
+        assert [int(i) for batch in RunLog(progress=False).bar(new) for i in batch] == old
+    if n > 2:  # the order does change with the epoch and the seed
+        assert epoch_order(n, seed, 0) != epoch_order(n, seed, 1) != epoch_order(n, seed + 1, 1)
+
+
+@pytest.mark.parametrize(("n", "world"), [(5, 2), (8, 4), (7, 3), (2, 3)])
+def test_the_epoch_sampler_deals_the_order_round_robin(n, world):
+    order = epoch_order(n, 4, 2)
+    shares = []
+    for rank in range(world):
+        sampler = EpochSampler(list(range(n)), seed=4, num_replicas=world, rank=rank)
+        sampler.set_epoch(2)
+        shares.append(list(sampler))
+    assert {len(share) for share in shares} == {-(-n // world)}  # padded to the same length
+    dealt = [share[k] for k in range(len(shares[0])) for share in shares]
+    assert dealt[:n] == order and dealt[n:] == order[:len(dealt) - n]
+
+
+@pytest.mark.parametrize(("n", "batch", "world"), [(5, 4, 2), (8, 4, 2), (7, 6, 3), (9, 4, 4), (13, 8, 2)])
 def test_sharded_steps_are_the_single_process_batches(n, batch, world):
     order = epoch_order(n, 2, 1)
     steps = [order[s:s + batch] for s in range(0, n, batch)]
     shares = []
     for rank in range(world):
-        sampler = ShardedEpochSampler(list(range(n)), batch, seed=2, num_replicas=world, rank=rank)
+        sampler = WeightedEpochSampler(list(range(n)), batch, seed=2, num_replicas=world, rank=rank)
         sampler.set_epoch(1)
         items = list(sampler)
         shares.append([items[k:k + batch // world] for k in range(0, len(items), batch // world)])
     assert all(len(s) == len(steps) for s in shares)  # every rank takes every step
+    gen = torch.Generator().manual_seed(n)
+    out = ModelOutput(torch.randn(n, 6, generator=gen), torch.randn(n, 2, 6, generator=gen))
+    scan_y, slice_y = torch.rand(n, 6, generator=gen).round(), torch.rand(n, 2, 6, generator=gen).round()
+    criterion = ScanSliceLoss(0.5)
+
+    def loss(rows: list[int], weight: list[float] | None = None) -> float:
+        weight = None if weight is None else torch.tensor(weight)
+        return criterion(ModelOutput(out.scan_logits[rows], out.slice_logits[rows]), scan_y[rows],
+                         slice_y[rows], weight).total.item()
+
     for k, step in enumerate(steps):
         real = [(i, w) for share in shares for i, w in share[k] if w > 0]
         assert sorted(i for i, _ in real) == sorted(step)  # each scan once, padding weighs 0
-        # DDP averages the ranks' weighted means: sum of weights / world = 1 per step.
-        assert sum(w for _, w in real) / world == pytest.approx(1.0)
+        # DDP averages the ranks' weighted losses: the mean over the global batch
+        ranks = [loss([i for i, _ in share[k]], [w for _, w in share[k]]) for share in shares]
+        assert sum(ranks) / world == pytest.approx(loss(step), rel=1e-6)
         assert {w for _, w in real} == {world / len(step)}
 
 
@@ -267,24 +318,66 @@ def test_weighted_items_add_the_loss_weight():
     assert len(items) == 2 and items[(1, 0.5)] == {"x": 1, LOSS_WEIGHT_KEY: 0.5}
 
 
-def test_evaluation_batches_are_dealt_and_merged_back_in_order():
-    n, batch, world = 11, 3, 2
-    assert eval_batches(n, batch, 0, world) == [[0, 1, 2], [6, 7, 8]]
-    assert eval_batches(n, batch, 1, world) == [[3, 4, 5], [9, 10]]
+def test_epoch_stats_count_weighted_batches_and_merge_over_ranks():
+    def parts(value: float) -> LossParts:
+        return LossParts(*(torch.tensor(value * f) for f in (1.0, 2.0, 3.0)))
+
+    one = EpochStats(seconds=2.0)  # one process: batches of 4 and 1 scans of 3 slices
+    one.add(parts(0.5), 4, 3)
+    one.add(parts(0.2), 1, 3)
+    rank0, rank1 = EpochStats(seconds=1.0), EpochStats(seconds=1.5)  # the same over 2 ranks
+    rank0.add(parts(0.5), 2, 3, torch.tensor([0.5, 0.5]))  # weighted sums: their mean is 0.5
+    rank1.add(parts(0.5), 2, 3, torch.tensor([0.5, 0.5]))
+    rank0.add(parts(0.4), 1, 3, torch.tensor([2.0]))  # one scan of loss 0.2, weight 2
+    rank1.add(parts(0.0), 1, 3, torch.tensor([0.0]))  # padding
+    merged = EpochStats.merge([rank0, rank1])
+    assert (merged.scans, merged.slices, merged.seconds) == (5, 15, 1.5)
+    np.testing.assert_allclose(merged.loss_sums, one.loss_sums)
+    assert merged.as_dict()["loss"] == pytest.approx(one.loss) == pytest.approx(2.2 / 5)
+    assert merged.scan_loss == pytest.approx(2 * merged.loss) and merged.slice_loss == pytest.approx(3 * merged.loss)
+    assert one.slices_per_s == 15 / 2.0
+
+
+class Scorer(nn.Module):
+    """Stands in for the model in evaluation: logits from the items' values."""
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        value = x[:, 0, 0, 0, 0]
+        return ModelOutput(value[:, None].repeat(1, 6) / 10, value[:, None, None].repeat(1, 2, 6) / 7)
+
+
+class _Split(list):
+    all_slices = False
+
+
+def _eval_items(n: int) -> _Split:
+    return _Split({"x": torch.full((2, 1, 1, 1), float(i)), "scan_labels": torch.zeros(6) + i % 2,
+                   "slice_labels": torch.ones(2, 6), "slice_indices": torch.tensor([0, i]),
+                   "patient_id": f"p{i}"} for i in range(n))
+
+
+@pytest.mark.parametrize(("n", "batch", "world"), [(11, 3, 2), (11, 3, 3), (2, 3, 2), (4, 1, 3)])
+def test_evaluation_shards_merge_into_the_single_process_result(n, batch, world):
+    assert eval_batches(11, 3, 0, 2) == [[0, 1, 2], [6, 7, 8]]
+    assert eval_batches(11, 3, 1, 2) == [[3, 4, 5], [9, 10]]
     assert eval_batches(2, 3, 1, 2) == []  # a rank may have nothing to evaluate
-    items = []
-    for rank in range(world):
-        batches = eval_batches(n, batch, rank, world)
-        ids = [f"p{i}" for b in batches for i in b]
-        arrays = {"sp": [np.array(b, dtype=float) for b in batches]}
-        totals = [np.full(3, float(len(b))) for b in batches]
-        items += split_batches(ids, arrays, totals, rank, world)
-    ids, arrays, totals = merge_batches(items[::-1], ["sp"])
-    assert ids == [f"p{i}" for i in range(n)]
-    assert np.concatenate(arrays["sp"]).tolist() == list(range(n))
-    assert [t[0] for t in totals] == [3, 3, 3, 2]
-    with pytest.raises(IchlibError, match="once each"):
-        merge_batches(items + items[:1], ["sp"])
+    config = TrainConfig(data_dir=".", out_dir=".", batch_size=batch)
+    items, criterion, cpu = _eval_items(n), ScanSliceLoss(0.5), torch.device("cpu")
+    single = evaluate(Scorer(), criterion, make_eval_loader(items, config), cpu)
+    loaders = [make_eval_loader(items, config, num_replicas=world, rank=r) for r in range(world)]
+    shards = [evaluate(Scorer(), criterion, loader, cpu) for loader in loaders if len(loader)]
+    merged = merge_eval_shards(shards)
+    assert merged.patient_ids == single.patient_ids == [f"p{i}" for i in range(n)]
+    for key in ("scan_probs", "scan_labels", "slice_probs", "slice_labels", "slice_indices",
+                "batch_sizes", "batch_losses"):
+        np.testing.assert_array_equal(getattr(merged, key), getattr(single, key), err_msg=key)
+    assert (merged.loss, merged.scan_loss, merged.slice_loss) == (single.loss, single.scan_loss, single.slice_loss)
+    if (n, batch, world) == (11, 3, 2):  # rank 0 lost its second batch (6-8): a gap
+        short = dataclasses.replace(shards[0], batch_sizes=shards[0].batch_sizes[:1])
+        with pytest.raises(IchlibError, match=r"\[0, 1, 3\] are not 0..2"):
+            merge_eval_shards([short, shards[1]])
+    with pytest.raises(ConfigError, match="nothing to evaluate"):
+        merge_eval_shards([])
 
 
 # --- torchrun: 2 processes against 1 --------------------------------------------------------

@@ -117,7 +117,7 @@ def test_four_scans_can_be_overfitted(tiny_data):
     optimizer = make_optimizer(model, lr=1e-3)
     loader = make_loader(dataset, batch_size=4)
     criterion = ScanSliceLoss(0.5)
-    losses = [train_one_epoch(model, criterion, optimizer, loader, torch.device("cpu"), epoch)["loss"]
+    losses = [train_one_epoch(model, criterion, optimizer, loader, torch.device("cpu"), epoch).loss
               for epoch in range(20)]
     assert losses[-1] < 0.3 * losses[0], losses
 

@@ -8,9 +8,10 @@ two-stage training and distributed training under ``torchrun``.
 from ichlib.training.baseline import run_intensity_baseline
 from ichlib.training.config import TrainConfig
 from ichlib.training.cv import CVResult, cross_validate
-from ichlib.training.data import PreparedData, make_eval_loader, prepare_data
+from ichlib.training.data import PreparedData, prepare_data
 from ichlib.training.engine import (
     EarlyStopping,
+    EpochStats,
     EvalResult,
     evaluate,
     make_optimizer,
@@ -18,7 +19,7 @@ from ichlib.training.engine import (
 )
 from ichlib.training.evaluation import audit_checkpoint
 from ichlib.training.fit import FitResult
-from ichlib.training.loaders import make_loader
+from ichlib.training.loaders import make_eval_loader, make_loader
 from ichlib.training.log import RunLog
 from ichlib.training.metrics import paired_auc_difference, results_table, score_predictions
 from ichlib.training.report import (
@@ -36,7 +37,7 @@ from ichlib.training.shortcuts import run_position_baseline
 from ichlib.training.strategies import EndToEnd, TwoStage, build_criterion, build_model
 
 __all__ = [
-    "CVResult", "EarlyStopping", "EndToEnd", "EvalResult", "FitResult", "LabelScore", "PreparedData",
+    "CVResult", "EarlyStopping", "EndToEnd", "EpochStats", "EvalResult", "FitResult", "LabelScore", "PreparedData",
     "RunFolderWarning", "RunLog", "RunMetrics", "Scores", "TrainConfig", "TwoStage", "audit_checkpoint", "beats_baseline",
     "build_criterion", "build_model", "compare_runs", "comparison_table", "cross_validate",
     "evaluate", "make_eval_loader", "make_loader", "make_optimizer", "meets_bar",

@@ -27,7 +27,7 @@ class TrainConfig:
         out_dir: Run folder for checkpoints, history and metrics.
         epochs: Training epochs.
         batch_size: Scans per optimizer step. Under ``torchrun`` this is the global batch,
-            split evenly over the processes (see :mod:`ichlib.distributed`).
+            split evenly over the processes (see :mod:`ichlib.training.distributed`).
         img_size: In-plane size of the model input.
         seq_len: Slices ``S`` sampled per scan.
         aux_weight: ``λ``, weight of the slice-level loss (:data:`AUXILIARY_LOSS_WEIGHT`).

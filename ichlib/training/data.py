@@ -6,8 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torch.utils.data import DataLoader
-
 from ichlib.errors import ConfigError, DataError, WriteError
 from ichlib.io.cachedir import default_cache_dir
 from ichlib.io.folder import read_dataset
@@ -16,8 +14,6 @@ from ichlib.preprocess.augment import ScanAugment
 from ichlib.preprocess.dataset import ScanDataset
 from ichlib.preprocess.splits import check_disjoint, cv_split, patient_split, rsna_group_split
 from ichlib.training.config import TrainConfig
-from ichlib.training.distributed import LOCAL, DistContext
-from ichlib.training.loaders import make_loader
 from ichlib.training.log import QUIET, RunLog
 
 _FIX_HINT = "Fix or remove them, or pass skip_bad=True (--skip-bad) to leave them out."
@@ -44,14 +40,16 @@ class PreparedData:
     cache_dir: Path | None = None
 
 
-def prepare_data(config: TrainConfig, dist: DistContext = LOCAL, log: RunLog = QUIET) -> PreparedData:
+def prepare_data(config: TrainConfig, log: RunLog = QUIET, data: CtIchData | None = None) -> PreparedData:
     """Read the folder, build the cache, drop broken patients if allowed, split, make datasets.
-
-    Under ``torchrun`` rank 0 reads the folder first (filling the RSNA header cache the
-    others then reuse), and each rank builds its share of the volume cache.
 
     With ``config.fold`` set, the split is that fold of a cross-validation
     (:func:`~ichlib.preprocess.splits.cv_split`).
+
+    Args:
+        config: The run's settings.
+        log: Where the cache's progress bar goes.
+        data: The folder as :func:`read_data` read it (read here when None).
 
     Raises:
         DataError: On broken patients without ``skip_bad`` (all of them listed).
@@ -61,18 +59,17 @@ def prepare_data(config: TrainConfig, dist: DistContext = LOCAL, log: RunLog = Q
         raise ConfigError(f"folds={config.folds} asks for a cross-validation: run "
                           "ichlib.training.cv.cross_validate(config) (ichlib train --folds); "
                           "fit trains one fold of it (fold=k)")
-    data = _read_folder(config, dist)
+    data = read_data(config) if data is None else data
     skipped = [{"patient_id": p.patient_id, "path": p.path, "problem": p.problem}
                for p in data.problems]
-    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-    failed = _build_cache(data, config, cache_dir, dist, log)
+    failed = _build_cache(data, config, log)
     skipped += [{"patient_id": pid, "path": exc.path, "problem": exc.problem} for pid, exc in failed.items()]
     data.drop(failed)
     if not data.patient_ids:
         raise DataError(data.root, "no usable patients")
     split = _split_patients(data, config)
     augment = ScanAugment() if config.augment else None
-    preprocess = config.preprocess
+    preprocess, cache_dir = config.preprocess, _cache_dir(config)
     whole = config.eval_slices == "all"
     return PreparedData(
         data=data, split=split, skipped=skipped, cache_dir=cache_dir,
@@ -107,25 +104,37 @@ def _split_patients(data: CtIchData, config: TrainConfig) -> dict[str, list[str]
     return split
 
 
-def _read_folder(config: TrainConfig, dist: DistContext) -> CtIchData:
+def read_data(config: TrainConfig) -> CtIchData:
+    """The dataset folder's tables (broken patients left out with ``skip_bad``).
+
+    Raises:
+        DataError: On broken patients without ``skip_bad``, saying how to go on.
+    """
     try:
-        with dist.main_first():
-            return read_dataset(config.data_dir, on_error="skip" if config.skip_bad else "raise")
+        return read_dataset(config.data_dir, on_error="skip" if config.skip_bad else "raise")
     except DataError as exc:
         if config.skip_bad or "problem(s) found" not in exc.problem:
             raise
         raise DataError(exc.path, f"{exc.problem}\n{_FIX_HINT}") from exc
 
 
-def _build_cache(data: CtIchData, config: TrainConfig, cache_dir: Path, dist: DistContext,
-                 log: RunLog) -> dict[str, DataError]:
+def volume_cache(data: CtIchData, config: TrainConfig) -> ScanDataset:
+    """Every patient of ``data``, reading through ``config``'s volume cache: its
+    ``resized_volume(patient_id)`` builds a missing cache entry."""
+    return ScanDataset(data, data.patient_ids, config.preprocess, _cache_dir(config))
+
+
+def _cache_dir(config: TrainConfig) -> Path:
+    return Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+
+
+def _build_cache(data: CtIchData, config: TrainConfig, log: RunLog) -> dict[str, DataError]:
     """Resize every scan into the cache; returns the patients whose scan could not be read.
 
     Raises:
         DataError: Listing every unreadable scan, unless ``skip_bad``.
     """
-    everyone = ScanDataset(data, data.patient_ids, config.preprocess, cache_dir)
-    dist.build_cache_shard(everyone.resized_volume, data.patient_ids)
+    everyone = volume_cache(data, config)
     failed: dict[str, DataError] = {}
     for pid in log.bar(data.patient_ids, desc="cache"):
         try:
@@ -138,13 +147,3 @@ def _build_cache(data: CtIchData, config: TrainConfig, cache_dir: Path, dist: Di
         listing = "\n  ".join(str(e) for e in failed.values())
         raise DataError(data.root, f"{len(failed)} scan(s) could not be read:\n  {listing}\n{_FIX_HINT}")
     return failed
-
-
-def make_eval_loader(dataset: ScanDataset, config: TrainConfig, dist: DistContext = LOCAL,
-                     pin_memory: bool = False) -> DataLoader:
-    """The unshuffled validation or test loader: one whole scan per batch when the dataset
-    serves all slices, else ``config.batch_size`` scans (under ``torchrun``: this rank's share)."""
-    batch_size = 1 if dataset.all_slices else config.batch_size
-    if dist.enabled:
-        return dist.eval_loader(dataset, batch_size, config.num_workers, pin_memory=pin_memory)
-    return make_loader(dataset, batch_size, num_workers=config.num_workers, pin_memory=pin_memory)

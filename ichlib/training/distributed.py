@@ -12,15 +12,15 @@ The rules that make a run independent of the number of processes ``W``:
 - ``batch_size`` is the **global** batch: scans per optimizer step over all processes.
   Each process takes ``batch_size / W`` of them, so the learning rate needs no scaling
   rule and a run can be resumed with another ``W``.
-- Every epoch visits the scans in the order the single-process loader would
-  (:func:`epoch_order`); :class:`ShardedEpochSampler`, a ``DistributedSampler``, deals
-  position ``i`` of that order to rank ``i mod W``, so the ranks' shares of step ``k``
-  are exactly the single-process batch ``k``. Each scan carries a loss weight that makes
-  DDP's gradient average equal the mean over the global batch, also for a short last
-  batch; the padding the sampler adds weighs 0.
-- Evaluation deals whole single-process batches round-robin to the ranks, without
-  padding, and :meth:`DistContext.gather_batches` puts the predictions back in loader
-  order: every patient once, the same numbers as one process.
+- The loaders (:mod:`ichlib.training.loaders`, given this process's :attr:`DistContext.rank`
+  and :attr:`DistContext.world_size`) deal every epoch in the order one process trains in,
+  with loss weights that make DDP's gradient average the mean over the global batch, and
+  deal evaluation batches round-robin without padding.
+- :func:`ichlib.training.engine.train_one_epoch` and :func:`~ichlib.training.engine.evaluate`
+  know nothing of processes: each process's result is combined through the one reduction,
+  :meth:`DistContext.gather` (:meth:`EpochStats.merge <ichlib.training.engine.EpochStats.merge>`
+  and :func:`merge_eval_shards`), so validation and test see every patient once, with the
+  numbers of one process.
 - Decisions (best epoch, early stopping) are taken on rank 0 and broadcast; only rank 0
   writes files. Checkpoints hold the unwrapped model, so they do not depend on ``W``.
 
@@ -42,16 +42,16 @@ from typing import TypeVar
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
-from tqdm.auto import tqdm
 
 from ichlib.errors import ConfigError, IchlibError
-from ichlib.training.loaders import make_loader
+from ichlib.preprocess.dataset import ScanDataset
+from ichlib.training.config import TrainConfig
+from ichlib.training.engine import EvalResult, concat_slices, eval_result, evaluate
+from ichlib.training.loaders import make_eval_loader
+from ichlib.training.log import QUIET, RunLog
 
 T = TypeVar("T")
 
-#: Batch key of the per-scan loss weights that the distributed training loader adds.
-LOSS_WEIGHT_KEY = "loss_weight"
 #: Environment variable: seconds a process waits for the others before giving up.
 TIMEOUT_ENV = "ICHLIB_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800.0
@@ -153,6 +153,16 @@ class DistContext:
         """True on rank 0, the one process that prints and writes files."""
         return self.env.rank == 0
 
+    @property
+    def rank(self) -> int:
+        """This process's rank (0 when inactive)."""
+        return self.env.rank if self.enabled else 0
+
+    @property
+    def world_size(self) -> int:
+        """The number of processes that share the work (1 when inactive)."""
+        return self.env.world_size if self.enabled else 1
+
     # --- agreement and communication ------------------------------------------------
 
     def barrier(self) -> None:
@@ -196,20 +206,14 @@ class DistContext:
         tracker.load_state_dict(state)
         return bool(improved)
 
-    def all_sum(self, values: np.ndarray) -> np.ndarray:
-        """Sum a float64 vector over all ranks (returned unchanged when inactive)."""
+    def gather(self, value: T) -> list[T]:
+        """Every rank's ``value``, in rank order: the one reduction of a run (``[value]`` when
+        inactive). Values travel pickled between the run's own processes."""
         if not self.enabled:
-            return values
-        tensor = torch.as_tensor(np.asarray(values, dtype=np.float64), device=self._comm_device())
-        _collective(torch.distributed.all_reduce, tensor)
-        return tensor.cpu().numpy()
-
-    def sum_epoch(self, totals: np.ndarray, n_scans: int, n_slices: int) -> tuple[np.ndarray, int, int]:
-        """Training statistics summed over ranks: loss totals, scans and slices."""
-        if not self.enabled:
-            return totals, n_scans, n_slices
-        summed = self.all_sum(np.concatenate([totals, [n_scans, n_slices]]))
-        return summed[:-2], int(round(summed[-2])), int(round(summed[-1]))
+            return [value]
+        everyone: list = [None] * self.env.world_size
+        _collective(torch.distributed.all_gather_object, everyone, value)
+        return everyone
 
     def sync_buffers(self, model: nn.Module) -> None:
         """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
@@ -222,23 +226,7 @@ class DistContext:
         for buffer in model.buffers():
             _collective(torch.distributed.broadcast, buffer.data, src=0)
 
-    def gather_batches(self, ids: list[str], arrays: dict[str, list[np.ndarray]],
-                       batch_totals: list[np.ndarray]
-                       ) -> tuple[list[str], dict[str, list[np.ndarray]], list[np.ndarray]]:
-        """Collect every rank's evaluation batches, in single-process loader order.
-
-        Rank ``r`` evaluated batches ``r, r + W, ...`` (see :meth:`eval_loader`). Returns
-        the ids, the per-batch arrays and the per-batch loss totals of all batches, as one
-        process evaluating the whole split would have them.
-        """
-        if not self.enabled:
-            return ids, arrays, batch_totals
-        local = split_batches(ids, arrays, batch_totals, self.env.rank, self.env.world_size)
-        everyone: list[list[tuple]] = [[] for _ in range(self.env.world_size)]
-        _collective(torch.distributed.all_gather_object, everyone, local)
-        return merge_batches([item for part in everyone for item in part], list(arrays))
-
-    # --- model, seeds, loaders --------------------------------------------------------
+    # --- model and seeds ------------------------------------------------------------
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """``model`` in DistributedDataParallel (rank 0's weights go to all), or as it is."""
@@ -273,34 +261,6 @@ class DistContext:
                 "global_batch_size": int(batch_size),
                 "per_process_batch_size": int(batch_size) // self.env.world_size,
                 "lr_scaling": LR_SCALING}
-
-    def train_loader(self, dataset: Dataset, batch_size: int, seed: int, epoch: int,
-                     num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
-        """This rank's share of the epoch (``batch_size`` is global); batches carry
-        :data:`LOSS_WEIGHT_KEY`."""
-        sampler = ShardedEpochSampler(dataset, batch_size, seed=seed, num_replicas=self.env.world_size,
-                                      rank=self.env.rank)
-        sampler.set_epoch(epoch)
-        batches = BatchSampler(sampler, batch_size // self.env.world_size, drop_last=False)
-        return DataLoader(WeightedItems(dataset), batch_sampler=batches, num_workers=num_workers,
-                          pin_memory=pin_memory, persistent_workers=False)
-
-    def eval_loader(self, dataset: Dataset, batch_size: int, num_workers: int = 0,
-                    pin_memory: bool = False) -> DataLoader:
-        """Whole single-process batches ``rank, rank + W, ...`` of ``dataset``, unshuffled."""
-        batches = eval_batches(len(dataset), batch_size, self.env.rank, self.env.world_size)
-        return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
-                          pin_memory=pin_memory, persistent_workers=False)
-
-    def build_cache_shard(self, fetch: Callable[[str], object], keys: Sequence[str]) -> None:
-        """Call ``fetch`` on this rank's share of ``keys`` (errors are left for later),
-        then wait for all ranks, so each cache entry is built once."""
-        if not self.enabled:
-            return
-        for key in list(keys)[self.env.rank::self.env.world_size]:
-            with contextlib.suppress(IchlibError):
-                fetch(key)
-        self.barrier()
 
     def _comm_device(self) -> torch.device:
         return self.device if self.backend == "nccl" else torch.device("cpu")
@@ -355,103 +315,47 @@ def session(device: torch.device, batch_size: int) -> Iterator[DistContext]:
             torch.distributed.destroy_process_group()
 
 
-# --- samplers and batch bookkeeping ------------------------------------------------------
+# --- evaluation over the processes -------------------------------------------------------
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The order in which one process trains on ``n`` scans in ``epoch``.
-
-    It is read from :func:`ichlib.training.loaders.make_loader` (``shuffle=True``) over the indices,
-    through ``tqdm`` as :func:`ichlib.training.engine.train_one_epoch` reads it: tqdm opens one
-    iterator when it is created, and every iterator of a DataLoader draws from the
-    loader's generator, so the permutation depends on how the loader is read.
-    """
-    loader = make_loader(range(n), max(n, 1), shuffle=True, seed=seed, epoch=epoch)
-    return [int(i) for batch in tqdm(loader, disable=True) for i in batch]
-
-
-class ShardedEpochSampler(DistributedSampler):
-    """A ``DistributedSampler`` that deals the single-process order to the ranks.
-
-    Position ``i`` of :func:`epoch_order` goes to rank ``i mod W`` (padded, as the parent
-    class does, to the same length on every rank). Each item is ``(index, weight)``: the
-    weight is ``W / m`` for a scan of a global batch of ``m`` scans and 0 for padding, so
-    a rank's weighted mean loss, averaged over ranks by DDP, is the global batch mean.
-
-    Args:
-        dataset: The training dataset.
-        batch_size: The global batch size (a multiple of ``num_replicas``).
-        seed: The run's seed; the order depends on ``(seed, epoch)`` only.
-        num_replicas, rank: As for ``DistributedSampler``.
-    """
-
-    def __init__(self, dataset: Dataset, batch_size: int, seed: int, num_replicas: int,
-                 rank: int) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed,
-                         drop_last=False)
-        if batch_size < 1 or batch_size % num_replicas:
-            raise ConfigError(f"batch_size {batch_size} must be a positive multiple of {num_replicas}")
-        self.batch_size = int(batch_size)
-
-    def __iter__(self) -> Iterator[tuple[int, float]]:
-        n, world = len(self.dataset), self.num_replicas
-        order = epoch_order(n, self.seed, self.epoch)
-        for position in range(self.rank, self.total_size, world):
-            if position >= n:  # padding: a repeated scan that must not count
-                yield order[position % n], 0.0
-                continue
-            first = position - position % self.batch_size
-            yield order[position], world / min(self.batch_size, n - first)
+def evaluate_split(dist: DistContext, model: nn.Module, criterion: nn.Module, dataset: ScanDataset,
+                   config: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None = None,
+                   log: RunLog = QUIET, desc: str = "eval") -> EvalResult:
+    """:func:`~ichlib.training.engine.evaluate` on all of ``dataset``: each rank predicts its
+    batches (:func:`~ichlib.training.loaders.make_eval_loader`) and every rank gets the whole
+    split's result, equal to one process's."""
+    loader = make_eval_loader(dataset, config, device.type == "cuda", dist.world_size, dist.rank)
+    local = evaluate(model, criterion, loader, device, amp_dtype, log, desc=desc) if len(loader) else None
+    # only the last ranks can be without a batch (fewer batches than ranks: one batch each)
+    return merge_eval_shards([shard for shard in dist.gather(local) if shard is not None])
 
 
-class WeightedItems(Dataset):
-    """Wraps a dataset of dicts: item ``(index, weight)`` is ``dataset[index]`` plus
-    :data:`LOSS_WEIGHT_KEY`."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, item: tuple[int, float]) -> dict:
-        index, weight = item
-        return {**self.dataset[index], LOSS_WEIGHT_KEY: float(weight)}
-
-
-def eval_batches(n: int, batch_size: int, rank: int, world_size: int) -> list[list[int]]:
-    """Batches ``rank, rank + W, ...`` of an unshuffled loader over ``n`` items (may be none)."""
-    starts = range(0, n, batch_size)
-    return [list(range(s, min(s + batch_size, n))) for s in starts][rank::world_size]
-
-
-def split_batches(ids: list[str], arrays: dict[str, list[np.ndarray]], batch_totals: list[np.ndarray],
-                  rank: int, world_size: int) -> list[tuple[int, list[str], dict[str, np.ndarray], np.ndarray]]:
-    """One rank's evaluation output as ``(global batch number, ids, arrays, total)`` items."""
-    items, start = [], 0
-    for j, total in enumerate(batch_totals):
-        size = len(next(iter(arrays.values()))[j])
-        items.append((rank + j * world_size, ids[start:start + size],
-                      {key: values[j] for key, values in arrays.items()}, total))
-        start += size
-    if start != len(ids):
-        raise IchlibError(f"evaluation bookkeeping: {len(ids)} ids for {start} predictions")
-    return items
-
-
-def merge_batches(items: list[tuple], keys: Sequence[str]
-                  ) -> tuple[list[str], dict[str, list[np.ndarray]], list[np.ndarray]]:
-    """Inverse of :func:`split_batches` over all ranks: everything in batch order.
+def merge_eval_shards(shards: Sequence[EvalResult]) -> EvalResult:
+    """One result from the ranks' results, rank ``r`` having evaluated batches ``r, r + W, ...``
+    of the split (the ranks without a batch left out): the scans in loader order, the losses
+    added batch by batch as one process adds them.
 
     Raises:
-        IchlibError: If a batch number is missing or appears twice.
+        ConfigError: If there is nothing to merge.
     """
-    items = sorted(items, key=lambda item: item[0])
-    numbers = [item[0] for item in items]
-    if numbers != list(range(len(items))):
-        raise IchlibError(f"gathered evaluation batches {numbers} are not 0..{len(items) - 1} once each")
-    ids = [pid for item in items for pid in item[1]]
-    arrays = {key: [item[2][key] for item in items] for key in keys}
-    return ids, arrays, [item[3] for item in items]
+    if len(shards) <= 1:
+        if not shards:
+            raise ConfigError("nothing to evaluate: the split is empty")
+        return shards[0]
+    world, pieces = len(shards), []
+    for rank, shard in enumerate(shards):
+        starts = np.concatenate([[0], np.cumsum(shard.batch_sizes)])
+        pieces += [(j * world + rank, shard, slice(starts[j], starts[j + 1]))
+                   for j in range(len(shard.batch_sizes))]
+    pieces.sort(key=lambda piece: piece[0])
+    if [piece[0] for piece in pieces] != list(range(len(pieces))):
+        raise IchlibError(f"gathered evaluation batches {[p[0] for p in pieces]} are not 0..{len(pieces) - 1}")
+    fields = ("scan_probs", "scan_labels", "slice_probs", "slice_labels", "slice_indices")
+    arrays = {k: concat_slices([getattr(s, k)[rows] for _, s, rows in pieces]) for k in fields}
+    other = {k: concat_slices([s.other_combines[k][rows] for _, s, rows in pieces])
+             for k in shards[0].other_combines}
+    ids = [pid for _, s, rows in pieces for pid in s.patient_ids[rows]]
+    sizes = np.array([s.batch_sizes[j // world] for j, s, _ in pieces], dtype=np.int64)
+    return eval_result(ids, arrays, other, sizes, np.stack([s.batch_losses[j // world] for j, s, _ in pieces]))
 
 
 #: Words in the errors of gloo, NCCL and the c10d store when a peer is gone or silent.

@@ -1,6 +1,11 @@
 """The training loop's parts, in the shape of torchvision's classification reference:
-seeds and determinism, loaders, the optimizer and its one step function, early stopping,
-:func:`train_one_epoch` and :func:`evaluate`."""
+seeds and determinism, the optimizer and its one step function, early stopping,
+:func:`train_one_epoch` and :func:`evaluate`.
+
+Neither loop knows how many processes train: each reads the loader it is given (the
+loaders are made in :mod:`ichlib.training.loaders`) and returns what it saw, as sums
+(:class:`EpochStats`) or per-batch bookkeeping (:class:`EvalResult`) that the caller
+combines over processes (:mod:`ichlib.training.distributed`)."""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,9 +24,8 @@ from torch.utils.data import DataLoader
 
 from ichlib.device import autocast
 from ichlib.errors import ConfigError, IchlibError
-from ichlib.losses import ScanSliceLoss
+from ichlib.losses import LOSS_WEIGHT_KEY, LossParts, ScanSliceLoss
 from ichlib.model import CNNBiLSTM, ModelOutput
-from ichlib.training.distributed import LOCAL, LOSS_WEIGHT_KEY, DistContext
 from ichlib.training.log import QUIET, RunLog
 from ichlib.training.metrics import flatten_slices
 
@@ -45,6 +49,10 @@ class EvalResult:
         other_combines: For whole-scan evaluation, ``{"mean", "one"}``: ``[N, 6]`` scan
             probabilities from the mean over the samplings, and from the first sampling
             alone, beside ``scan_probs`` (their maximum).
+        batch_sizes: ``[n_batches]`` scans per loader batch, in order.
+        batch_losses: ``[n_batches, 3]`` each batch's summed ``loss``, ``scan_loss`` and
+            ``slice_loss`` (its size times its means): the losses above are their sum over
+            ``N``, so results of several loaders can be merged exactly.
     """
 
     patient_ids: list[str]
@@ -57,6 +65,8 @@ class EvalResult:
     scan_loss: float
     slice_loss: float
     other_combines: dict[str, np.ndarray] = field(default_factory=dict)
+    batch_sizes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    batch_losses: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
 
     def slice_rows(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Flattened slice-level ``(labels, probs, patient per row)``, each slice once."""
@@ -138,28 +148,89 @@ def deterministic_mode(enabled: bool = True) -> Iterator[None]:
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = previous[2:]
 
 
+@dataclass
+class EpochStats:
+    """What one training pass saw, as sums that add up over loaders read side by side
+    (the processes of one epoch, :meth:`merge`).
+
+    Attributes:
+        loss_sums: ``[3]`` ``loss``, ``scan_loss`` and ``slice_loss`` summed over the scans
+            (each batch's size times its means).
+        scans, slices: Scans and slices trained on (loss weight 0, padding, does not count).
+        seconds: Wall time of the pass.
+    """
+
+    loss_sums: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    scans: int = 0
+    slices: int = 0
+    seconds: float = 0.0
+
+    def add(self, parts: LossParts, scans: int, seq_len: int, weight: torch.Tensor | None = None) -> None:
+        """Count a batch of ``scans`` scans of ``seq_len`` slices whose loss is ``parts``.
+
+        A batch with loss weights (a weighted sum, see :mod:`ichlib.losses`) counts its scans
+        of nonzero weight, each at the batch's weighted mean.
+        """
+        values = np.array([parts.total.item(), parts.scan.item(), parts.slice.item()])
+        if weight is not None:
+            total_weight = float(weight.sum())
+            scans = int((weight > 0).sum())
+            values = values / total_weight if total_weight > 0 else np.zeros(3)
+        self.loss_sums += scans * values
+        self.scans += scans
+        self.slices += scans * seq_len
+
+    @property
+    def loss(self) -> float:
+        """Mean loss over the scans."""
+        return float(self.loss_sums[0] / max(self.scans, 1))
+
+    @property
+    def scan_loss(self) -> float:
+        """Mean scan-level BCE over the scans."""
+        return float(self.loss_sums[1] / max(self.scans, 1))
+
+    @property
+    def slice_loss(self) -> float:
+        """Mean slice-level BCE over the scans."""
+        return float(self.loss_sums[2] / max(self.scans, 1))
+
+    @property
+    def slices_per_s(self) -> float:
+        """Training throughput."""
+        return self.slices / self.seconds if self.seconds > 0 else float("nan")
+
+    def as_dict(self) -> dict[str, float]:
+        """``loss``, ``scan_loss``, ``slice_loss``, ``seconds`` and ``slices_per_s`` (a history row's)."""
+        return {"loss": self.loss, "scan_loss": self.scan_loss, "slice_loss": self.slice_loss,
+                "seconds": self.seconds, "slices_per_s": self.slices_per_s}
+
+    @classmethod
+    def merge(cls, parts: Sequence[EpochStats]) -> EpochStats:
+        """The statistics of passes read side by side: sums add up; seconds is the longest."""
+        return cls(loss_sums=sum((p.loss_sums for p in parts), np.zeros(3)),
+                   scans=sum(p.scans for p in parts), slices=sum(p.slices for p in parts),
+                   seconds=max(p.seconds for p in parts))
+
+
 def train_one_epoch(model: CNNBiLSTM, criterion: ScanSliceLoss, optimizer: torch.optim.Optimizer,
                     loader: DataLoader, device: torch.device, epoch: int,
                     lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                     amp_dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None,
-                    max_batches: int | None = None, log: RunLog = QUIET,
-                    dist: DistContext = LOCAL) -> dict[str, float]:
+                    max_batches: int | None = None, log: RunLog = QUIET) -> EpochStats:
     """Train for one pass over ``loader``; the scheduler steps after every batch.
 
-    Under ``torchrun`` (``dist`` active) ``model`` is the DDP-wrapped model, each batch
-    carries loss weights (:class:`ichlib.training.distributed.ShardedEpochSampler`) and the
-    returned statistics are over all processes.
+    A batch may carry per-scan loss weights (:data:`~ichlib.losses.LOSS_WEIGHT_KEY`); they
+    go to ``criterion`` as its fourth argument.
 
     Returns:
-        Mean ``loss``, ``scan_loss``, ``slice_loss`` over scans, plus ``seconds`` and
-        ``slices_per_s`` (training throughput).
+        :class:`EpochStats` of the pass (``stats.loss``, ``stats.slices_per_s``, ...).
 
     Raises:
         IchlibError: On a non-finite loss (naming the epoch and batch).
     """
     model.train()
-    totals = np.zeros(3)
-    n_scans = n_slices = 0
+    stats = EpochStats()
     start = time.perf_counter()
     n_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
     bar = log.bar(loader, total=n_batches, desc=f"epoch {epoch + 1} train")
@@ -171,32 +242,20 @@ def train_one_epoch(model: CNNBiLSTM, criterion: ScanSliceLoss, optimizer: torch
         slice_y = batch["slice_labels"].to(device, non_blocking=True)
         with autocast(device, amp_dtype):
             output = model(x)
-        parts = criterion(output, scan_y, slice_y)
-        weights = batch.get(LOSS_WEIGHT_KEY)  # distributed: this rank's share of the global batch
-        loss = parts.total if weights is None else parts.total * weights.sum().to(parts.total)
-        optimizer_step(loss, optimizer, scaler, lr_scheduler,
+        weight = batch.get(LOSS_WEIGHT_KEY)
+        parts = criterion(output, scan_y, slice_y, weight)
+        optimizer_step(parts.total, optimizer, scaler, lr_scheduler,
                        where=f"at epoch {epoch + 1}, batch {i + 1} (patients "
                              f"{', '.join(batch['patient_id'])})")
-        b = x.shape[0] if weights is None else int((weights > 0).sum())  # padding does not count
-        totals += b * np.array([parts.total.item(), parts.scan.item(), parts.slice.item()])
-        n_scans += b
-        n_slices += b * x.shape[1]
-        bar.set_postfix(loss=f"{totals[0] / n_scans:.4f}")
-    seconds = time.perf_counter() - start
-    totals, n_scans, n_slices = dist.sum_epoch(totals, n_scans, n_slices)
-    mean = totals / max(n_scans, 1)
-    return {"loss": float(mean[0]), "scan_loss": float(mean[1]), "slice_loss": float(mean[2]),
-            "seconds": seconds, "slices_per_s": n_slices / seconds if seconds > 0 else float("nan")}
+        stats.add(parts, x.shape[0], x.shape[1], weight)
+        bar.set_postfix(loss=f"{stats.loss:.4f}")
+    stats.seconds = time.perf_counter() - start
+    return stats
 
 
 def evaluate(model: CNNBiLSTM, criterion: ScanSliceLoss, loader: DataLoader, device: torch.device,
-             amp_dtype: torch.dtype | None = None, log: RunLog = QUIET,
-             desc: str = "eval", dist: DistContext = LOCAL) -> EvalResult:
+             amp_dtype: torch.dtype | None = None, log: RunLog = QUIET, desc: str = "eval") -> EvalResult:
     """Predict every scan of ``loader`` under ``torch.inference_mode()``.
-
-    Under ``torchrun`` (``dist`` active) ``loader`` is this rank's share
-    (:meth:`~ichlib.training.distributed.DistContext.eval_loader`); the result is gathered from
-    all ranks and equals a single-process evaluation of the whole split.
 
     Batches of whole scans (``ScanDataset(all_slices=True)``, one scan per batch) are
     predicted from all their slices (:func:`predict_batch`); their slice arrays are padded
@@ -205,15 +264,17 @@ def evaluate(model: CNNBiLSTM, criterion: ScanSliceLoss, loader: DataLoader, dev
     Returns:
         :class:`EvalResult` with probabilities per patient and per sampled slice, and the
         mean losses.
+
+    Raises:
+        ConfigError: If ``loader`` is empty.
     """
     model.eval()
     ids: list[str] = []
-    # named as EvalResult's fields; "combine_<how>" holds the other combines of whole scans
+    # named as EvalResult's fields; combines: the other combines of whole scans
     arrays: dict[str, list[np.ndarray]] = {k: [] for k in ("scan_probs", "scan_labels", "slice_probs",
                                                            "slice_labels", "slice_indices")}
     combines: dict[str, list[np.ndarray]] = {}
-    totals = np.zeros(3)
-    batch_totals: list[np.ndarray] = []
+    batch_losses: list[np.ndarray] = []
     with torch.inference_mode():
         for batch in log.bar(loader, desc=desc):
             x = batch["x"].to(device, non_blocking=True)
@@ -222,29 +283,31 @@ def evaluate(model: CNNBiLSTM, criterion: ScanSliceLoss, loader: DataLoader, dev
             with autocast(device, amp_dtype):
                 output = predict_batch(model, batch, x, combines)
             parts = criterion(output, scan_y, slice_y)
-            batch_totals.append(x.shape[0] * np.array([parts.total.item(), parts.scan.item(),
+            batch_losses.append(x.shape[0] * np.array([parts.total.item(), parts.scan.item(),
                                                        parts.slice.item()]))
             ids += list(batch["patient_id"])
             arrays["scan_probs"].append(torch.sigmoid(output.scan_logits.float()).cpu().numpy())
             arrays["slice_probs"].append(torch.sigmoid(output.slice_logits.float()).cpu().numpy())
             for key in ("scan_labels", "slice_labels", "slice_indices"):
                 arrays[key].append(batch[key].numpy())
-    if combines and len(combines["mean"]) == len(arrays["scan_probs"]):
-        arrays.update({f"combine_{k}": v for k, v in combines.items()})
-    ids, arrays, batch_totals = dist.gather_batches(ids, arrays, batch_totals)
-    for batch_total in batch_totals:  # in loader order, as one process adds them
-        totals += batch_total
     if not ids:
         raise ConfigError(f"nothing to evaluate: the {desc} loader is empty")
-    mean = totals / len(ids)
-    cat = {k: concat_slices(v) for k, v in arrays.items()}
-    other = {k[len("combine_"):]: cat.pop(k) for k in list(cat) if k.startswith("combine_")}
-    return EvalResult(patient_ids=ids, **cat, loss=float(mean[0]), scan_loss=float(mean[1]),
-                      slice_loss=float(mean[2]), other_combines=other)
+    other = {k: concat_slices(v) for k, v in combines.items() if len(v) == len(arrays["scan_probs"])}
+    sizes = np.array([len(p) for p in arrays["scan_probs"]], dtype=np.int64)
+    return eval_result(ids, {k: concat_slices(v) for k, v in arrays.items()}, other, sizes, np.stack(batch_losses))
 
 
-
-
+def eval_result(patient_ids: list[str], arrays: dict[str, np.ndarray], other_combines: dict[str, np.ndarray],
+                batch_sizes: np.ndarray, batch_losses: np.ndarray) -> EvalResult:
+    """An :class:`EvalResult` from its arrays (named as its fields) and per-batch bookkeeping;
+    the mean losses are the batches' sums added in order, over the scans."""
+    totals = np.zeros(3)
+    for batch_total in batch_losses:  # in loader order, one batch at a time
+        totals += batch_total
+    mean = totals / len(patient_ids)
+    return EvalResult(patient_ids=patient_ids, **arrays, loss=float(mean[0]), scan_loss=float(mean[1]),
+                      slice_loss=float(mean[2]), other_combines=other_combines,
+                      batch_sizes=batch_sizes, batch_losses=batch_losses)
 
 
 def make_optimizer(model: torch.nn.Module | Iterable[torch.nn.Parameter] | list[dict], lr: float = 1e-3,

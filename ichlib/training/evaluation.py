@@ -15,9 +15,10 @@ from ichlib.errors import LearningWarning
 from ichlib.labels import LABELS
 from ichlib.training.baseline import run_intensity_baseline
 from ichlib.training.config import TrainConfig
-from ichlib.training.data import PreparedData, make_eval_loader
-from ichlib.training.distributed import LOCAL, DistContext
+from ichlib.training.data import PreparedData
+from ichlib.training.distributed import LOCAL, DistContext, evaluate_split
 from ichlib.training.engine import EvalResult, evaluate
+from ichlib.training.loaders import make_eval_loader
 from ichlib.training.log import QUIET, RunLog
 from ichlib.training.metrics import (
     choose_thresholds,
@@ -56,9 +57,8 @@ def final_evaluation(config: TrainConfig, prepared: PreparedData, best_path: Pat
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     criterion = build_criterion(config, prepared).to(device)
-    loaders = {name: make_eval_loader(getattr(prepared, name), config, dist) for name in ("val", "test")}
-    val = val_result or evaluate(model, criterion, loaders["val"], device, None, log, desc="val", dist=dist)
-    test = evaluate(model, criterion, loaders["test"], device, None, log, desc="test", dist=dist)
+    val = val_result or evaluate_split(dist, model, criterion, prepared.val, config, device, None, log, "val")
+    test = evaluate_split(dist, model, criterion, prepared.test, config, device, None, log, "test")
 
     thresholds, threshold_notes = choose_thresholds(val.scan_labels, val.scan_probs)
     val_slices = val.slice_rows()

@@ -21,6 +21,7 @@ Results on the synthetic phantom are labelled ``"data": "synthetic"``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from collections.abc import Callable
@@ -32,14 +33,20 @@ import torch
 
 from ichlib.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from ichlib.device import describe_precision, resolve_amp, resolve_device
-from ichlib.errors import ConfigError, RunInterrupted
+from ichlib.errors import ConfigError, IchlibError, RunInterrupted
 from ichlib.io.atomic import atomic_write_text
 from ichlib.io.cachedir import default_cache_dir
 from ichlib.io.folder import is_synthetic
 from ichlib.training.config import RESUME_FREE, TrainConfig
-from ichlib.training.data import PreparedData, make_eval_loader, prepare_data
-from ichlib.training.distributed import DistContext, detect_env, is_main_process, session
-from ichlib.training.engine import EarlyStopping, deterministic_mode, evaluate, seed_everything
+from ichlib.training.data import PreparedData, prepare_data, read_data, volume_cache
+from ichlib.training.distributed import (
+    DistContext,
+    detect_env,
+    evaluate_split,
+    is_main_process,
+    session,
+)
+from ichlib.training.engine import EarlyStopping, deterministic_mode, seed_everything
 from ichlib.training.evaluation import final_evaluation, json_safe
 from ichlib.training.log import RunLog
 from ichlib.training.metrics import choose_thresholds, score_predictions
@@ -164,7 +171,7 @@ def _fit(config: TrainConfig, resume: bool, log: RunLog | None,
         strategy_type = TwoStage if config.two_stage else EndToEnd
         strategy_type.check_processes(dist)
         seed_everything(config.seed)
-        prepared = prepare_data(config, dist, log)
+        prepared = _prepare(config, dist, log)
         data_kind = "synthetic" if is_synthetic(config.data_dir) else "real"
         model = build_model(config)
         warm = warm_start(model, start_from, config) if start_from else None
@@ -181,7 +188,6 @@ def _fit(config: TrainConfig, resume: bool, log: RunLog | None,
         base = {"config": config.to_dict(), "preprocess": config.preprocess.to_dict(),
                 "model_config": model.model_config, "data": data_kind, "split": prepared.split,
                 "distributed": dist.describe(config.batch_size)}
-        val_loader = make_eval_loader(strategy.epoch_val_set(), config, dist, pin_memory=device.type == "cuda")
         # The best epoch's validation pass is the final one's when it read every slice in float32
         # in one process: the final evaluation then reuses it instead of reading validation again.
         reusable = strategy.epoch_val_set() is prepared.val and amp_dtype is None and not dist.enabled
@@ -193,7 +199,8 @@ def _fit(config: TrainConfig, resume: bool, log: RunLog | None,
             lr = strategy.optimizer.param_groups[0]["lr"]
             stats = strategy.train_epoch(epoch, log)
             dist.sync_buffers(model)
-            val = evaluate(model, criterion, val_loader, device, amp_dtype, log, desc="val", dist=dist)
+            val = evaluate_split(dist, model, criterion, strategy.epoch_val_set(), config, device, amp_dtype,
+                                 log, "val")
             row, thresholds = _history_row(epoch, lr, {**stats, "base_rate_loss": base_rate}, val, strategy)
             improved = dist.agree_with_main(tracker, tracker.update(_score(row, val, tracker.monitor), epoch + 1))
             history.append({**row, "best": improved})
@@ -237,6 +244,22 @@ def describe_amp(config: TrainConfig) -> str:
 
 
 # --- the steps of fit ------------------------------------------------------------------
+
+def _prepare(config: TrainConfig, dist: DistContext, log: RunLog) -> PreparedData:
+    """:func:`~ichlib.training.data.prepare_data`; under ``torchrun`` rank 0 reads the folder
+    first (filling the RSNA header cache the others then reuse), and each rank builds its
+    share of the volume cache before all check the whole of it."""
+    if not dist.enabled:
+        return prepare_data(config, log)
+    with dist.main_first():
+        data = read_data(config)
+    cache = volume_cache(data, config)
+    for patient_id in data.patient_ids[dist.rank::dist.world_size]:
+        with contextlib.suppress(IchlibError):  # a broken scan is reported by prepare_data
+            cache.resized_volume(patient_id)
+    dist.barrier()
+    return prepare_data(config, log, data)
+
 
 def _resume(path: Path, config: TrainConfig, prepared: PreparedData, strategy: Strategy,
             tracker: EarlyStopping, dist: DistContext, log: RunLog) -> list[dict]:

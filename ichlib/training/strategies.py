@@ -33,12 +33,13 @@ from ichlib.training.config import TrainConfig
 from ichlib.training.data import PreparedData
 from ichlib.training.distributed import DistContext
 from ichlib.training.engine import (
+    EpochStats,
     EvalResult,
     make_optimizer,
     steps_per_epoch,
     train_one_epoch,
 )
-from ichlib.training.loaders import make_loader
+from ichlib.training.loaders import make_train_loader
 from ichlib.training.log import RunLog
 from ichlib.training.metrics import choose_thresholds
 from ichlib.training.two_stage import (
@@ -178,18 +179,15 @@ class EndToEnd(Strategy):
         return f"λ = {config.aux_weight}{warm}"
 
     def train_epoch(self, epoch: int, log: RunLog) -> dict[str, float]:
-        """One pass over the training scans (this rank's share under ``torchrun``)."""
-        config, dist, pin = self.config, self.dist, self.device.type == "cuda"
-        if dist.enabled:
-            loader = dist.train_loader(self.prepared.train, config.batch_size, config.seed, epoch,
-                                       config.num_workers, pin_memory=pin)
-            dist.seed_epoch(config.seed, epoch)
-        else:
-            loader = make_loader(self.prepared.train, config.batch_size, shuffle=True, seed=config.seed,
-                                 epoch=epoch, num_workers=config.num_workers, pin_memory=pin)
-        return train_one_epoch(self.net, self.criterion, self.optimizer, loader, self.device, epoch,
-                               self.scheduler, self.amp_dtype, self.scaler, config.max_train_batches,
-                               log, dist)
+        """One pass over the training scans (under ``torchrun`` each process trains on its share
+        of every global batch), with the statistics of all processes."""
+        config, dist = self.config, self.dist
+        loader = make_train_loader(self.prepared.train, config, epoch, self.device.type == "cuda",
+                                   dist.world_size, dist.rank)
+        dist.seed_epoch(config.seed, epoch)
+        stats = train_one_epoch(self.net, self.criterion, self.optimizer, loader, self.device, epoch,
+                                self.scheduler, self.amp_dtype, self.scaler, config.max_train_batches, log)
+        return EpochStats.merge(dist.gather(stats)).as_dict()
 
     def base_rate_loss(self) -> float:
         """``(1 − λ)`` times the base-rate BCE of the sequence targets plus ``λ`` times that of
