@@ -89,7 +89,6 @@ if TYPE_CHECKING:
         cooccurrence,
         detect_format,
         label_counts,
-        largest_lesion_slice,
         load_dicom_series,
         load_mask,
         load_volume,
@@ -99,12 +98,9 @@ if TYPE_CHECKING:
     from ichlib.model import CNNBiLSTM
     from ichlib.predict import Predictor
     from ichlib.preprocess import (
-        BLOOD_HU,
         WINDOWS,
         PreprocessConfig,
         ScanDataset,
-        intracranial_mask,
-        lesion_contrast,
         multi_window,
         patient_split,
         prepare_scan,
@@ -140,7 +136,6 @@ if TYPE_CHECKING:
     )
     from ichlib.training.fit import fit
     from ichlib.viz import (
-        SUBTYPE_COLORS,
         SliceViewer,
         abbreviation_key,
         confusion_counts,
@@ -165,7 +160,6 @@ if TYPE_CHECKING:
         plot_slice_importance,
         plot_subtype_examples,
         plot_windows,
-        show_slice,
         slice_title,
     )
 
@@ -179,14 +173,13 @@ _ON_FIRST_USE: dict[str, tuple[str, ...]] = {
     "ichlib.explore": ("contrast_per_window", "example_scan", "fracture_table", "hu_samples",
                        "lesion_slice", "slice_at_height", "window_table"),
     "ichlib.io": ("DuplicateLabelWarning", "check_dataset", "cooccurrence", "detect_format",
-                  "label_counts", "largest_lesion_slice", "load_dicom_series", "load_mask",
-                  "load_volume", "read_ct_ich", "read_rsna"),
+                  "label_counts", "load_dicom_series", "load_mask", "load_volume", "read_ct_ich",
+                  "read_rsna"),
     "ichlib.model": ("CNNBiLSTM",),
     "ichlib.predict": ("Predictor",),
-    "ichlib.preprocess": ("BLOOD_HU", "WINDOWS", "PreprocessConfig", "ScanDataset",
-                          "intracranial_mask", "lesion_contrast", "multi_window", "patient_split",
-                          "prepare_scan", "rsna_group_split", "sampled_mask", "uniform_indices",
-                          "window"),
+    "ichlib.preprocess": ("WINDOWS", "PreprocessConfig", "ScanDataset", "multi_window",
+                          "patient_split", "prepare_scan", "rsna_group_split", "sampled_mask",
+                          "uniform_indices", "window"),
     "ichlib.rsna_submission": ("predict_rsna", "write_submission"),
     "ichlib.scoring": ("evaluate_checkpoint", "format_evaluation", "image_prior", "score_submission"),
     "ichlib.training": ("RunLog", "TrainConfig", "audit_checkpoint", "beats_baseline",
@@ -196,14 +189,13 @@ _ON_FIRST_USE: dict[str, tuple[str, ...]] = {
                         "run_intensity_baseline", "run_position_baseline", "train_one_epoch",
                         "verdict_table"),
     "ichlib.training.fit": ("fit",),
-    "ichlib.viz": ("SUBTYPE_COLORS", "SliceViewer", "abbreviation_key", "confusion_counts",
-                   "montage", "plot_cam_gallery", "plot_cam_montage", "plot_cam_slice",
+    "ichlib.viz": ("SliceViewer", "abbreviation_key", "confusion_counts", "montage", "plot_cam_gallery", "plot_cam_montage", "plot_cam_slice",
                    "plot_composite", "plot_confusion_matrices", "plot_contrast",
                    "plot_cooccurrence", "plot_hu_per_tissue", "plot_label_aucs",
                    "plot_label_prevalence", "plot_localization", "plot_phantom_findings",
                    "plot_repeats", "plot_roc_curves", "plot_sampling", "plot_scan_lengths",
                    "plot_shortcut_audit", "plot_slice_importance", "plot_subtype_examples",
-                   "plot_windows", "show_slice", "slice_title"),
+                   "plot_windows", "slice_title"),
 }
 _MODULE_OF = {name: module for module, names in _ON_FIRST_USE.items() for name in names}
 
