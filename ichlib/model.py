@@ -187,8 +187,16 @@ class CNNBiLSTM(nn.Module):
         if index.ndim != 2 or index.numel() == 0 or index.min() < 0 or index.max() >= slices.shape[0]:
             raise ConfigError(f"samplings must be [K, S] indices into the {slices.shape[0]} slices, "
                               f"got shape {tuple(index.shape)}")
-        embeddings = self.embed(slices)
-        with torch.autocast(device_type=slices.device.type, enabled=False):
+        return self.heads_from_embeddings(self.embed(slices), index, combine)
+
+    def heads_from_embeddings(self, embeddings: torch.Tensor, samplings: torch.Tensor | np.ndarray,
+                              combine: str = "max") -> ModelOutput:
+        """The second half of :meth:`forward_scan`: both heads from the CNN's embeddings
+        ``[N, F]`` of one scan's slices (e.g. embeddings reused for a scan edited on a few
+        slices). ``samplings`` and ``combine`` as for :meth:`forward_scan`."""
+        index = (samplings.to(embeddings.device, torch.long) if isinstance(samplings, torch.Tensor)
+                 else torch.as_tensor(np.asarray(samplings), dtype=torch.long, device=embeddings.device))
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
             embeddings = embeddings.float()
             slice_logits = self.slice_head(self.dropout(embeddings))
             per_sampling = self.sequence_logits(embeddings[index])  # [K, 6]

@@ -6,29 +6,31 @@ import numpy as np
 import torch
 from torch import nn
 
-from ichlib.explain.deletion import control_mask, deletion_test, fill_value
+from ichlib.explain.deletion import _predict_edits, control_mask, deletion_test, fill_value
 from ichlib.io.ctich import read_ct_ich
-from ichlib.model import ModelOutput
-from ichlib.preprocess.dataset import PreprocessConfig, ScanDataset
+from ichlib.model import CNNBiLSTM, ModelOutput
+from ichlib.preprocess.dataset import PreprocessConfig, ScanDataset, to_model_input
+from ichlib.preprocess.sampling import covering_indices
 
 
 class BrightPixelModel(nn.Module):
     """P(any) rises with the number of pixels brighter than 60 HU in the brain window: it
-    uses exactly the blood of the test folders (70 HU squares on 30 HU brain)."""
+    uses exactly the blood of the test folders (70 HU squares on 30 HU brain). Its
+    "embedding" of a slice is that count."""
 
-    def forward_scan(self, slices: torch.Tensor, samplings: np.ndarray) -> ModelOutput:
-        bright = (slices[:, 0] > 0.85).float().flatten(1).sum(dim=1)  # [N]; 60 HU is 0.75 in 40/80
-        slice_logits = (bright[:, None] - 4.0).repeat(1, 6)
+    def embed(self, slices: torch.Tensor) -> torch.Tensor:
+        return (slices[:, 0] > 0.85).float().flatten(1).sum(dim=1, keepdim=True)  # 60 HU is 0.75 in 40/80
+
+    def heads_from_embeddings(self, embeddings: torch.Tensor, samplings: np.ndarray) -> ModelOutput:
+        slice_logits = (embeddings - 4.0).repeat(1, 6)
         return ModelOutput(scan_logits=slice_logits.amax(dim=0, keepdim=True), slice_logits=slice_logits[None])
 
 
-class CornerModel(nn.Module):
+class CornerModel(BrightPixelModel):
     """Looks only at the top-left corner pixel, never at the blood."""
 
-    def forward_scan(self, slices: torch.Tensor, samplings: np.ndarray) -> ModelOutput:
-        corner = slices[:, 0, 0, 0]
-        logits = corner[:, None].repeat(1, 6)
-        return ModelOutput(scan_logits=logits.amax(dim=0, keepdim=True), slice_logits=logits[None])
+    def embed(self, slices: torch.Tensor) -> torch.Tensor:
+        return slices[:, 0, 0, 0][:, None] + 4.0
 
 
 def volumes(data, ids, size):
@@ -63,3 +65,24 @@ def test_control_area_has_the_mask_size_inside_the_brain_and_off_the_blood():
     hu = np.where(brain, 35.0, -1000.0).astype(np.float32)
     hu[mask] = 75.0
     assert fill_value(hu, mask) == 35.0
+
+
+def test_edited_scans_reuse_the_unchanged_slices_and_predict_as_a_whole_scan_would():
+    torch.manual_seed(0)
+    config = PreprocessConfig(windows=("brain", "subdural", "bone"), img_size=32, seq_len=4)
+    model = CNNBiLSTM(backbone="resnet18", in_channels=len(config.windows), lstm_hidden=16).eval()
+    rng = np.random.default_rng(0)
+    hu = rng.normal(30, 20, (9, 32, 32)).astype(np.float32)
+    changed = np.array([2, 3, 7])
+    edits = []
+    for value in (80.0, -50.0):
+        edited = hu.copy()
+        edited[changed, 8:20, 8:20] = value
+        edits.append(edited)
+    scan_p, slice_p = _predict_edits(model, hu, edits, changed, config, "cpu")
+    for volume, p_scan, p_slice in zip([hu, *edits], scan_p, slice_p, strict=True):
+        with torch.inference_mode():
+            out = model.forward_scan(to_model_input(volume, config.windows), covering_indices(9, 4))
+        assert abs(p_scan - float(torch.sigmoid(out.scan_logits[0, 0]))) < 1e-5
+        assert np.allclose(p_slice, torch.sigmoid(out.slice_logits[0, :, 0]).numpy(), atol=1e-5)
+    assert abs(scan_p[1] - scan_p[0]) > 1e-4 or not np.allclose(slice_p[1], slice_p[0])  # the edits count

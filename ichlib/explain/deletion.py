@@ -126,12 +126,8 @@ def deletion_test(model: CNNBiLSTM, data: CtIchData, patient_ids: Sequence[str],
             moved = control_mask(masks[k], brain & ~masks[k], rng)
             deleted[k][masks[k]] = fill_value(hu[k], masks[k])
             control[k][moved] = fill_value(hu[k], masks[k] | moved)
-        scan_p, slice_p = [], []
-        for volume in (hu, deleted, control):
-            p_scan, p_slice = _predict(model, volume, config, device)
-            scan_p.append(p_scan)
-            slice_p.append(p_slice)
         with_blood = np.nonzero(masks.any(axis=(1, 2)))[0]
+        scan_p, slice_p = _predict_edits(model, hu, (deleted, control), with_blood, config, device)
         scans.append({"patient_id": pid, "p": scan_p[0], "p_deleted": scan_p[1], "p_control": scan_p[2],
                       "drop": scan_p[0] - scan_p[1], "control_drop": scan_p[0] - scan_p[2],
                       "n_slices": len(with_blood), "blood_px": int(masks.sum())})
@@ -144,11 +140,26 @@ def deletion_test(model: CNNBiLSTM, data: CtIchData, patient_ids: Sequence[str],
                           slices=pd.DataFrame(slices, columns=[*columns[:1], "slice", *columns[1:]]))
 
 
-def _predict(model: CNNBiLSTM, hu: np.ndarray, config: PreprocessConfig,
-             device: str | torch.device) -> tuple[float, np.ndarray]:
-    """``P(any)`` of the whole scan (every slice, as prediction does) and per slice."""
-    x = to_model_input(hu, config.windows).to(device)
+def _predict_edits(model: CNNBiLSTM, hu: np.ndarray, edits: Sequence[np.ndarray], changed: np.ndarray,
+                   config: PreprocessConfig, device: str | torch.device) -> tuple[list[float], list[np.ndarray]]:
+    """``P(any)`` of the whole scan (every slice, as prediction does) and per slice, for ``hu``
+    and for each edited copy of it that differs only on the slices ``changed``.
+
+    The CNN sees each slice on its own (eval mode), so an edited scan's embeddings are the
+    original's with the changed slices embedded again: the CNN runs over
+    ``N + len(edits) * len(changed)`` slices instead of ``(1 + len(edits)) * N``.
+    """
+    samplings = covering_indices(len(hu), config.seq_len)
+    scan_p, slice_p = [], []
     with torch.inference_mode():
-        out = model.forward_scan(x, covering_indices(len(hu), config.seq_len))
-    return (float(torch.sigmoid(out.scan_logits[0, 0])),
-            torch.sigmoid(out.slice_logits[0, :, 0]).cpu().numpy().astype(float))
+        base = model.embed(to_model_input(hu, config.windows).to(device)).float()
+        for volume in (None, *edits):
+            embeddings = base
+            if volume is not None and len(changed):
+                embeddings = base.clone()
+                embeddings[torch.as_tensor(changed)] = model.embed(
+                    to_model_input(volume[changed], config.windows).to(device)).float()
+            out = model.heads_from_embeddings(embeddings, samplings)
+            scan_p.append(float(torch.sigmoid(out.scan_logits[0, 0])))
+            slice_p.append(torch.sigmoid(out.slice_logits[0, :, 0]).cpu().numpy().astype(float))
+    return scan_p, slice_p
