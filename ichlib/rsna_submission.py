@@ -16,8 +16,10 @@ Per-image probabilities come from one of two per-slice outputs (:data:`IMAGE_SOU
   (:func:`~ichlib.preprocess.sampling.covering_indices`) gets the mean of its logits. Only
   models with ``"max"`` or ``"mean"`` pooling have them.
 
-``ichlib evaluate`` (:mod:`ichlib.scoring`) scores both on a labelled folder; on the synthetic
-RSNA folder the slice head scored better (the README gives the numbers).
+``ichlib evaluate`` (:mod:`ichlib.scoring`) scores both on a labelled folder. On held-out
+synthetic series the slice head scored better for end-to-end models, and the sequence outputs
+for a two-stage model, whose stage 2 learns from the labels of the slices each sequence holds
+(docs/results.md gives the numbers).
 
 An image that cannot be predicted (an unreadable file, a series failing a check, a scan the
 model fails on) still gets its six rows, filled with the *prior*, and is reported as an
