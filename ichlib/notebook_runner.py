@@ -21,7 +21,7 @@ from papermill.engines import NBClientEngine
 
 #: Minutes each notebook took in a fresh clone's ``make run`` (2026-12-07, 2-core AMD EPYC
 #: without AVX512-BF16 or AMX, float32, nothing else running: 33, 24, 18, 919, 346 and 52 s).
-EXPECTED_MINUTES: dict[str, float] = {"01": 0.6, "02": 0.4, "03": 0.3, "04": 15.5, "05": 6.0, "06": 0.9}
+EXPECTED_MINUTES: dict[str, float] = {"01": 0.6, "02": 0.4, "03": 0.3, "04": 14.0, "05": 4.6, "06": 0.7}
 
 
 def expected_line(notebook: str | Path) -> str:
