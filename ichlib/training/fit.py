@@ -190,7 +190,8 @@ def _fit(config: TrainConfig, resume: bool, log: RunLog | None,
                 "distributed": dist.describe(config.batch_size)}
         # The best epoch's validation pass is the final one's when it read every slice in float32
         # in one process: the final evaluation then reuses it instead of reading validation again.
-        reusable = strategy.epoch_val_set() is prepared.val and amp_dtype is None and not dist.enabled
+        val_set = strategy.epoch_val_set()  # made once: a dataset checks its cache entries once
+        reusable = val_set is prepared.val and amp_dtype is None and not dist.enabled
         best_val = None
         for epoch in range(len(history), config.epochs):
             if tracker.stopped:
@@ -199,8 +200,7 @@ def _fit(config: TrainConfig, resume: bool, log: RunLog | None,
             lr = strategy.optimizer.param_groups[0]["lr"]
             stats = strategy.train_epoch(epoch, log)
             dist.sync_buffers(model)
-            val = evaluate_split(dist, model, criterion, strategy.epoch_val_set(), config, device, amp_dtype,
-                                 log, "val")
+            val = evaluate_split(dist, model, criterion, val_set, config, device, amp_dtype, log, "val")
             row, thresholds = _history_row(epoch, lr, {**stats, "base_rate_loss": base_rate}, val, strategy)
             improved = dist.agree_with_main(tracker, tracker.update(_score(row, val, tracker.monitor), epoch + 1))
             history.append({**row, "best": improved})
