@@ -179,7 +179,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 #: ``ichlib train`` options passed to TrainConfig under the same name.
 _TRAIN_OPTIONS = ("epochs", "batch_size", "img_size", "seq_len", "aux_weight", "backbone", "windows",
                   "seed", "lr", "patience", "amp", "device", "num_workers", "cache_dir", "n_boot",
-                  "sequence_epochs", "pos_weight", "deterministic", "two_stage", "skip_bad", "folds",
+                  "sequence_epochs", "sequence_patience", "sequence_members", "pos_weight", "deterministic", "two_stage", "skip_bad", "folds",
                   "pooling", "warmup_epochs", "init_from", "matched_fraction", "encoder_lr_scale")
 
 
@@ -478,6 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the CNN (stage 1), then the BiLSTM on its cached slice embeddings")
     p.add_argument("--sequence-epochs", type=_int_at_least(1), default=150,
                    help="epochs of the two-stage BiLSTM stage")
+    p.add_argument("--sequence-patience", type=_int_at_least(1), default=20,
+                   help="the two-stage BiLSTM stage stops after this many epochs without a lower "
+                        "validation scan loss")
+    p.add_argument("--sequence-members", type=_int_at_least(1), default=3,
+                   help="BiLSTMs the two-stage stage trains on the same embeddings, each with its "
+                        "own seed; the model averages their probabilities")
     p.add_argument("--warmup-epochs", type=_int_at_least(0), default=0,
                    help="the curriculum: train the CNN on the slice task for this many epochs first "
                         "(in OUT/warmup), then --epochs end to end from it; 6 is notebook 04's")

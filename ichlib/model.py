@@ -21,6 +21,16 @@ ReLU and average pooling: all positive, with a large offset shared by every slic
 the LSTM learned nothing beyond the label prevalence on the synthetic phantom, even in 30
 epochs and on frozen embeddings; after a LayerNorm it fits the training scans in a few
 hundred steps.
+
+Several sequence halves. A model may hold ``sequence_members`` sequence halves (LayerNorm,
+BiLSTM, scan head) over the one CNN. Each reads the same embeddings; the model's scan
+probability is the *mean of their probabilities* (:func:`mean_probability_logit`). The
+two-stage recipe trains them one after another on cached embeddings, each with its own
+seed and its own epoch chosen on validation: one run of stage 2 is noisy enough on a small
+validation set that its epoch, and the test verdict, move with float-level changes
+(docs/results.md), and an average of several is the usual cure. Member 0 is the model's
+own ``lstm_norm``, ``lstm``, ``scan_head`` (and ``attention``), so a one-member model and
+its checkpoints are as before; members 1.. live in ``extra_sequences``.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ichlib import resnet
@@ -65,6 +76,35 @@ class ModelOutput(NamedTuple):
     slice_logits: torch.Tensor
 
 
+def mean_probability_logit(logits: torch.Tensor) -> torch.Tensor:
+    """The logit of the mean probability over the first dimension: ``logit(mean_k sigmoid(x_k))``.
+
+    Computed in log space (``log mean p - log mean (1 - p)``), so it is finite for any
+    finite logits. One row is returned unchanged.
+    """
+    if logits.shape[0] == 1:
+        return logits[0]
+    log_p = torch.logsumexp(F.logsigmoid(logits), dim=0)
+    log_q = torch.logsumexp(F.logsigmoid(-logits), dim=0)
+    return log_p - log_q
+
+
+class SequenceHalf(nn.Module):
+    """One extra sequence half: LayerNorm, BiLSTM, scan head (and attention scorer).
+
+    Built exactly as :class:`CNNBiLSTM` builds its own (member 0); see its arguments.
+    """
+
+    def __init__(self, feature_dim: int, n_labels: int, lstm_hidden: int, lstm_layers: int,
+                 dropout: float, attention: bool) -> None:
+        super().__init__()
+        self.lstm_norm = nn.LayerNorm(feature_dim)
+        self.lstm = nn.LSTM(feature_dim, lstm_hidden, num_layers=lstm_layers, batch_first=True,
+                            bidirectional=True, dropout=dropout if lstm_layers > 1 else 0.0)
+        self.scan_head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * lstm_hidden, n_labels))
+        self.attention = nn.Linear(2 * lstm_hidden, 1) if attention else None
+
+
 class CNNBiLSTM(nn.Module):
     """ResNet slice encoder + bidirectional LSTM over the slices of a scan.
 
@@ -79,6 +119,10 @@ class CNNBiLSTM(nn.Module):
             convolution is adapted to ``in_channels`` (see :func:`adapt_first_conv`).
             Raises :class:`~ichlib.errors.IchlibError` if the weights cannot be had.
         pooling: How the slices' outputs become the scan's: one of :data:`POOLINGS`.
+        sequence_members: Sequence halves over the CNN; the scan probability is the mean of
+            theirs (see the module docstring). Members 1.. are initialised from a fork of
+            the global random state, so adding them changes no other weight and no later
+            random draw.
 
     Attributes:
         encoder: The ResNet trunk with ``fc`` removed: ``[N, C, H, W] -> [N, F]``.
@@ -90,12 +134,13 @@ class CNNBiLSTM(nn.Module):
             sum of them, or to the final states (``"last"``).
         attention: Linear ``2 * lstm_hidden -> 1`` scoring each slice (``"attention"``
             only; None otherwise).
+        extra_sequences: Members 1.. of the sequence halves (:class:`SequenceHalf`).
         model_config: The constructor arguments as a plain dict (stored in checkpoints).
     """
 
     def __init__(self, backbone: str = "resnet18", in_channels: int = 1, n_labels: int = len(LABELS),
                  lstm_hidden: int = 256, lstm_layers: int = 1, dropout: float = 0.3,
-                 pretrained: bool = False, pooling: str = DEFAULT_POOLING) -> None:
+                 pretrained: bool = False, pooling: str = DEFAULT_POOLING, sequence_members: int = 1) -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise ConfigError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
@@ -103,10 +148,12 @@ class CNNBiLSTM(nn.Module):
             raise ConfigError("in_channels, n_labels, lstm_hidden and lstm_layers must be >= 1")
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+        if sequence_members < 1:
+            raise ConfigError(f"sequence_members must be >= 1, got {sequence_members}")
         self.model_config = {
             "backbone": backbone, "in_channels": int(in_channels), "n_labels": int(n_labels),
             "lstm_hidden": int(lstm_hidden), "lstm_layers": int(lstm_layers),
-            "dropout": float(dropout), "pooling": pooling,
+            "dropout": float(dropout), "pooling": pooling, "sequence_members": int(sequence_members),
         }
         self.pooling = pooling
         self.encoder, self.feature_dim = _build_encoder(backbone, in_channels, pretrained)
@@ -117,6 +164,15 @@ class CNNBiLSTM(nn.Module):
                             bidirectional=True, dropout=dropout if lstm_layers > 1 else 0.0)
         self.scan_head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * lstm_hidden, n_labels))
         self.attention = nn.Linear(2 * lstm_hidden, 1) if pooling == "attention" else None
+        with torch.random.fork_rng(devices=[]):
+            self.extra_sequences = nn.ModuleList(
+                SequenceHalf(self.feature_dim, n_labels, lstm_hidden, lstm_layers, dropout, pooling == "attention")
+                for _ in range(sequence_members - 1))
+
+    @property
+    def sequence_members(self) -> int:
+        """How many sequence halves the model averages (1: the design's single BiLSTM)."""
+        return 1 + len(self.extra_sequences)
 
     @property
     def target_layer(self) -> nn.Module:
@@ -211,28 +267,68 @@ class CNNBiLSTM(nn.Module):
             slices = slices.contiguous(memory_format=torch.channels_last)
         return self.encoder(slices)
 
-    def sequence_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
+    def sequence_logits(self, embeddings: torch.Tensor, member: int | None = None) -> torch.Tensor:
         """Patient-level logits ``[B, 6]`` from slice embeddings ``[B, S, F]`` in slice order.
 
         The sequence half of the model (LayerNorm, BiLSTM, scan head, pooling), in float32.
         The two-stage mode (:mod:`ichlib.two_stage`) trains it alone on cached embeddings.
+
+        Args:
+            embeddings: ``[B, S, F]``.
+            member: One sequence half (0-based) alone; None: all of them, their
+                probabilities averaged (:func:`mean_probability_logit`).
         """
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            outputs, (h_n, _) = self.lstm(self.lstm_norm(embeddings.float()))
-            if self.pooling == "last":
-                # h_n: [layers * 2, B, hidden]; the last two rows are the top layer's forward
-                # (after the last slice) and backward (after the first slice) states.
-                return self.scan_head(torch.cat([h_n[-2], h_n[-1]], dim=1))
-            if self.pooling == "attention":
-                weights = torch.softmax(self.attention(outputs), dim=1)  # [B, S, 1]
-                return self.scan_head((weights * outputs).sum(dim=1))
-            per_slice = self.scan_head(outputs)  # [B, S, 6]: each slice's patient-level logits
-            return per_slice.amax(dim=1) if self.pooling == "max" else per_slice.mean(dim=1)
+            x = embeddings.float()
+            members = range(self.sequence_members) if member is None else [self._check_member(member)]
+            return mean_probability_logit(torch.stack([self._member_logits(k, x) for k in members]))
 
-    def sequence_modules(self) -> list[nn.Module]:
-        """The modules of the sequence half: LayerNorm, BiLSTM, scan head (and attention)."""
-        modules = [self.lstm_norm, self.lstm, self.scan_head]
-        return modules + ([self.attention] if self.attention is not None else [])
+    def sequence_slice_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Each position's patient-level logits ``[B, S, 6]`` before pooling (max or mean pooling
+        only), the members' probabilities averaged: what the scan head says at each slice.
+
+        Raises:
+            ConfigError: If the pooling reads no per-slice outputs (``"last"``, ``"attention"``).
+        """
+        if self.pooling not in ("max", "mean"):
+            raise ConfigError(f"{self.pooling!r} pooling has no per-slice sequence outputs")
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            x = embeddings.float()
+            per_member = []
+            for k in range(self.sequence_members):
+                norm, lstm, head, _ = self._member(k)
+                per_member.append(head(lstm(norm(x))[0]))
+            return mean_probability_logit(torch.stack(per_member))
+
+    def _member_logits(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        """Member ``k``'s patient-level logits ``[B, 6]`` from float32 embeddings ``[B, S, F]``."""
+        norm, lstm, head, attention = self._member(k)
+        outputs, (h_n, _) = lstm(norm(x))
+        if self.pooling == "last":
+            # h_n: [layers * 2, B, hidden]; the last two rows are the top layer's forward
+            # (after the last slice) and backward (after the first slice) states.
+            return head(torch.cat([h_n[-2], h_n[-1]], dim=1))
+        if self.pooling == "attention":
+            weights = torch.softmax(attention(outputs), dim=1)  # [B, S, 1]
+            return head((weights * outputs).sum(dim=1))
+        per_slice = head(outputs)  # [B, S, 6]: each slice's patient-level logits
+        return per_slice.amax(dim=1) if self.pooling == "max" else per_slice.mean(dim=1)
+
+    def _member(self, k: int) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module | None]:
+        """LayerNorm, BiLSTM, scan head and attention of sequence half ``k``."""
+        half: nn.Module = self if k == 0 else self.extra_sequences[k - 1]
+        return half.lstm_norm, half.lstm, half.scan_head, half.attention
+
+    def _check_member(self, member: int) -> int:
+        if not 0 <= member < self.sequence_members:
+            raise ConfigError(f"member must be in 0..{self.sequence_members - 1}, got {member}")
+        return member
+
+    def sequence_modules(self, member: int | None = 0) -> list[nn.Module]:
+        """The modules of a sequence half: LayerNorm, BiLSTM, scan head (and attention);
+        ``member=None``: those of every member."""
+        members = range(self.sequence_members) if member is None else [self._check_member(member)]
+        return [m for k in members for m in self._member(k) if m is not None]
 
     def _channels_last(self) -> bool:
         # conv1's weight may have one input channel, which fits either layout; a 64-channel

@@ -114,8 +114,10 @@ def predict_slices(predictor: Predictor, scan: ScanInput) -> SliceOutputs:
     """Predict one scan and keep the sequence model's per-slice outputs as well.
 
     The scan goes through :class:`~ichlib.predict.Predictor` unchanged (every slice, the
-    checkpoint's preprocessing); a forward hook keeps the BiLSTM's outputs of each sampling,
-    and the scan head turns them into per-slice logits (see the module docstring).
+    checkpoint's preprocessing); a forward hook keeps the sequences of embeddings the
+    sequence half reads (one per sampling), and
+    :meth:`~ichlib.model.CNNBiLSTM.sequence_slice_logits` turns them into per-slice logits,
+    the members' probabilities averaged where the model has several (see the module docstring).
 
     Raises:
         DataError: If the scan cannot be read.
@@ -125,7 +127,7 @@ def predict_slices(predictor: Predictor, scan: ScanInput) -> SliceOutputs:
     captured: list[torch.Tensor] = []
     handle = None
     if has_sequence_outputs(model):
-        handle = model.lstm.register_forward_hook(lambda _m, _i, out: captured.append(out[0]))
+        handle = model.lstm_norm.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0]))
     try:
         prediction = predictor(scan)
     finally:
@@ -140,7 +142,7 @@ def predict_slices(predictor: Predictor, scan: ScanInput) -> SliceOutputs:
                           f"of shape {[tuple(c.shape) for c in captured]}, not the {samplings.shape} "
                           "samplings expected; cannot map its outputs to slices")
     with torch.inference_mode():
-        logits = model.scan_head(captured[0].float()).float().cpu().numpy()
+        logits = model.sequence_slice_logits(captured[0]).float().cpu().numpy()
     return SliceOutputs(prediction, per_slice_probabilities(logits, samplings, n))
 
 

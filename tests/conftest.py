@@ -219,11 +219,12 @@ def tiny_train_config(data: Path, out: Path, **changes) -> TrainConfig:
     return TrainConfig(data_dir=str(data), out_dir=str(out), **{**settings, **changes})
 
 
-def tiny_checkpoint(path: Path, pooling: str = "max", seq_len: int = 4, seed: int = 0) -> Path:
+def tiny_checkpoint(path: Path, pooling: str = "max", seq_len: int = 4, seed: int = 0,
+                    sequence_members: int = 1) -> Path:
     """An untrained ResNet-18 + BiLSTM at 32 px, brain window, thresholds 0.5, marked synthetic:
     outputs that differ from slice to slice, saved in about a second."""
     torch.manual_seed(seed)
-    model = CNNBiLSTM(lstm_hidden=8, pooling=pooling).eval()
+    model = CNNBiLSTM(lstm_hidden=8, pooling=pooling, sequence_members=sequence_members).eval()
     return save_checkpoint(path, {"model": model.state_dict(), "model_config": model.model_config,
                                   "preprocess": PreprocessConfig(("brain",), 32, seq_len).to_dict(),
                                   "thresholds": dict.fromkeys(LABELS, 0.5), "data": "synthetic"})

@@ -184,6 +184,25 @@ def test_pooling_travels_in_the_model_config(tmp_path, pooling):
         torch.testing.assert_close(rebuilt(x).scan_logits, model(x).scan_logits)
 
 
+def test_sequence_members_travel_in_the_model_config(tmp_path):
+    torch.manual_seed(0)
+    model = CNNBiLSTM(lstm_hidden=8, sequence_members=3).eval()
+    path = save_checkpoint(tmp_path / "best.pt", {
+        "model": model.state_dict(), "model_config": model.model_config,
+        "preprocess": PreprocessConfig(("brain",), 32, 4).to_dict()})
+    rebuilt, _ = model_from_checkpoint(load_checkpoint(path))
+    assert rebuilt.sequence_members == 3
+    x = torch.rand(2, 4, 1, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(rebuilt(x).scan_logits, model(x).scan_logits)
+    # a one-member config cannot silently drop the other members' weights
+    one = save_checkpoint(tmp_path / "one.pt", {
+        "model": model.state_dict(), "model_config": {**model.model_config, "sequence_members": 1},
+        "preprocess": PreprocessConfig(("brain",), 32, 4).to_dict()})
+    with pytest.raises(CheckpointError, match="does not match its model configuration"):
+        model_from_checkpoint(load_checkpoint(one), source=one)
+
+
 def test_checkpoint_without_pooling_is_read_as_last_state_pooling(tmp_path):
     # Checkpoints from before pooling was configurable read the BiLSTM's final states. Their
     # weights also fit max pooling, so the key's absence must not silently mean the default.

@@ -10,7 +10,14 @@ import torchvision
 
 from ichlib.errors import ConfigError, IchlibError
 from ichlib.labels import LABELS
-from ichlib.model import DEFAULT_POOLING, POOLINGS, CNNBiLSTM, ModelOutput, adapt_first_conv
+from ichlib.model import (
+    DEFAULT_POOLING,
+    POOLINGS,
+    CNNBiLSTM,
+    ModelOutput,
+    adapt_first_conv,
+    mean_probability_logit,
+)
 from ichlib.preprocess.sampling import covering_indices
 
 # Numbers that go through amp="auto": CI runs these again under ICHLIB_AMP=bf16.
@@ -76,7 +83,7 @@ def test_contract_attributes():
     assert model.encoder(torch.rand(3, 1, 32, 32)).shape == (3, 512)
     assert model.model_config == {"backbone": "resnet18", "in_channels": 1, "n_labels": 6,
                                   "lstm_hidden": 8, "lstm_layers": 2, "dropout": 0.3,
-                                  "pooling": DEFAULT_POOLING}
+                                  "pooling": DEFAULT_POOLING, "sequence_members": 1}
     assert model.attention is None and model.sequence_modules() == [model.lstm_norm, model.lstm,
                                                                     model.scan_head]
 
@@ -240,3 +247,67 @@ def test_forward_scan_refuses_bad_samplings():
         model.forward_scan(slices, [[0, 1, 2]], combine="median")
     with pytest.raises(ConfigError, match=r"\[N, C, H, W\]"):
         model.forward_scan(slices[None], [[0, 1, 2]])
+
+
+# --- several sequence halves ------------------------------------------------------------
+
+def test_mean_probability_logit_is_the_logit_of_the_mean_probability():
+    logits = torch.tensor([[-2.0, 0.0, 3.0], [1.0, 0.5, -4.0], [0.2, -0.3, 2.5]], dtype=torch.float64)
+    p = torch.sigmoid(logits).mean(dim=0)
+    torch.testing.assert_close(mean_probability_logit(logits), torch.log(p / (1 - p)))
+    assert torch.equal(mean_probability_logit(logits[:1]), logits[0])
+    # far past where sigmoid rounds to 0 or 1 in float32, it stays finite and ordered
+    extreme = mean_probability_logit(torch.tensor([[200.0, -200.0], [150.0, -300.0]]))
+    assert torch.isfinite(extreme).all() and extreme[0] > 100 and extreme[1] < -100
+
+
+def test_extra_members_change_no_other_weight_and_no_later_random_draw():
+    torch.manual_seed(3)
+    one = CNNBiLSTM(lstm_hidden=8)
+    after_one = torch.rand(4)
+    torch.manual_seed(3)
+    three = CNNBiLSTM(lstm_hidden=8, sequence_members=3)
+    after_three = torch.rand(4)
+    assert torch.equal(after_one, after_three)
+    assert three.sequence_members == 3 and three.model_config["sequence_members"] == 3
+    shared = three.state_dict()
+    assert all(torch.equal(shared[k], v) for k, v in one.state_dict().items())
+    # each member starts from its own weights
+    w = [three.sequence_modules(k)[1].weight_ih_l0 for k in range(3)]
+    assert not torch.equal(w[0], w[1]) and not torch.equal(w[1], w[2])
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_several_members_average_their_probabilities(pooling):
+    torch.manual_seed(0)
+    model = CNNBiLSTM(lstm_hidden=8, pooling=pooling, sequence_members=3).eval()
+    embeddings = torch.randn(2, 5, 512)
+    with torch.inference_mode():
+        each = torch.stack([model.sequence_logits(embeddings, member=k) for k in range(3)])
+        expected = torch.logit(torch.sigmoid(each.double()).mean(dim=0)).float()
+        torch.testing.assert_close(model.sequence_logits(embeddings), expected, rtol=1e-4, atol=1e-5)
+        out = model.forward_scan(torch.rand(6, 1, 32, 32), covering_indices(6, 3))
+    assert not torch.allclose(each[0], each[1])
+    assert out.scan_logits.shape == (1, 6) and torch.isfinite(out.scan_logits).all()
+    with pytest.raises(ConfigError, match="member must be in 0..2"):
+        model.sequence_logits(embeddings, member=3)
+    with pytest.raises(ConfigError, match="sequence_members must be >= 1"):
+        CNNBiLSTM(lstm_hidden=8, sequence_members=0)
+
+
+@pytest.mark.parametrize("pooling", ["max", "mean"])
+def test_per_slice_sequence_logits_pool_to_the_scan_logits(pooling):
+    torch.manual_seed(1)
+    model = CNNBiLSTM(lstm_hidden=8, pooling=pooling, sequence_members=2).eval()
+    embeddings = torch.randn(2, 5, 512)
+    with torch.inference_mode():
+        per_member = []
+        for k in range(2):
+            norm, lstm, head = model.sequence_modules(k)
+            per_member.append(head(lstm(norm(embeddings))[0]))  # [B, S, 6]
+            pooled = per_member[k].amax(dim=1) if pooling == "max" else per_member[k].mean(dim=1)
+            torch.testing.assert_close(pooled, model.sequence_logits(embeddings, member=k))
+        torch.testing.assert_close(model.sequence_slice_logits(embeddings),
+                                   mean_probability_logit(torch.stack(per_member)))
+    with pytest.raises(ConfigError, match="no per-slice sequence outputs"):
+        CNNBiLSTM(lstm_hidden=8, pooling="last").sequence_slice_logits(embeddings)

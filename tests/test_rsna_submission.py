@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ichlib.checkpoint import load_checkpoint, save_checkpoint
 from ichlib.cli import main
 from ichlib.errors import ConfigError, DataError
 from ichlib.io.dicom.series import load_dicom_series, write_series_manifest
@@ -155,6 +156,30 @@ def test_sequence_outputs_peak_at_the_patient_level_probability(checkpoint, tmp_
     np.testing.assert_allclose(out.sequence.max(axis=0), patient, rtol=1e-5)
     assert not np.allclose(out.sequence, out.prediction.slice_probabilities)
     np.testing.assert_array_equal(out.probabilities("slice"), out.prediction.slice_probabilities)
+
+
+def test_a_model_of_several_members_gives_each_slice_their_mean_probability(tmp_path):
+    # Two sequence halves over one CNN: each slice's sequence probability is the mean of what
+    # each half alone says (8 slices, S = 4: every slice sits in one sampling only).
+    both = load_checkpoint(tiny_checkpoint(tmp_path / "both.pt", sequence_members=2))
+    halves = []
+    for k in range(2):
+        weights = {key: value for key, value in both["model"].items() if not key.startswith("extra_sequences.")}
+        if k:
+            prefix = "extra_sequences.0."
+            weights.update({key[len(prefix):]: value for key, value in both["model"].items() if key.startswith(prefix)})
+        halves.append(save_checkpoint(tmp_path / f"half{k}.pt", {
+            **both, "model": weights, "model_config": {**both["model_config"], "sequence_members": 1}}))
+    hu = np.random.default_rng(0).normal(30, 40, size=(8, 32, 32)).astype(np.float32)
+    out = predict_slices(Predictor(tmp_path / "both.pt", device="cpu", amp="off"), hu)
+    alone = [predict_slices(Predictor(path, device="cpu", amp="off"), hu) for path in halves]
+    assert not np.allclose(alone[0].sequence, alone[1].sequence)
+    np.testing.assert_allclose(out.sequence, (alone[0].sequence + alone[1].sequence) / 2, rtol=1e-5)
+    # the scan: per sampling the mean of the halves, then the larger of the two samplings,
+    # which is at most the mean of each half's own maximum
+    for label in LABELS:
+        mean = (alone[0].prediction.probabilities[label] + alone[1].prediction.probabilities[label]) / 2
+        assert out.prediction.probabilities[label] <= mean + 1e-6
 
 
 def test_per_slice_probabilities_average_the_logits_of_each_slice():

@@ -14,7 +14,7 @@ from ichlib.checkpoint import load_checkpoint
 from ichlib.cli import main
 from ichlib.errors import ConfigError
 from ichlib.io.ctich import read_ct_ich
-from ichlib.model import CNNBiLSTM
+from ichlib.model import CNNBiLSTM, SequenceHalf
 from ichlib.predict import Predictor
 from ichlib.preprocess.dataset import PreprocessConfig, ScanDataset, to_model_input
 from ichlib.preprocess.sampling import covering_indices
@@ -85,10 +85,11 @@ def toy_embeddings(n: int, rng: np.random.Generator) -> tuple[dict, dict]:
 class TinySequenceModel(CNNBiLSTM):
     """A CNNBiLSTM whose embeddings are 16-dimensional (the encoder is never used here)."""
 
-    def __init__(self) -> None:
+    def __init__(self, members: int = 1) -> None:
         super().__init__(lstm_hidden=8, dropout=0.0)
         self.lstm_norm = torch.nn.LayerNorm(16)
         self.lstm = torch.nn.LSTM(16, 8, batch_first=True, bidirectional=True)
+        self.extra_sequences = torch.nn.ModuleList(SequenceHalf(16, 6, 8, 1, 0.0, False) for _ in range(members - 1))
 
 
 def test_sequence_stage_learns_and_leaves_the_cnn_alone(one_thread):
@@ -130,6 +131,35 @@ def test_sequence_stage_stops_early_and_keeps_the_best_epoch(one_thread):
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target).item()
         torch.testing.assert_close(covering_logits(model, embeddings, ids[12:], 6), logits)
     assert loss == pytest.approx(result.best_val_scan_loss, rel=1e-5)
+
+
+def test_each_member_trains_alone_and_member_0_as_a_one_member_model(one_thread):
+    embeddings, labels = toy_embeddings(16, np.random.default_rng(4))
+    ids = sorted(embeddings)
+    config = SequenceStageConfig(epochs=4, batch_size=4, lr=1e-2, patience=None)
+    torch.manual_seed(0)
+    one = TinySequenceModel()
+    torch.manual_seed(0)
+    three = TinySequenceModel(members=3)
+    three.load_state_dict({**three.state_dict(), **one.state_dict()})
+    before = {k: v.clone() for k, v in three.state_dict().items()}
+    result = train_sequence_stage(three, embeddings, labels, ids[:12], ids[12:], seq_len=6, config=config, member=1)
+    changed = {k for k, v in three.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("extra_sequences.0.") for k in changed)
+    assert all(p.requires_grad for p in three.parameters())
+    with torch.inference_mode():
+        val = covering_logits(three, embeddings, ids[12:], 6, member=1)
+        target = torch.stack([torch.from_numpy(labels[pid]) for pid in ids[12:]])
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(val, target).item()
+    assert loss == pytest.approx(result.best_val_scan_loss, rel=1e-5)
+    # member 0 of a three-member model trains exactly as a one-member model does
+    first = train_sequence_stage(three, embeddings, labels, ids[:12], ids[12:], seq_len=6, config=config)
+    alone = train_sequence_stage(one, embeddings, labels, ids[:12], ids[12:], seq_len=6, config=config)
+    assert [r["val_scan_loss"] for r in first.history] == [r["val_scan_loss"] for r in alone.history]
+    assert all(torch.equal(three.state_dict()[k], v) for k, v in one.state_dict().items())
+    # another member draws other sequences (its own seed), so it learns other weights
+    other = train_sequence_stage(three, embeddings, labels, ids[:12], ids[12:], seq_len=6, config=config, member=2)
+    assert [r["val_scan_loss"] for r in other.history] != [r["val_scan_loss"] for r in first.history]
 
 
 def test_sequence_stage_targets_are_the_or_of_the_sampled_slices(monkeypatch, one_thread):
@@ -195,7 +225,7 @@ def two_stage_run(tmp_path_factory):
     config = TrainConfig(data_dir=str(data), out_dir=str(out), epochs=2, batch_size=4, img_size=32,
                          seq_len=4, lstm_hidden=16, val_fraction=0.25, test_fraction=0.25, n_boot=20,
                          progress=False, deterministic=True, cache_dir=str(out.parent / "cache"),
-                         two_stage=True, sequence_epochs=5)
+                         two_stage=True, sequence_epochs=5, sequence_members=3)
     torch.set_num_threads(1)
     return data, fit(config)
 
@@ -216,6 +246,14 @@ def test_fit_two_stage_writes_both_stages(two_stage_run):
     stage2 = metrics["training"]["sequence_stage"]
     assert 1 <= stage2["best_epoch"] <= stage2["epochs_run"] <= 5
     assert len(stage2["history"]) == stage2["epochs_run"]
+    # every member trained, each on its own epoch; the checkpoint holds them all
+    members = stage2["members"]
+    assert [m["member"] for m in members] == list(range(3)) == list(range(best["model_config"]["sequence_members"]))
+    assert all(1 <= m["best_epoch"] <= m["epochs_run"] <= 5 for m in members)
+    assert stage2["train_seconds"] == pytest.approx(sum(m["seconds"] for m in members))
+    for k in range(2):
+        assert not torch.equal(best["model"][f"extra_sequences.{k}.lstm.weight_ih_l0"],
+                               stage1["model"][f"extra_sequences.{k}.lstm.weight_ih_l0"])
     timing = metrics["training"]
     assert timing["epoch_seconds"] == pytest.approx(result.history["train_seconds"].sum())
     assert timing["total_seconds"] == pytest.approx(

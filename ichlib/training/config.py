@@ -97,8 +97,20 @@ class TrainConfig:
             training; None: 0.1 when the CNN is warm-started (``warmup_epochs`` or
             ``init_from``; at the full rate the fresh BiLSTM's gradients wipe out what the
             slice task taught), else 1.
-        sequence_epochs: Epochs of that second stage (it stops early after 40 epochs
-            without a lower validation scan loss).
+        sequence_epochs: Epochs of that second stage (the cosine schedule's length; it
+            stops early, see ``sequence_patience``).
+        sequence_patience: The second stage stops after this many epochs without a lower
+            validation scan loss. Was 40; on notebook 04's run (seed 0, five BiLSTMs) every
+            patience from 10 to 40 kept the same epoch of each, and 20 runs about 35% fewer
+            epochs.
+        sequence_members: How many sequence halves (BiLSTM + scan head) the second stage of
+            ``two_stage`` trains on the same cached embeddings, one after another, each with
+            its own seed and its own epoch chosen on validation; the model averages their
+            probabilities (:class:`~ichlib.model.CNNBiLSTM`). One run of stage 2 is noisy:
+            on notebook 04's 30 validation patients its chosen epoch, and the test verdict,
+            moved with float-level changes to the embeddings (docs/results.md). Each member
+            costs one more stage 2 (about 12 s on a 2-core CPU at notebook 04's settings), so
+            the default is the smallest average that is not a pair. End-to-end models have one.
         folds: ``K`` for a K-fold cross-validation by patient
             (:func:`ichlib.training.cv.cross_validate`, ``ichlib train --folds K``): every
             patient is tested once, by the model of the fold that did not train on it.
@@ -147,6 +159,8 @@ class TrainConfig:
     init_from: str | None = None
     encoder_lr_scale: float | None = None
     sequence_epochs: int = 150
+    sequence_patience: int = 20
+    sequence_members: int = 3
     folds: int | None = None
     fold: int | None = None
 
@@ -185,6 +199,10 @@ class TrainConfig:
             raise ConfigError(f"encoder_lr_scale must be > 0 or None, got {self.encoder_lr_scale}")
         if self.sequence_epochs < 1:
             raise ConfigError(f"sequence_epochs must be >= 1, got {self.sequence_epochs}")
+        if self.sequence_patience < 1:
+            raise ConfigError(f"sequence_patience must be >= 1, got {self.sequence_patience}")
+        if self.sequence_members < 1:
+            raise ConfigError(f"sequence_members must be >= 1, got {self.sequence_members}")
         if self.folds is not None and self.folds < 2:
             raise ConfigError(f"folds must be >= 2 (or None for one split), got {self.folds}")
         if self.fold is not None and (self.folds is None or not 0 <= self.fold < self.folds):

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ichlib.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from ichlib.errors import ConfigError
@@ -41,7 +42,7 @@ from ichlib.training.engine import (
 )
 from ichlib.training.loaders import make_train_loader
 from ichlib.training.log import RunLog
-from ichlib.training.metrics import choose_thresholds
+from ichlib.training.metrics import choose_thresholds, score_predictions
 from ichlib.training.two_stage import (
     SequenceStageConfig,
     SliceSampler,
@@ -57,10 +58,12 @@ TRAINING_STATE = frozenset({"optimizer", "lr_scheduler", "scaler", "early_stoppi
 
 
 def build_model(config: TrainConfig) -> CNNBiLSTM:
-    """The model described by ``config`` (on the CPU, float32)."""
+    """The model described by ``config`` (on the CPU, float32): with ``two_stage``,
+    ``sequence_members`` sequence halves, end to end one."""
     return CNNBiLSTM(backbone=config.backbone, in_channels=len(config.windows),
                      lstm_hidden=config.lstm_hidden, dropout=config.dropout,
-                     pretrained=config.pretrained, pooling=config.pooling)
+                     pretrained=config.pretrained, pooling=config.pooling,
+                     sequence_members=config.sequence_members if config.two_stage else 1)
 
 
 def warm_start(model: CNNBiLSTM, path: str | Path, config: TrainConfig) -> dict:
@@ -301,8 +304,10 @@ def sequence_stage_on_embeddings(config: TrainConfig, prepared: PreparedData, st
     sequence weights and thresholds chosen on validation.
 
     Returns:
-        A summary for metrics.json: epochs run, best epoch, training seconds and the
-        per-epoch losses (``embed_seconds`` 0: the caller measures the embedding).
+        A summary for metrics.json: per member (``members``) the epochs run, best epoch,
+        validation scan loss and mean AUC, and per-epoch losses; the whole model's
+        validation scan loss and mean AUC; training seconds (``embed_seconds`` 0: the caller
+        measures the embedding). ``epochs_run``, ``best_epoch`` and ``history`` are member 0's.
     """
     ckpt = load_checkpoint(stage1_path)
     model, _ = model_from_checkpoint(ckpt, device)
@@ -311,25 +316,58 @@ def sequence_stage_on_embeddings(config: TrainConfig, prepared: PreparedData, st
     ids = prepared.split["train"] + prepared.split["val"]
     criterion = build_criterion(config, prepared)
     stage = SequenceStageConfig(epochs=config.sequence_epochs, batch_size=max(config.batch_size, 8),
-                                seed=config.seed)
-    result = train_sequence_stage(
-        model, embeddings, {pid: prepared.data.scan_labels(pid) for pid in ids}, prepared.split["train"],
-        prepared.split["val"], config.seq_len, stage, device, pos_weight=criterion.scan_pos_weight, log=log,
-        slice_labels={pid: prepared.data.slice_labels(pid) for pid in ids})
+                                patience=config.sequence_patience, seed=config.seed)
+    val_ids = prepared.split["val"]
+    val_y = np.stack([prepared.data.scan_labels(pid) for pid in val_ids])
+    members = []
+    for member in range(model.sequence_members):
+        result = train_sequence_stage(
+            model, embeddings, {pid: prepared.data.scan_labels(pid) for pid in ids}, prepared.split["train"],
+            val_ids, config.seq_len, stage, device, pos_weight=criterion.scan_pos_weight, log=log,
+            slice_labels={pid: prepared.data.slice_labels(pid) for pid in ids}, member=member)
+        members.append({"member": member, "epochs_run": len(result.history), "best_epoch": result.best_epoch,
+                        "best_val_scan_loss": result.best_val_scan_loss,
+                        "val_mean_auc": _val_mean_auc(model, embeddings, val_ids, val_y, config.seq_len, device, member),
+                        "seconds": result.seconds, "history": result.history})
     # the validation scans as prediction reads them (every slice), from the cached embeddings:
     # the same numbers as evaluate() in float32, without running the CNN over them again
-    val_ids = prepared.split["val"]
     with torch.inference_mode():
-        val_probs = torch.sigmoid(covering_logits(model, embeddings, val_ids, config.seq_len, device)).cpu().numpy()
-    thresholds, _ = choose_thresholds(np.stack([prepared.data.scan_labels(pid) for pid in val_ids]), val_probs)
+        val_logits = covering_logits(model, embeddings, val_ids, config.seq_len, device)
+    val_probs = torch.sigmoid(val_logits).cpu().numpy()
+    val_loss = F.binary_cross_entropy_with_logits(
+        val_logits, torch.as_tensor(val_y, dtype=torch.float32, device=val_logits.device),
+        pos_weight=None if criterion.scan_pos_weight is None else criterion.scan_pos_weight.to(val_logits.device)).item()
+    thresholds, _ = choose_thresholds(val_y, val_probs)
     save_checkpoint(best_path, {**{k: v for k, v in ckpt.items() if k not in TRAINING_STATE},
                                 "model": model.state_dict(), "thresholds": thresholds,
-                                "stage": "two-stage", "best_score": result.best_val_scan_loss})
-    log.info(f"Stage 2: trained the BiLSTM for {len(result.history)} epochs in {result.seconds:.1f} s "
-             f"(best epoch {result.best_epoch}, val scan loss {result.best_val_scan_loss:.4f})")
-    return {"epochs_run": len(result.history), "best_epoch": result.best_epoch,
-            "best_val_scan_loss": result.best_val_scan_loss, "embed_seconds": 0.0,
-            "train_seconds": result.seconds, "history": result.history}
+                                "stage": "two-stage", "best_score": val_loss})
+    summary = _sequence_stage_summary(members, val_loss, score_predictions(val_y, val_probs, n_boot=0)["mean_auc"], log)
+    return {**summary, "embed_seconds": 0.0}
+
+
+def _val_mean_auc(model: CNNBiLSTM, embeddings: dict[str, torch.Tensor], val_ids: list[str], val_y: np.ndarray,
+                  seq_len: int, device: torch.device, member: int | None) -> float | None:
+    """Mean AUC over the labels on the validation scans (every slice) of one member or all."""
+    with torch.inference_mode():
+        probs = torch.sigmoid(covering_logits(model, embeddings, val_ids, seq_len, device, member)).cpu().numpy()
+    return score_predictions(val_y, probs, n_boot=0)["mean_auc"]
+
+
+def _sequence_stage_summary(members: list[dict], val_loss: float, val_auc: float | None, log: RunLog) -> dict:
+    """metrics.json's ``sequence_stage`` and the log lines of stage 2."""
+    seconds = sum(m["seconds"] for m in members)
+    for m in members:
+        name = f"Stage 2 member {m['member'] + 1}" if len(members) > 1 else "Stage 2"
+        log.info(f"{name}: trained the BiLSTM "
+                 f"for {m['epochs_run']} epochs in {m['seconds']:.1f} s (best epoch {m['best_epoch']}, "
+                 f"val scan loss {m['best_val_scan_loss']:.4f}, val mean AUC {_or_na(m['val_mean_auc'])})")
+    if len(members) > 1:
+        log.info(f"Stage 2: the mean of the {len(members)} members' probabilities: val scan loss "
+                 f"{val_loss:.4f}, val mean AUC {_or_na(val_auc)} ({seconds:.1f} s in all)")
+    first = members[0]
+    return {"epochs_run": first["epochs_run"], "best_epoch": first["best_epoch"], "history": first["history"],
+            "members": members, "best_val_scan_loss": val_loss, "val_mean_auc": val_auc,
+            "train_seconds": seconds}
 
 
 def _slice_stage(config: TrainConfig, prepared: PreparedData, model: CNNBiLSTM, device: torch.device,

@@ -316,27 +316,28 @@ def gather_sequences(embeddings: Mapping[str, torch.Tensor], patient_ids: Sequen
 
 
 def covering_logits(model: CNNBiLSTM, embeddings: Mapping[str, torch.Tensor], patient_ids: Sequence[str],
-                    seq_len: int, device: torch.device | None = None) -> torch.Tensor:
+                    seq_len: int, device: torch.device | None = None, member: int | None = None) -> torch.Tensor:
     """Patient-level logits ``[B, 6]`` from every slice of each scan, as prediction computes
     them: the sequence half reads the :func:`~ichlib.sampling.covering_indices` samplings of
-    each scan, and each label takes the largest logit over a scan's samplings."""
+    each scan, and each label takes the largest logit over a scan's samplings. ``member``:
+    one sequence half alone (None: the model's average, as prediction)."""
     samplings = [covering_indices(embeddings[pid].shape[0], seq_len) for pid in patient_ids]
     owners = [pid for pid, rows in zip(patient_ids, samplings, strict=True) for _ in rows]
     x = gather_sequences(embeddings, owners, [row for rows in samplings for row in rows])
-    logits = model.sequence_logits(x.to(device) if device is not None else x)
+    logits = model.sequence_logits(x.to(device) if device is not None else x, member=member)
     bounds = np.cumsum([0] + [len(rows) for rows in samplings])
     return torch.stack([logits[a:b].amax(dim=0) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
 
 
-def sequence_parameters(model: CNNBiLSTM, reset: bool = False) -> list[torch.nn.Parameter]:
-    """The parameters stage 2 trains: the LSTM's LayerNorm, the BiLSTM, the scan head and,
-    with attention pooling, the attention scorer (:meth:`CNNBiLSTM.sequence_modules`),
-    re-initialised first when ``reset``."""
+def sequence_parameters(model: CNNBiLSTM, reset: bool = False, member: int = 0) -> list[torch.nn.Parameter]:
+    """The parameters stage 2 trains in sequence half ``member``: the LSTM's LayerNorm, the
+    BiLSTM, the scan head and, with attention pooling, the attention scorer
+    (:meth:`CNNBiLSTM.sequence_modules`), re-initialised first when ``reset``."""
     if reset:
-        for module in (m for top in model.sequence_modules() for m in top.modules()):
+        for module in (m for top in model.sequence_modules(member) for m in top.modules()):
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
-    return [p for module in model.sequence_modules() for p in module.parameters()]
+    return [p for module in model.sequence_modules(member) for p in module.parameters()]
 
 
 def train_sequence_stage(model: CNNBiLSTM, embeddings: Mapping[str, torch.Tensor],
@@ -344,13 +345,14 @@ def train_sequence_stage(model: CNNBiLSTM, embeddings: Mapping[str, torch.Tensor
                          val_ids: Sequence[str], seq_len: int,
                          config: SequenceStageConfig | None = None, device: torch.device | None = None,
                          pos_weight: torch.Tensor | None = None, log: RunLog = QUIET,
-                         slice_labels: Mapping[str, np.ndarray] | None = None) -> SequenceStageResult:
-    """Train the sequence half of ``model`` in place on cached embeddings (stage 2).
+                         slice_labels: Mapping[str, np.ndarray] | None = None, member: int = 0) -> SequenceStageResult:
+    """Train one sequence half of ``model`` in place on cached embeddings (stage 2).
 
-    The CNN and the slice head are not touched. Each epoch draws one jittered sequence of
-    ``seq_len`` slices per training scan; validation reads every slice of each scan, as
-    prediction does (:func:`covering_logits`). The weights of the epoch with the lowest validation scan loss are
-    loaded into ``model`` at the end.
+    The CNN, the slice head and the other sequence halves are not touched. Each epoch draws
+    one jittered sequence of ``seq_len`` slices per training scan; validation reads every
+    slice of each scan, as prediction does (:func:`covering_logits`), with this half alone.
+    The weights of the epoch with the lowest validation scan loss are loaded into ``model``
+    at the end.
 
     Args:
         model: Model whose CNN produced ``embeddings``.
@@ -366,6 +368,8 @@ def train_sequence_stage(model: CNNBiLSTM, embeddings: Mapping[str, torch.Tensor
             training sequence is the OR of its sampled slices' labels
             (:func:`ichlib.preprocess.dataset.sequence_labels`), as in end-to-end training,
             instead of the patient's label. Validation always uses the patient's label.
+        member: Which sequence half to train; its draws are seeded by ``(seed, 2, member)``
+            (member 0: ``(seed, 2)``).
 
     Raises:
         ConfigError: If a split is empty or a patient has no embedding.
@@ -374,50 +378,47 @@ def train_sequence_stage(model: CNNBiLSTM, embeddings: Mapping[str, torch.Tensor
     config = config or SequenceStageConfig()
     device = device or next(model.parameters()).device
     _check_stage_inputs(embeddings, train_ids, val_ids)
-    params = sequence_parameters(model, reset=config.reset)
+    params = sequence_parameters(model, reset=config.reset, member=member)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * -(-len(train_ids) // config.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
     weight = None if pos_weight is None else pos_weight.to(device)
     y = {pid: torch.as_tensor(np.asarray(scan_labels[pid]), dtype=torch.float32) for pid in [*train_ids, *val_ids]}
     val_y = _targets(y, None, val_ids, []).to(device)
-    rng = np.random.default_rng([config.seed, 2])
+    rng = np.random.default_rng([config.seed, 2] if member == 0 else [config.seed, 2, member])
     history: list[dict] = []
-    tracker = EarlyStopping("scan_loss", config.patience)
-    best_state = None
-    start = time.perf_counter()
+    tag = f"stage 2 member {member + 1}/{model.sequence_members}" if model.sequence_members > 1 else "stage 2"
+    tracker, best_state, start = EarlyStopping("scan_loss", config.patience), None, time.perf_counter()
     with _frozen_except(model, params):
         for epoch in range(config.epochs):
-            order = [train_ids[j] for j in rng.permutation(len(train_ids))]
-            batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
             model.train()
             train_loss = 0.0
-            for ids in batches:
+            order = [train_ids[j] for j in rng.permutation(len(train_ids))]
+            for i in range(0, len(order), config.batch_size):
+                ids = order[i:i + config.batch_size]
                 indices = draw_indices(embeddings, ids, seq_len, True, rng)
-                x = gather_sequences(embeddings, ids, indices).to(device)
-                target = _targets(y, slice_labels, ids, indices).to(device)
-                loss = F.binary_cross_entropy_with_logits(model.sequence_logits(x), target, pos_weight=weight)
+                logits = model.sequence_logits(gather_sequences(embeddings, ids, indices).to(device), member=member)
+                loss = F.binary_cross_entropy_with_logits(logits, _targets(y, slice_labels, ids, indices).to(device),
+                                                          pos_weight=weight)
                 optimizer_step(loss, optimizer, scheduler=scheduler, where=f"in stage 2 at epoch {epoch + 1}")
                 train_loss += loss.item() * len(ids) / len(order)
             model.eval()
             with torch.inference_mode():
-                val_logits = covering_logits(model, embeddings, val_ids, seq_len, device)
+                val_logits = covering_logits(model, embeddings, val_ids, seq_len, device, member=member)
                 val_loss = F.binary_cross_entropy_with_logits(val_logits, val_y, pos_weight=weight).item()
             improved = tracker.update(val_loss, epoch + 1)
             if improved:
                 best_state = [p.detach().clone() for p in params]
             history.append({"epoch": epoch + 1, "train_scan_loss": train_loss, "val_scan_loss": val_loss, "best": improved})
             if (epoch + 1) % 25 == 0 or epoch == 0:
-                log.info(f"stage 2 epoch {epoch + 1}/{config.epochs}  train scan loss {train_loss:.4f}  "
+                log.info(f"{tag} epoch {epoch + 1}/{config.epochs}  train scan loss {train_loss:.4f}  "
                          f"val scan loss {val_loss:.4f}  (best {tracker.best_score:.4f} at {tracker.best_epoch})")
             if tracker.stopped:
                 break
     with torch.no_grad():
         for p, best in zip(params, best_state, strict=True):
             p.copy_(best)
-    model.eval()
-    return SequenceStageResult(history=history, best_epoch=tracker.best_epoch,
-                               best_val_scan_loss=tracker.best_score,
+    return SequenceStageResult(history=history, best_epoch=tracker.best_epoch, best_val_scan_loss=tracker.best_score,
                                seconds=time.perf_counter() - start)
 
 
