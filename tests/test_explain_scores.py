@@ -118,3 +118,30 @@ def test_slice_scores_skip_slices_without_blood_and_the_table_has_intervals():
     assert row["pointing_0mm_ci_low"] <= row["pointing_0mm"] <= row["pointing_0mm_ci_high"]
     assert row["pointing_0mm_ci_high"] > row["pointing_0mm_ci_low"]   # patients differ
     assert row["dice"] == pytest.approx(records[f"dice@{threshold:g}"].mean())
+
+
+
+def test_slice_scores_grow_each_mask_once_and_score_as_the_single_scores(monkeypatch):
+    import ichlib.explain.scores as scores
+
+    rng = np.random.default_rng(1)
+    mask = np.stack([box(), box(r0=2, r1=5, c0=9, c1=14), np.zeros((16, 16), bool)])
+    brain = np.ones_like(mask)
+    brain[:, :, :2] = False
+    grown_for = []
+    real_grow = scores.grow_mask
+    monkeypatch.setattr(scores, "grow_mask", lambda m, sp, t: grown_for.append(t) or real_grow(m, sp, t))
+    cache: dict[float, np.ndarray] = {}
+    maps = [rng.random((3, 16, 16)) for _ in range(3)]
+    tables = [slice_scores(cam, mask, (0.7, 1.3), brain=brain, grown=cache) for cam in maps]
+    assert sorted(grown_for) == [0.0, 5.0]  # three maps on the same slices: each mask grown once
+    monkeypatch.undo()
+    keep = mask.any(axis=(1, 2))
+    for cam, rows in zip(maps, tables, strict=True):
+        np.testing.assert_allclose(rows["energy"], energy_in_mask(cam, mask)[keep])
+        np.testing.assert_allclose(rows["energy_in_brain"], energy_in_mask(cam * brain, mask)[keep])
+        for t in (0.0, 5.0):
+            np.testing.assert_allclose(rows[f"pointing_{t:g}mm"], pointing_game(cam, mask, (0.7, 1.3), t)[keep])
+        np.testing.assert_allclose(rows["dice@0.3"], dice(cam, mask, 0.3)[keep])
+    with pytest.raises(ConfigError, match="tolerances must be >= 0"):
+        slice_scores(maps[0], mask, (0.7, 1.3), tolerances=(-1.0,))

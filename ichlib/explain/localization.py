@@ -228,6 +228,7 @@ class _ScanToScore:
     spacing: tuple[float, float]
     grid: tuple[int, int] = (0, 0)
     _references: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _grown: dict[str, dict[float, np.ndarray]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def read(cls, data: CtIchData, pid: str, config: PreprocessConfig) -> _ScanToScore | None:
@@ -274,7 +275,8 @@ class _ScanToScore:
         """Scores of ``maps`` on the slices labelled ``label`` that have blood in the mask."""
         keep = self._slices(label)
         native = to_grid(maps[keep], self.hu.shape[1:])
-        rows = slice_scores(native, self.mask[keep], self.spacing, brain=self.brain[keep])
+        grown = self._grown.setdefault(label, {})  # each label's slices, their masks grown once
+        rows = slice_scores(native, self.mask[keep], self.spacing, brain=self.brain[keep], grown=grown)
         rows.insert(0, "slice_index", np.flatnonzero(keep)[rows.pop("slice_pos").to_numpy()])
         return rows.assign(method=method, label=label, patient_id=self.patient_id)
 

@@ -56,7 +56,11 @@ def to_grid(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def energy_in_mask(cam: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Share of each slice's map mass inside its mask: float ``[S]`` (NaN: empty mask)."""
-    cam, mask = _pair(cam, mask)
+    return _energy(*_pair(cam, mask))
+
+
+def _energy(cam: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """:func:`energy_in_mask` of a checked pair (:func:`_pair`)."""
     mass = cam.sum(axis=(1, 2), dtype=np.float64)
     inside = (cam * mask).sum(axis=(1, 2), dtype=np.float64)
     out = np.where(mass > 0, inside / np.where(mass > 0, mass, 1.0), 0.0)
@@ -81,7 +85,11 @@ def pointing_game(cam: np.ndarray, mask: np.ndarray, spacing: tuple[float, float
     cam, mask = _pair(cam, mask)
     if tolerance_mm < 0 or min(spacing) <= 0:
         raise ConfigError(f"tolerance_mm must be >= 0 and spacing positive, got {tolerance_mm}, {spacing}")
-    grown = grow_mask(mask, spacing, tolerance_mm)
+    return _pointing(cam, mask, grow_mask(mask, spacing, tolerance_mm))
+
+
+def _pointing(cam: np.ndarray, mask: np.ndarray, grown: np.ndarray) -> np.ndarray:
+    """:func:`pointing_game` of a checked pair, with the mask already grown."""
     peaks = cam.max(axis=(1, 2), keepdims=True)
     tied = (cam >= peaks - _TIE * np.maximum(peaks, 1e-30)) & (peaks > 0)
     n_tied = tied.sum(axis=(1, 2))
@@ -92,7 +100,11 @@ def pointing_game(cam: np.ndarray, mask: np.ndarray, spacing: tuple[float, float
 
 def dice(cam: np.ndarray, mask: np.ndarray, threshold: float) -> np.ndarray:
     """Dice of ``cam >= threshold`` against the mask, per slice: float ``[S]`` (NaN: empty mask)."""
-    cam, mask = _pair(cam, mask)
+    return _dice(*_pair(cam, mask), threshold)
+
+
+def _dice(cam: np.ndarray, mask: np.ndarray, threshold: float) -> np.ndarray:
+    """:func:`dice` of a checked pair."""
     found = cam >= threshold
     overlap = (found & mask).sum(axis=(1, 2), dtype=np.float64)
     size = found.sum(axis=(1, 2), dtype=np.float64) + mask.sum(axis=(1, 2), dtype=np.float64)
@@ -116,7 +128,8 @@ def grow_mask(mask: np.ndarray, spacing: tuple[float, float], tolerance_mm: floa
 def slice_scores(cam: np.ndarray, mask: np.ndarray, spacing: tuple[float, float],
                  tolerances: Sequence[float] = TOLERANCES_MM,
                  thresholds: Sequence[float] = DICE_THRESHOLDS,
-                 brain: np.ndarray | None = None) -> pd.DataFrame:
+                 brain: np.ndarray | None = None,
+                 grown: dict[float, np.ndarray] | None = None) -> pd.DataFrame:
     """Every score of every slice with blood: one row per such slice.
 
     Args:
@@ -125,20 +138,28 @@ def slice_scores(cam: np.ndarray, mask: np.ndarray, spacing: tuple[float, float]
         mask: Boolean ``[S, H, W]``.
         spacing: ``(row, column)`` in mm.
         brain: Boolean ``[S, H, W]`` intracranial mask; adds ``energy_in_brain``.
+        grown: A cache of ``mask`` grown by each tolerance (:func:`grow_mask`), filled here
+            when a tolerance is missing: pass the same dict for every map scored on the same
+            slices, and each mask is grown once.
 
     Returns:
         Columns ``slice_pos``, ``energy`` (and ``energy_in_brain``), ``pointing_<t>mm`` per
         tolerance and ``dice@<threshold>`` per threshold; slices with an empty mask are left out.
     """
     cam, mask = _pair(cam, mask)
-    rows = {"slice_pos": np.arange(len(cam)), "energy": energy_in_mask(cam, mask)}
+    if any(t < 0 for t in tolerances) or min(spacing) <= 0:
+        raise ConfigError(f"tolerances must be >= 0 and spacing positive, got {list(tolerances)}, {spacing}")
+    grown = {} if grown is None else grown
+    rows = {"slice_pos": np.arange(len(cam)), "energy": _energy(cam, mask)}
     if brain is not None:
         brain = _pair(np.asarray(brain, dtype=np.float64), mask)[0]
-        rows["energy_in_brain"] = energy_in_mask(cam * brain, mask)
+        rows["energy_in_brain"] = _energy(cam * brain, mask)
     for t in tolerances:
-        rows[pointing_column(t)] = pointing_game(cam, mask, spacing, t)
+        if t not in grown:
+            grown[t] = grow_mask(mask, spacing, t)
+        rows[pointing_column(t)] = _pointing(cam, mask, grown[t])
     for th in thresholds:
-        rows[f"dice@{th:g}"] = dice(cam, mask, th)
+        rows[f"dice@{th:g}"] = _dice(cam, mask, th)
     table = pd.DataFrame(rows)
     return table[mask.any(axis=(1, 2))].reset_index(drop=True)
 
