@@ -319,12 +319,13 @@ def sequence_stage_on_embeddings(config: TrainConfig, prepared: PreparedData, st
                                 patience=config.sequence_patience, seed=config.seed)
     val_ids = prepared.split["val"]
     val_y = np.stack([prepared.data.scan_labels(pid) for pid in val_ids])
+    scan_labels = {pid: prepared.data.scan_labels(pid) for pid in ids}
+    slice_labels = {pid: prepared.data.slice_labels(pid) for pid in ids}
     members = []
     for member in range(model.sequence_members):
         result = train_sequence_stage(
-            model, embeddings, {pid: prepared.data.scan_labels(pid) for pid in ids}, prepared.split["train"],
-            val_ids, config.seq_len, stage, device, pos_weight=criterion.scan_pos_weight, log=log,
-            slice_labels={pid: prepared.data.slice_labels(pid) for pid in ids}, member=member)
+            model, embeddings, scan_labels, prepared.split["train"], val_ids, config.seq_len, stage, device,
+            pos_weight=criterion.scan_pos_weight, log=log, slice_labels=slice_labels, member=member)
         members.append({"member": member, "epochs_run": len(result.history), "best_epoch": result.best_epoch,
                         "best_val_scan_loss": result.best_val_scan_loss,
                         "val_mean_auc": _val_mean_auc(model, embeddings, val_ids, val_y, config.seq_len, device, member),
